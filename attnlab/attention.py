@@ -1,0 +1,144 @@
+"""Inner attention kernels, RoPE and the KV cache shared by every attention variant.
+
+A variant (``variants/<name>.py``) owns its projections; it hands q, k, v and
+an optional additive logits term to one of the kernels below, which all share
+one signature (as in transformers' ``ALL_ATTENTION_FUNCTIONS``):
+
+    kernel(q, k, v, *, scale, q_offset, additive=None, need_weights=False)
+        -> (y, probs | None)
+
+    q: (B, H, T, hs)   k, v: (B, G, S, hs) with H % G == 0
+    q_offset: absolute position of the first query minus that of the first key,
+              so query i may attend keys j <= q_offset + i (causal).
+    additive: float logits term broadcastable to (B, H, T, S), added to the
+              scaled q.k^T before the mask and the softmax.
+    y: (B, H, T, hs)   probs: (B, H, T, S), only from the explicit kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class AttentionOutput(NamedTuple):
+    """What an attention block returns: the output and, only when asked, the probabilities."""
+
+    output: Tensor  # (B, T, C)
+    weights: Tensor | None  # (B, H, T, S) softmax probabilities, or None
+
+
+def causal_mask(T: int, S: int, q_offset: int, device: torch.device) -> Tensor:
+    """Boolean (T, S) mask, True where query i may attend key j (j <= q_offset + i)."""
+    q_pos = torch.arange(T, device=device).unsqueeze(1) + q_offset
+    k_pos = torch.arange(S, device=device).unsqueeze(0)
+    return k_pos <= q_pos
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_offset: int,
+                       additive: Tensor | None = None, need_weights: bool = False
+                       ) -> tuple[Tensor, Tensor | None]:
+    """The study's unfused softmax attention; the reference for tests and heatmaps."""
+    H, G = q.shape[1], k.shape[1]
+    if H != G:
+        k = k.repeat_interleave(H // G, dim=1)
+        v = v.repeat_interleave(H // G, dim=1)
+    # Softmax in fp32 so that bf16 runs and analysis give comparable probabilities.
+    scores = (q @ k.transpose(-2, -1)).float() * scale  # (B, H, T, S)
+    if additive is not None:
+        scores = scores + additive.float()
+    T, S = scores.shape[-2:]
+    scores = scores.masked_fill(~causal_mask(T, S, q_offset, q.device), float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    y = probs.to(v.dtype) @ v
+    return y, (probs if need_weights else None)
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_offset: int,
+                   additive: Tensor | None = None, need_weights: bool = False
+                   ) -> tuple[Tensor, Tensor | None]:
+    """Fused ``scaled_dot_product_attention``; the training path of every variant."""
+    if need_weights:
+        return explicit_attention(q, k, v, scale=scale, q_offset=q_offset, additive=additive,
+                                  need_weights=True)
+    T, S = q.shape[-2], k.shape[-2]
+    gqa = q.shape[1] != k.shape[1]
+    if additive is None and q_offset == 0 and T == S:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    elif additive is None and T == 1:  # one new token attends the whole cache
+        y = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
+    else:
+        # A float mask carries both the causal -inf and the variant's trainable term,
+        # so gradients reach the term while the kernel stays fused.
+        mask = torch.zeros(T, S, dtype=q.dtype, device=q.device)
+        mask = mask.masked_fill(~causal_mask(T, S, q_offset, q.device), float("-inf"))
+        if additive is not None:
+            mask = mask + additive.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return y, None
+
+
+AttentionKernel = Callable[..., tuple[Tensor, Tensor | None]]
+
+KERNELS: dict[str, AttentionKernel] = {
+    "sdpa": sdpa_attention,
+    "explicit": explicit_attention,
+}
+
+
+def check_kernel(name: str) -> None:
+    if name not in KERNELS:
+        raise ValueError(f"unknown attention kernel {name!r}; available: {', '.join(sorted(KERNELS))}")
+
+
+def get_kernel(name: str) -> AttentionKernel:
+    check_kernel(name)
+    return KERNELS[name]
+
+
+def build_rope_cache(seq_len: int, n_elem: int, base: int, device: torch.device | None = None
+                     ) -> tuple[Tensor, Tensor]:
+    """cos and sin tables of shape (seq_len, n_elem) in the rotate-half layout (LLaMA/HF)."""
+    theta = 1.0 / (base ** (torch.arange(0, n_elem, 2, device=device).float() / n_elem))
+    angles = torch.outer(torch.arange(seq_len, device=device).float(), theta)  # (seq_len, n_elem/2)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first ``cos.shape[-1]`` channels of x (B, H, T, hs); the rest pass through."""
+    n_elem = cos.shape[-1]
+    rotated, passthrough = x[..., :n_elem], x[..., n_elem:]
+    half = n_elem // 2
+    x1, x2 = rotated[..., :half], rotated[..., half:]
+    rotated = rotated * cos + torch.cat([-x2, x1], dim=-1) * sin
+    out = rotated.to(x.dtype)
+    return out if passthrough.shape[-1] == 0 else torch.cat([out, passthrough], dim=-1)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, at absolute positions 0..length-1."""
+
+    def __init__(self, batch_size: int, n_query_groups: int, max_len: int, head_size: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        shape = (batch_size, n_query_groups, max_len, head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, G, T, hs) after the cached ones; return all keys and values so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; cannot append up to {end}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]

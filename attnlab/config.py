@@ -1,0 +1,118 @@
+"""Model configuration: one typed dataclass, validated once, plus named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """Dimensions of a LLaMA-2-style decoder and the attention variant it uses.
+
+    Derived fields (``head_size``, ``padded_vocab_size``, ``rope_n_elem``) are
+    filled in by ``__post_init__``. The variant may change model-wide settings
+    (e.g. ``gelu_bias`` switches ``bias`` on) through its ``configure`` hook,
+    which runs here so that every consumer sees the final configuration.
+    """
+
+    name: str = "custom"
+    variant: str = "baseline"
+    vocab_size: int = 8000
+    padding_multiple: int = 64  # pad the embedding rows for efficient matmul shapes
+    block_size: int = 256  # maximum context length
+    n_layer: int = 4
+    n_head: int = 1
+    n_query_groups: int | None = None  # None -> n_head (MHA); 1 -> MQA; else GQA
+    n_embd: int = 128
+    intermediate_size: int = 512  # SwiGLU hidden width
+    rotary_percentage: float = 1.0  # fraction of head_size that RoPE rotates
+    rope_base: int = 10_000
+    norm_eps: float = 1e-6
+    bias: bool = False  # biases on every attention/MLP Linear
+    lm_head_bias: bool = False
+    attn_kernel: str = "sdpa"  # inner softmax kernel used for training
+    init_std: float = 0.02
+    variant_options: dict[str, Any] = field(default_factory=dict)
+
+    # derived
+    head_size: int = field(init=False)
+    padded_vocab_size: int = field(init=False)
+    rope_n_elem: int = field(init=False)
+    # the settings before the variant's ``configure`` hook, to build its baseline twin
+    requested: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for attr in ("vocab_size", "padding_multiple", "block_size", "n_layer", "n_head",
+                     "n_embd", "intermediate_size", "rope_base"):
+            value = getattr(self, attr)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"model.{attr} must be a positive integer, got {value!r}")
+        if self.n_query_groups is None:
+            self.n_query_groups = self.n_head
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}; "
+                f"choose n_head from the divisors of n_embd"
+            )
+        if self.n_query_groups <= 0 or self.n_head % self.n_query_groups != 0:
+            raise ValueError(
+                f"model.n_head={self.n_head} is not divisible by model.n_query_groups="
+                f"{self.n_query_groups}; allowed: a positive divisor of n_head "
+                f"({', '.join(str(d) for d in _divisors(self.n_head))})"
+            )
+        if not 0.0 < self.rotary_percentage <= 1.0:
+            raise ValueError(f"model.rotary_percentage must be in (0, 1], got {self.rotary_percentage}")
+        if self.norm_eps <= 0 or self.init_std <= 0:
+            raise ValueError("model.norm_eps and model.init_std must be positive")
+        self.head_size = self.n_embd // self.n_head
+        # RoPE rotates pairs of channels, so the rotated width must be even.
+        self.rope_n_elem = int(self.rotary_percentage * self.head_size) // 2 * 2
+        if self.rope_n_elem == 0:
+            raise ValueError(f"model.rotary_percentage={self.rotary_percentage} rotates no channel "
+                             f"of head_size={self.head_size}")
+        self.padded_vocab_size = -(-self.vocab_size // self.padding_multiple) * self.padding_multiple
+
+        from attnlab.attention import check_kernel
+        from variants import get_variant
+
+        check_kernel(self.attn_kernel)
+        self.requested = self.to_dict()
+        get_variant(self.variant).configure(self)
+
+    def baseline_twin(self) -> ModelConfig:
+        """The same requested settings with the ``baseline`` block (for extra-parameter counts)."""
+        return ModelConfig(**{**self.requested, "variant": "baseline"})
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> ModelConfig:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown model preset {preset!r}; available: {', '.join(sorted(PRESETS))}")
+        fields = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(f"unknown model setting(s) {unknown}; allowed: {sorted(fields)}")
+        return cls(**{"name": preset, **PRESETS[preset], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The constructor arguments (derived fields excluded), for checkpoints and run dirs."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The study's model (SEED.md): 1 head per layer, head size = n_embd, 103.44M parameters.
+    "seed100m": dict(vocab_size=35_000, block_size=4096, n_layer=10, n_head=1, n_embd=620,
+                     intermediate_size=2400),
+    # The study's shape scaled down for CPU demos and tests (1 head, like seed100m).
+    "tiny": dict(vocab_size=8000, block_size=256, n_layer=4, n_head=1, n_embd=128,
+                 intermediate_size=352),
+    # A conventional multi-head GQA baseline of ~100M parameters at the study's vocabulary
+    # (8 layers rather than 12: the untied 35k-row embedding and head already hold 54M).
+    "gqa100m": dict(vocab_size=35_000, block_size=2048, n_layer=8, n_head=12, n_query_groups=4,
+                    n_embd=768, intermediate_size=2048),
+}

@@ -1,0 +1,106 @@
+"""The registry is the only way to a variant; configs reject bad values with clear errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from attnlab.config import ModelConfig
+from attnlab.model import build_model
+from conftest import tiny_config
+from variants import available_variants, get_variant, register, unregister
+from variants.baseline import BaselineAttention
+
+
+def test_unknown_variant_names_the_value_and_every_registered_variant():
+    with pytest.raises(ValueError) as err:
+        get_variant("sepqkv")
+    message = str(err.value)
+    assert "'sepqkv'" in message
+    for name in available_variants():
+        assert name in message
+    with pytest.raises(ValueError, match="unknown attention variant 'nope'"):
+        tiny_config("nope")
+
+
+def test_a_variant_defined_in_one_place_trains_without_touching_the_model():
+    @register("throwaway_temperature")
+    class LearnedTemperature(BaselineAttention):
+        """Baseline with a learned logit temperature."""
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.log_temperature = nn.Parameter(torch.zeros(()))
+
+        def logits_term(self, x, n_keys):
+            return None
+
+        def project_qkv(self, x):
+            return self.qkv(x) * self.log_temperature.exp()
+
+    try:
+        assert "throwaway_temperature" in available_variants()
+        model = build_model(tiny_config("throwaway_temperature"))
+        idx = torch.randint(0, 100, (2, 8))
+        loss = nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+        loss.backward()
+        assert model.blocks[0].attn.log_temperature.grad is not None
+    finally:
+        unregister("throwaway_temperature")
+    assert "throwaway_temperature" not in available_variants()
+
+
+def test_registering_a_name_twice_is_an_error():
+    with pytest.raises(ValueError, match="already registered"):
+        register("baseline")(type("Other", (BaselineAttention,), {}))
+
+
+def test_register_rejects_non_blocks():
+    with pytest.raises(TypeError):
+        register("not_a_block")(int)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(n_embd=30, n_head=4, n_query_groups=4), "n_embd=30 is not divisible by model.n_head=4"),
+    (dict(n_head=4, n_query_groups=3), "not divisible by model.n_query_groups=3.*1, 2, 4"),
+    (dict(n_layer=0), "n_layer must be a positive integer, got 0"),
+    (dict(block_size=-5), "block_size must be a positive integer"),
+    (dict(vocab_size=2.5), "vocab_size must be a positive integer"),
+    (dict(rotary_percentage=0.0), "rotary_percentage"),
+    (dict(attn_kernel="flash9"), "unknown attention kernel 'flash9'; available: explicit, sdpa"),
+])
+def test_invalid_configs_fail_with_the_bad_value(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_unknown_preset_and_unknown_setting():
+    with pytest.raises(ValueError, match="unknown model preset 'huge'; available: gqa100m, seed100m, tiny"):
+        ModelConfig.from_preset("huge")
+    with pytest.raises(ValueError, match=r"unknown model setting\(s\) \['n_layers'\]"):
+        ModelConfig.from_preset("tiny", n_layers=3)
+
+
+def test_derived_fields():
+    config = ModelConfig.from_preset("seed100m")
+    assert (config.head_size, config.n_query_groups, config.padded_vocab_size) == (620, 1, 35_008)
+    partial = tiny_config(rotary_percentage=0.25)  # head_size 8 -> 2 rotated channels
+    assert partial.rope_n_elem == 2
+
+
+def test_variant_configure_hook_changes_model_wide_settings_without_special_cases():
+    assert tiny_config("gelu_bias").bias is True
+    assert tiny_config("gelu_bias").baseline_twin().bias is False
+    assert tiny_config("sep_qkv").bias is False
+
+
+def test_partial_rotary_leaves_the_rest_of_the_head_unrotated():
+    model = build_model(tiny_config(rotary_percentage=0.5)).eval()
+    idx = torch.randint(0, 100, (1, 8))
+    with torch.no_grad():
+        assert model(idx).shape == (1, 8, 128)
+
+
+def test_sequence_longer_than_block_size_is_rejected():
+    model = build_model(tiny_config())
+    with pytest.raises(ValueError, match="33 tokens exceeds the model's block_size=32"):
+        model(torch.zeros(1, 33, dtype=torch.long))
