@@ -1,0 +1,52 @@
+"""Reading Lightning checkpoints back into plain models, with clear errors for bad files."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnlab.config import ModelConfig
+from attnlab.model import GPT
+
+
+def _load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or not a torch file): "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    if not isinstance(checkpoint, dict) or "model_config" not in checkpoint.get("hyper_parameters", {}):
+        raise ValueError(f"{path} is not an attnlab training checkpoint (no model_config in it)")
+    return checkpoint
+
+
+def load_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The ``ModelConfig`` settings a checkpoint was trained with."""
+    return dict(_load(path)["hyper_parameters"]["model_config"])
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step at which a checkpoint was written."""
+    return int(_load(path)["global_step"])
+
+
+def load_model(path: str | Path, expect_variant: str | None = None) -> GPT:
+    """A ``GPT`` with the checkpoint's weights, in eval mode on the CPU."""
+    checkpoint = _load(path)
+    config = ModelConfig(**checkpoint["hyper_parameters"]["model_config"])
+    if expect_variant is not None and config.variant != expect_variant:
+        raise ValueError(f"checkpoint {path} holds variant {config.variant!r}, "
+                         f"but {expect_variant!r} was expected")
+    model = GPT(config)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()
+             if k.startswith("model.")}
+    state = {k.replace("_orig_mod.", ""): v for k, v in state.items()}
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,1 @@
+"""The shared Lightning training loop: typed config -> Trainer -> run directory."""

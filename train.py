@@ -1,0 +1,30 @@
+"""Train one attention variant: ``python train.py variant=sep_qkv`` (Hydra overrides, ``-m`` sweeps)."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from attnlab.training.config import TrainConfig, register_schema
+
+register_schema()
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from attnlab.training.run import train
+
+    try:
+        config: TrainConfig = OmegaConf.to_object(cfg)
+        run = train(config)
+    except (ValueError, FileNotFoundError, FileExistsError, MissingMandatoryValue) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    summary = run.load_summary() if run.is_complete() else {}
+    print(f"run directory: {run.path}")
+    return summary.get("best_val_loss")  # what a Hydra sweeper would minimise
+
+
+if __name__ == "__main__":
+    main()
