@@ -13,7 +13,7 @@ register_schema()
 
 @hydra.main(version_base=None, config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from attnlab.training.run import train
+    from attnlab.training.run import TrainingInterrupted, train
 
     try:
         config: TrainConfig = OmegaConf.to_object(cfg)
@@ -21,6 +21,9 @@ def main(cfg: DictConfig) -> float | None:
     except (ValueError, FileNotFoundError, FileExistsError, MissingMandatoryValue) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(130)
     summary = run.load_summary() if run.is_complete() else {}
     print(f"run directory: {run.path}")
     return summary.get("best_val_loss")  # what a Hydra sweeper would minimise

@@ -244,7 +244,8 @@ _ROFF_ESCAPE_RE = re.compile("|".join(re.escape(k) for k in sorted(_ROFF_ESCAPES
 _ROFF_QUOTED_ARG_RE = re.compile(r"\\[whvXHSDlLoNbx]'[^']*'")
 _ROFF_FONT_RE = re.compile(r"\\f(\[[^\]]*\]|\(..|.)|\\s[+-]?\d+|\\[*(]\S{2}|\\\*\S|\\\[[^\]]*\]|\\[nkz]\S|\\c")
 _ROFF_TEXT_MACROS = {"B", "I", "BI", "BR", "IB", "IR", "RB", "RI", "SM", "SB", "SH", "SS", "IP", "TP", "Nm", "Nd"}
-_ROFF_BREAK_MACROS = {"PP", "LP", "P", "SH", "SS", "TP", "IP", "HP", "sp", "br", "RS", "RE", "nf", "fi", "TH", "Sh", "Pp"}
+_ROFF_BREAK_MACROS = {"PP", "LP", "P", "SH", "SS", "TP", "IP", "HP", "sp", "br", "RS", "RE", "nf", "fi", "TH",
+                      "Sh", "Pp"}
 
 
 def roff_text(line: str) -> str:

@@ -58,7 +58,8 @@ class TokenizerConfig:
         if self.model_type not in MODEL_TYPES:
             raise DataError(f"unknown tokenizer.model_type {self.model_type!r}; allowed: {', '.join(MODEL_TYPES)}")
         if not isinstance(self.character_coverage, (int, float)) or not 0.98 <= self.character_coverage <= 1.0:
-            raise DataError(f"tokenizer.character_coverage must be in [0.98, 1.0] (sentencepiece's range), got {self.character_coverage!r}")
+            raise DataError(f"tokenizer.character_coverage must be in [0.98, 1.0] (sentencepiece's range), "
+                            f"got {self.character_coverage!r}")
         if self.byte_fallback is not True:
             raise DataError(f"tokenizer.byte_fallback must be True (no character may map to <unk>), "
                             f"got {self.byte_fallback!r}")

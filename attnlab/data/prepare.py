@@ -63,7 +63,8 @@ class PreparedData:
 def is_val_document(text: str, seed: int, val_fraction: float) -> bool:
     """Seeded, content-keyed split: identical documents always land in the same split,
     and the decision does not depend on corpus order or size (streaming-friendly)."""
-    h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=seed.to_bytes(8, "little", signed=True))
+    key = seed.to_bytes(8, "little", signed=True)
+    h = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=key)
     return int.from_bytes(h.digest(), "little") < val_fraction * 2**64
 
 
@@ -83,9 +84,11 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     shard_key = _hash({"source": source_key, "tokenizer_sha256": tok.sha256, "format": FORMAT,
                        "split": [cfg.val_fraction, cfg.split_seed], "shard_tokens": cfg.shard_tokens})
 
+    def shards_valid(d: Path) -> bool:  # loading checks every shard's size
+        return all(ShardIndex.load(d / f"{s}.json").key == shard_key for s in ("train", "val"))
+
     shard_dir = _build_once(cache / "shards" / shard_key[:20], "val.json",
-                            lambda tmp: _encode(corpus, cfg, tok, shard_key, tmp), "shards",
-                            lambda d: all(ShardIndex.load(d / f"{s}.json").key == shard_key for s in ("train", "val")))
+                            lambda tmp: _encode(corpus, cfg, tok, shard_key, tmp), "shards", shards_valid)
     train, val = (ShardIndex.load(shard_dir / f"{s}.json") for s in ("train", "val"))
     return PreparedData(tok.path, tok.sha256, tok.vocab_size, train.path, val.path,
                         train.n_tokens, val.n_tokens, corpus.description)
@@ -103,6 +106,7 @@ def _build_once(final: Path, marker: str, build: Callable[[Path], None], what: s
             if valid(final):
                 log.info("reusing cached %s %s", what, final)
                 return final
+            log.warning("cached %s at %s does not match its key; rebuilding", what, final)
         except (DataError, OSError) as e:
             log.warning("cached %s at %s is unusable (%s); rebuilding", what, final, e)
         shutil.rmtree(final, ignore_errors=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,9 @@ class SummaryCallback(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.train_seconds += time.perf_counter() - self._fit_start
-        if not trainer.is_global_zero:
+        self._fit_start = 0.0
+        # An interrupted run has no summary: evaluate.py must not mistake it for a finished one.
+        if not trainer.is_global_zero or trainer.global_step < (trainer.max_steps or 0):
             return
         metrics = trainer.callback_metrics
         tokens = getattr(pl_module, "tokens_seen", 0)
@@ -80,3 +84,43 @@ class PeakFlopsThroughputMonitor(ThroughputMonitor):
         super().setup(trainer, pl_module, stage)
         if self.peak_flops:
             self.available_flops = int(self.peak_flops)
+
+
+log = logging.getLogger(__name__)
+
+
+class GracefulStop(L.Callback):
+    """On SIGINT/SIGTERM (Ctrl-C, a Slurm preemption) finish the current step, save
+    ``last.ckpt`` and stop, so that ``resume=auto`` continues exactly where it ended.
+
+    The save happens at a step boundary, where Lightning expects checkpoints, and
+    goes through Lightning's writer (a temporary file renamed into place).
+    """
+
+    def __init__(self, last_checkpoint: Path) -> None:
+        self.last_checkpoint = last_checkpoint
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals to the launcher
+                return
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.received is None:
+            return
+        trainer.save_checkpoint(self.last_checkpoint)
+        trainer.should_stop = True
+        log.warning("received %s: saved %s at step %d; continue with resume=auto",
+                    signal.Signals(self.received).name, self.last_checkpoint, trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()

@@ -72,6 +72,7 @@ class TrainerSection:
     val_every_n_steps: int = 100
     val_batches: int = 20
     log_every_n_steps: int = 10
+    checkpoint_every_n_steps: Optional[int] = None  # last.ckpt cadence; None: at each validation
     num_workers: int = 0
     progress_bar: bool = True
     peak_flops: Optional[float] = None  # device peak FLOP/s for MFU; None: the known table

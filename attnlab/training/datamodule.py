@@ -2,11 +2,69 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from attnlab.data import PreparedData, TokenWindowDataset
+
+
+class EpochPermutationSampler(Sampler[int]):
+    """A seeded permutation per epoch that can start part-way, for exact resumption.
+
+    The order depends on (seed, epoch) only, not on the model, so every variant
+    sees the same windows in the same order for a given seed. Under DDP each rank
+    takes every world_size-th window of the permutation, so ranks read distinct data.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0  # windows of this epoch already consumed before a resume
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at each epoch start
+        if epoch != self.epoch:
+            self.epoch, self.start = epoch, 0
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        rank, world = _rank_and_world()
+        usable = self.n // world * world  # equal shares, so no rank waits for another's extra batch
+        order = torch.randperm(self.n, generator=generator)[:usable][rank::world][self.start:].tolist()
+        self.start = 0
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.n // _rank_and_world()[1]
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position (epoch, batches consumed) is saved in Lightning checkpoints."""
+
+    def __init__(self, dataset: TokenWindowDataset, batch_size: int, seed: int, num_workers: int,
+                 batches_processed: Callable[[], int]) -> None:
+        super().__init__(dataset, batch_size=batch_size, drop_last=True, num_workers=num_workers,
+                         sampler=EpochPermutationSampler(len(dataset), seed),
+                         persistent_workers=num_workers > 0)
+        # Asked of the training loop, not counted here: the loop and the workers fetch
+        # batches ahead of the one being trained on.
+        self.batches_processed = batches_processed
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches_consumed": self.batches_processed()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.epoch = state["epoch"]
+        self.sampler.start = state["batches_consumed"] * self.batch_size
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -24,11 +82,8 @@ class TokenDataModule(L.LightningDataModule):
         self.val_set = TokenWindowDataset(self.prepared.val, self.seq_len)
 
     def train_dataloader(self) -> DataLoader:
-        # The shuffle generator depends on the seed only (not on the model), so every
-        # variant sees the same windows in the same order for a given seed.
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          generator=torch.Generator().manual_seed(self.seed),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        progress = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
+        return ResumableDataLoader(self.train_set, self.batch_size, self.seed, self.num_workers, progress)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False,

@@ -45,9 +45,10 @@ class LanguageModelModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         _, loss = self.model_step(batch)
         if not torch.isfinite(loss):
+            saved = [c.best_model_path for c in self.trainer.checkpoint_callbacks if c.best_model_path]
             raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at step {self.global_step}; "
-                f"the last good checkpoint is {self.trainer.checkpoint_callback.last_model_path or 'none'}")
+                f"non-finite training loss ({loss.item()}) at step {self.global_step}; last good "
+                f"checkpoints: {', '.join(saved) or 'none yet'} (resume with resume=auto)")
         self.tokens_seen += batch[0].numel() * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/tokens_seen", float(self.tokens_seen))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
+import signal
 import shutil
 import subprocess
 import time
@@ -25,7 +26,7 @@ from attnlab.flops import device_peak_flops, flops_per_token
 from attnlab.model import build_model
 from attnlab.params import parameter_breakdown
 from attnlab.runs import RunDir
-from attnlab.training.callbacks import PeakFlopsThroughputMonitor, SummaryCallback
+from attnlab.training.callbacks import GracefulStop, PeakFlopsThroughputMonitor, SummaryCallback
 from attnlab.training.config import TrainConfig
 from attnlab.training.csv_logger import RunCSVLogger
 from attnlab.training.datamodule import TokenDataModule
@@ -34,7 +35,8 @@ from attnlab.training.module import LanguageModelModule
 log = logging.getLogger(__name__)
 
 
-def train(cfg: TrainConfig) -> RunDir:
+def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> RunDir:
+    """Train one run; ``extra_callbacks`` are added to the Trainer's (e.g. from notebooks)."""
     cfg.validate()
     run = RunDir.for_run(cfg.results_dir, cfg.experiment_name, cfg.variant.name, cfg.seed)
     ckpt_path = _claim_run_dir(run, cfg)
@@ -69,15 +71,24 @@ def train(cfg: TrainConfig) -> RunDir:
     callbacks = [
         summary,
         ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val/loss", mode="min",
-                        save_top_k=1, save_last=True, enable_version_counter=False),
+                        save_top_k=1, enable_version_counter=False),
+        # last.ckpt: the resume point (also written on SIGINT/SIGTERM by GracefulStop).
+        # Lightning writes through a temporary file, so a kill during a save leaves the
+        # previous last.ckpt intact.
+        ModelCheckpoint(dirpath=run.checkpoints, filename="last", save_top_k=1,
+                        every_n_train_steps=t.checkpoint_every_n_steps or t.val_every_n_steps,
+                        enable_version_counter=False),
         LearningRateMonitor(logging_interval="step"),
         PeakFlopsThroughputMonitor(
             peak_flops=t.peak_flops or device_peak_flops(_root_device(accelerator), precision),
             batch_size_fn=lambda batch: batch[0].shape[0],
             length_fn=lambda batch: batch[0].numel(), window_size=max(2, min(50, t.log_every_n_steps))),
     ]
+    callbacks += extra_callbacks or []
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 2)))
+    stopper = GracefulStop(run.last_checkpoint)
+    callbacks.append(stopper)  # last, so that it sees a signal raised during the step's other hooks
     trainer = L.Trainer(
         accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=precision, max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
@@ -88,9 +99,18 @@ def train(cfg: TrainConfig) -> RunDir:
                 RunCSVLogger(run.path, name="", version="")],
         callbacks=callbacks, default_root_dir=run.path, deterministic=accelerator == "cpu",
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # EpochPermutationSampler shards by rank itself
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    if stopper.received is not None:
+        raise TrainingInterrupted(f"training stopped by {signal.Signals(stopper.received).name} at step "
+                                  f"{trainer.global_step}; checkpoint {run.last_checkpoint}; continue "
+                                  f"with resume=auto")
     return run
+
+
+class TrainingInterrupted(RuntimeError):
+    """A run stopped by a signal after saving its last checkpoint."""
 
 
 def _claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:

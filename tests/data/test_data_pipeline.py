@@ -173,7 +173,8 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, docs, mon
     assert second.train != first.train and second.tokenizer_path != first.tokenizer_path
 
     calls.clear()  # a different tokenizer option: new tokenizer and shards, same source
-    third = prepare_data(text_config(tmp_path, str(corpus), tokenizer=TokenizerConfig(vocab_size=820, model_type="bpe", character_coverage=0.98)))
+    other = TokenizerConfig(vocab_size=820, model_type="bpe", character_coverage=0.98)
+    third = prepare_data(text_config(tmp_path, str(corpus), tokenizer=other))
     assert calls == ["_train", "_encode"] and third.vocab_size == 820
 
 

@@ -109,3 +109,12 @@ def test_distributed_sampler_gives_ranks_distinct_windows(tmp_path):
         seen.append({int(x[0]) for batch_x, _ in loader for x in batch_x})  # first token identifies a window
     assert len(seen[0]) == len(seen[1]) == 50
     assert not seen[0] & seen[1]
+
+
+def test_malformed_index(tmp_path):
+    (tmp_path / "train.json").write_text('{"format": "attnlab-shards/1", "shards": []}')
+    with pytest.raises(DataError, match=r"train\.json: malformed shard index"):
+        TokenWindowDataset(tmp_path / "train.json", 8)
+    (tmp_path / "other.json").write_text('{"format": "something-else"}')
+    with pytest.raises(DataError, match=r"unknown shard index format 'something-else'"):
+        TokenWindowDataset(tmp_path / "other.json", 8)

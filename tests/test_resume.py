@@ -1,0 +1,70 @@
+"""An interrupted run resumed with resume=auto reproduces the uninterrupted run exactly."""
+
+import os
+import signal
+
+import lightning as L
+import pandas as pd
+import pytest
+
+from attnlab.training.run import TrainingInterrupted, train
+from test_training import compose_config, corpus, tiny_overrides  # noqa: F401 (fixture)
+
+
+class PreemptAt(L.Callback):
+    """Sends this process SIGTERM during a step, as a cluster scheduler would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _overrides(tmp_path, corpus, name):
+    return [f"experiment_name={name}", *tiny_overrides(tmp_path, corpus), "trainer.max_steps=8",
+            "trainer.val_every_n_steps=4", "trainer.checkpoint_every_n_steps=2"]
+
+
+def test_resume_after_interruption_gives_identical_losses(tmp_path, corpus):
+    straight = train(compose_config(_overrides(tmp_path, corpus, "straight")))
+
+    cfg = _overrides(tmp_path, corpus, "interrupted")
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at step 6"):
+        train(compose_config(cfg), extra_callbacks=[PreemptAt(5)])
+    interrupted_run = straight.path.parents[2] / "interrupted" / "baseline" / "seed0"
+    assert (interrupted_run / "checkpoints" / "last.ckpt").is_file()
+    assert not (interrupted_run / "summary.json").exists()
+    resumed = train(compose_config([*cfg, "resume=auto"]))
+
+    def losses(run):
+        frame = pd.read_csv(run.metrics)
+        return frame.dropna(subset=["train/loss"]).set_index("step")["train/loss"]
+
+    a, b = losses(straight), losses(resumed)
+    assert list(a.index) == list(b.index) and len(a) == 8
+    assert a.tolist() == b.tolist()  # exactly equal on CPU fp32
+    sa, sb = straight.load_summary(), resumed.load_summary()
+    for key in ("steps", "tokens_seen", "final_train_loss", "final_val_loss", "best_val_loss"):
+        assert sa[key] == sb[key], key
+
+
+def test_resume_without_checkpoint_names_the_missing_file(tmp_path, corpus):
+    with pytest.raises(FileNotFoundError, match="resume='auto': no checkpoint at .*last.ckpt"):
+        train(compose_config([*_overrides(tmp_path, corpus, "fresh"), "resume=auto"]))
+
+
+def test_resume_from_a_checkpoint_of_another_variant_is_refused(tmp_path, corpus):
+    run = train(compose_config(_overrides(tmp_path, corpus, "other")))
+    cfg = [*_overrides(tmp_path, corpus, "other2"), "variant=qk_scale", f"resume={run.last_checkpoint}"]
+    with pytest.raises(ValueError, match="different model .*variant: checkpoint 'baseline' vs requested 'qk_scale'"):
+        train(compose_config(cfg))
+
+
+def test_a_truncated_checkpoint_is_reported_not_loaded(tmp_path, corpus):
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    cfg = [*_overrides(tmp_path, corpus, "trunc"), f"resume={bad}"]
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        train(compose_config(cfg))
