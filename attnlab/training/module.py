@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import lightning as L
 import torch
@@ -84,10 +83,3 @@ class LanguageModelModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
-
-
-def unigram_entropy_nats(counts: Tensor) -> float:
-    """Entropy of the token unigram distribution: the loss of a model that ignores context."""
-    p = counts.double() / counts.sum()
-    p = p[p > 0]
-    return float(-(p * p.log()).sum()) if len(p) else math.nan

@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from attnlab.checkpoint import checkpoint_step, load_checkpoint_config
 from attnlab.config import ModelConfig
-from attnlab.data import PreparedData, check_vocab_fits, prepare_data
+from attnlab.data import PreparedData, ShardIndex, check_vocab_fits, prepare_data
 from attnlab.flops import device_peak_flops, flops_per_token
 from attnlab.model import build_model
 from attnlab.params import parameter_breakdown
@@ -39,7 +41,10 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
     """Train one run; ``extra_callbacks`` are added to the Trainer's (e.g. from notebooks)."""
     cfg.validate()
     run = RunDir.for_run(cfg.results_dir, cfg.experiment_name, cfg.variant.name, cfg.seed)
-    ckpt_path = _claim_run_dir(run, cfg)
+    # DDP workers started by Lightning (or torchrun) re-run this function: only rank 0
+    # claims and writes the run directory.
+    is_rank_zero = rank_zero_only.rank == 0
+    ckpt_path = _claim_run_dir(run, cfg) if is_rank_zero else _resume_checkpoint(run, cfg)
 
     prepared = prepare_data(cfg.data)
     model_config = cfg.model.build(cfg.variant, prepared.vocab_size)
@@ -50,7 +55,8 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
                          f"trainer.seq_len<={model_config.block_size} or a larger model.block_size")
     if ckpt_path is not None:
         check_checkpoint_matches(ckpt_path, model_config)
-        _trim_metrics(run, checkpoint_step(ckpt_path))
+        if is_rank_zero:
+            _trim_metrics(run, checkpoint_step(ckpt_path))
 
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(model_config, seed=cfg.seed)
@@ -65,8 +71,9 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
                                  flops_per_batch=flops_per_token(model_config, t.seq_len) * tokens_per_batch)
     datamodule = TokenDataModule(prepared, t.seq_len, t.batch_size, cfg.seed, t.num_workers)
 
-    run.path.mkdir(parents=True, exist_ok=True)
-    _write_run_files(run, cfg, model_config, prepared)
+    if is_rank_zero:
+        run.path.mkdir(parents=True, exist_ok=True)
+        _write_run_files(run, cfg, model_config, prepared)
     summary = SummaryCallback(run.summary, _static_summary(cfg, model_config, prepared, precision))
     callbacks = [
         summary,
@@ -116,10 +123,7 @@ class TrainingInterrupted(RuntimeError):
 def _claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
     """Decide what happens to an existing run directory; return the checkpoint to resume from."""
     if cfg.resume:
-        ckpt = run.last_checkpoint if cfg.resume == "auto" else Path(cfg.resume)
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"resume={cfg.resume!r}: no checkpoint at {ckpt}")
-        return ckpt
+        return _resume_checkpoint(run, cfg)
     if run.path.exists() and any(run.path.iterdir()):
         if not cfg.overwrite:
             raise FileExistsError(
@@ -137,6 +141,15 @@ def _trim_metrics(run: RunDir, step: int) -> None:
     if run.metrics.is_file():
         frame = pd.read_csv(run.metrics)
         frame[frame["step"] < step].to_csv(run.metrics, index=False)
+
+
+def _resume_checkpoint(run: RunDir, cfg: TrainConfig) -> Path | None:
+    if not cfg.resume:
+        return None
+    ckpt = run.last_checkpoint if cfg.resume == "auto" else Path(cfg.resume)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"resume={cfg.resume!r}: no checkpoint at {ckpt}")
+    return ckpt
 
 
 def check_checkpoint_matches(ckpt_path: Path, model_config: ModelConfig) -> None:
@@ -188,14 +201,23 @@ def _static_summary(cfg: TrainConfig, model_config: ModelConfig, prepared: Prepa
         "max_steps": cfg.trainer.max_steps,
         "lr": cfg.optim.lr,
         "data": {"source": cfg.data.source, "tokenizer_sha256": prepared.tokenizer_sha256,
-                 "tokenizer_vocab_size": prepared.vocab_size, "train_index": str(prepared.train),
-                 "val_index": str(prepared.val)},
+                 "tokenizer_vocab_size": prepared.vocab_size, "train_tokens": prepared.train_tokens,
+                 "val_tokens": prepared.val_tokens,
+                 "val_unigram_entropy_nats": round(unigram_entropy_nats(prepared.val), 4)},
         "device": _device_name(),
         "precision": precision,
         "versions": {"torch": torch.__version__, "lightning": L.__version__,
                      "python": platform.python_version()},
         "git_commit": _git_commit(),
     }
+
+
+def unigram_entropy_nats(index_path: Path) -> float:
+    """Entropy of the token unigram distribution: the loss of a model that ignores context,
+    the bar a trained model must clear."""
+    counts = np.bincount(ShardIndex.load(index_path).read_all()).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
 
 
 def _device_name() -> str:
