@@ -19,8 +19,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/python train.py -m experiment=demo variant=baseline,gelu_bias,sep_qkv,qk_scale seed=0
-	$(BIN)/python evaluate.py experiment=demo
+	$(BIN)/python train.py -m experiment=demo variant=baseline,gelu_bias,sep_qkv,qk_scale seed=0 overwrite=true
+	$(BIN)/python evaluate.py experiment=demo heatmap_layers=[3]
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -70,13 +70,14 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_offset: i
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     elif additive is None and T == 1:  # one new token attends the whole cache
         y = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
+    elif additive is None:  # a chunk of several tokens after a KV cache
+        mask = causal_mask(T, S, q_offset, q.device)  # boolean: True where attending
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     else:
-        # A float mask carries both the causal -inf and the variant's trainable term,
-        # so gradients reach the term while the kernel stays fused.
-        mask = torch.zeros(T, S, dtype=q.dtype, device=q.device)
-        mask = mask.masked_fill(~causal_mask(T, S, q_offset, q.device), float("-inf"))
-        if additive is not None:
-            mask = mask + additive.to(q.dtype)
+        # A float mask carries both the causal -inf and the variant's trainable term, so
+        # gradients reach the term while the kernel stays fused. One masked_fill builds it
+        # (the same values as zeros, -inf fill and add, in one pass over (B, 1, T, S)).
+        mask = additive.to(q.dtype).masked_fill(~causal_mask(T, S, q_offset, q.device), float("-inf"))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return y, None
 
@@ -109,14 +110,20 @@ def build_rope_cache(seq_len: int, n_elem: int, base: int, device: torch.device 
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the first ``cos.shape[-1]`` channels of x (B, H, T, hs); the rest pass through."""
+    """Rotate the first ``cos.shape[-1]`` channels of x (B, H, T, hs); the rest pass through.
+
+    x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1), computed as the
+    two halves swapped by one ``flip`` with the minus sign moved onto sin: the same
+    values bit for bit, in fewer kernels, and a backward pass without the zero-filled
+    gradient buffers that slicing x into halves costs.
+    """
     n_elem = cos.shape[-1]
-    rotated, passthrough = x[..., :n_elem], x[..., n_elem:]
+    if n_elem < x.shape[-1]:  # partial rotary: the remaining channels pass through
+        return torch.cat([apply_rope(x[..., :n_elem], cos, sin), x[..., n_elem:]], dim=-1)
     half = n_elem // 2
-    x1, x2 = rotated[..., :half], rotated[..., half:]
-    rotated = rotated * cos + torch.cat([-x2, x1], dim=-1) * sin
-    out = rotated.to(x.dtype)
-    return out if passthrough.shape[-1] == 0 else torch.cat([out, passthrough], dim=-1)
+    signed_sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)  # (T, n_elem), small
+    swapped = x.unflatten(-1, (2, half)).flip(-2).flatten(-2)  # cat(x2, x1)
+    return (x * cos + swapped * signed_sin).to(x.dtype)
 
 
 class KVCache:

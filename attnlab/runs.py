@@ -12,10 +12,16 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:  # torch and sentencepiece load only when a model or tokenizer is asked for
+    from attnlab.data.tokenizer import Tokenizer
+    from attnlab.model import GPT
 
 
 CHECKPOINTS = ("best", "last")
@@ -84,7 +90,7 @@ class RunDir:
 
         return yaml.safe_load(self.config.read_text())
 
-    def load_model(self, which: str = "best"):
+    def load_model(self, which: str = "best") -> GPT:
         """The run's ``GPT`` from ``checkpoints/<which>.ckpt``, checked against the run itself.
 
         A checkpoint copied in from another run (another variant or shape) is refused
@@ -103,7 +109,7 @@ class RunDir:
             raise ValueError(f"checkpoint {path} does not match its run directory ({details})")
         return load_model(path, expect_variant=self.variant)
 
-    def load_tokenizer(self):
+    def load_tokenizer(self) -> Tokenizer:
         from attnlab.data.tokenizer import Tokenizer
 
         return Tokenizer(self.tokenizer)
@@ -118,7 +124,8 @@ def find_runs(results_dir: str | Path, experiment: str | None = None) -> list[Ru
     """Finished runs (those with summary.json) of one experiment, or of all experiments."""
     root = Path(results_dir)
     pattern = f"{experiment}/*/seed*/summary.json" if experiment else "*/*/seed*/summary.json"
-    return [RunDir(p.parent) for p in sorted(root.glob(pattern))]
+    # seed<k> only: run directories moved aside by overwrite=true (seed0.replaced-...) are history.
+    return [RunDir(p.parent) for p in sorted(root.glob(pattern)) if re.fullmatch(r"seed\d+", p.parent.name)]
 
 
 def experiment_runs(results_dir: str | Path, experiment: str) -> list[RunDir]:

@@ -104,3 +104,16 @@ def test_different_seeds_give_different_weights():
     a = build_model(tiny_config(), seed=0).wte.weight
     b = build_model(tiny_config(), seed=1).wte.weight
     assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("kernel", ["sdpa", "explicit"])
+def test_chunked_prefill_after_a_cache_matches_full_forward(variant, kernel):
+    """Several new tokens after cached ones: the causal mask is offset by the cache length."""
+    model = build_model(tiny_config(variant, attn_kernel=kernel)).eval()
+    idx = _tokens(T=12)
+    with torch.no_grad():
+        full = model(idx)
+        caches = model.new_kv_caches(batch_size=2)
+        chunks = [model(idx[:, :4], caches), model(idx[:, 4:9], caches), model(idx[:, 9:], caches)]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=1e-5, atol=1e-5)

@@ -33,6 +33,11 @@ class BaselineAttention(AttentionBlock):
         self.kernel = get_kernel(config.attn_kernel)
         self.scale = 1.0 / math.sqrt(config.head_size)
 
+    def flops_per_token(self, seq_len: int) -> float:
+        # PaLM's attention term: q.k^T and probs.v, 2 FLOPs per multiply-add forward and 4
+        # backward, over all seq_len keys (the causal half is not subtracted).
+        return super().flops_per_token(seq_len) + 12.0 * self.n_head * self.head_size * seq_len
+
     def project_qkv(self, x: Tensor) -> Tensor:
         """(B, T, C) -> (B, T, (H + 2G) * hs), the q, k, v channels side by side."""
         return self.qkv(x)

@@ -12,7 +12,11 @@ every head (one Linear per layer, as in the study), so the parameter count does
 not grow with the head count.
 
 Extra parameters: C * block_size + block_size per layer (25.4M at seed100m).
-Training stays on the fused kernel: the term travels in SDPA's float mask.
+Training stays on SDPA: the term travels in its float mask (with the causal -inf), so
+the explicit softmax is never used in training. A mask that needs a gradient runs on
+SDPA's memory-efficient kernel on CUDA and on its math backend on CPU (bmm + softmax,
+the same work as the explicit kernel without returning probabilities); at seed100m,
+T=512, the whole step costs ~1.05-1.1x the baseline's (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ class QKScaleAttention(BaselineAttention):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.score = nn.Linear(config.n_embd, config.block_size, bias=True)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        # The score Linear only computes the rows of the seq_len keys (see logits_term).
+        unused_rows = self.score.out_features - min(seq_len, self.score.out_features)
+        return super().flops_per_token(seq_len) - 6.0 * self.score.in_features * unused_rows
 
     def logits_term(self, x: Tensor, n_keys: int) -> Tensor:
         # Only the first n_keys outputs are used, so compute only those rows.

@@ -34,6 +34,15 @@ class AttentionBlock(nn.Module):
     def configure(cls, config: ModelConfig) -> None:
         """Adjust model-wide settings for this variant; the default changes nothing."""
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs (forward + backward) per token of this block at ``seq_len`` tokens.
+
+        The default counts 6 per weight of every ``nn.Linear`` in the block (2 forward,
+        4 backward); blocks add their attention term and correct for weights they do not
+        use in full. ``attnlab.flops`` documents the convention.
+        """
+        return 6.0 * sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None,
                 need_weights: bool = False) -> AttentionOutput:  # pragma: no cover - interface
         raise NotImplementedError

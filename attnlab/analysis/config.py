@@ -1,0 +1,59 @@
+"""Typed configuration of ``evaluate.py``: the schema ``configs/evaluate.yaml`` composes into.
+
+``Optional[...]`` rather than ``X | None`` because OmegaConf builds its schema
+from these annotations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from attnlab.analysis.samples import DEFAULT_PROMPTS
+from attnlab.generate import SamplingConfig
+from attnlab.runs import CHECKPOINTS
+
+OUTPUTS = ("tables", "figures", "samples", "heatmaps", "attention_stats")
+
+
+@dataclass
+class EvaluateConfig:
+    experiment: Optional[str] = None  # None: the experiment with the newest finished run
+    runs_dir: str = "results/runs"
+    output_dir: Optional[str] = None  # None: <runs_dir>/../<experiment>, i.e. results/<experiment>
+    outputs: list[str] = field(default_factory=lambda: list(OUTPUTS))
+    baseline: str = "baseline"  # the variant every other one is tested against
+    checkpoint: str = "best"  # best or last, for samples, heatmaps and attention statistics
+    model_seed: Optional[int] = None  # whose checkpoint gives samples/heatmaps; None: lowest seed
+    confidence: float = 0.95
+    alpha: float = 0.05  # significance level of the tests against the baseline
+    allow_mixed_data: bool = False  # tabulate runs trained on different data (with a warning)
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    heatmap_prompt: Optional[str] = None  # None: the first prompt
+    heatmap_layers: Optional[list[int]] = None  # None: every layer
+    device: str = "cpu"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def validate(self) -> None:
+        """Fail fast, naming the bad value and what is allowed."""
+        unknown = [o for o in self.outputs if o not in OUTPUTS]
+        if unknown:
+            raise ValueError(f"unknown outputs {unknown}; allowed: {', '.join(OUTPUTS)}")
+        if self.checkpoint not in CHECKPOINTS:
+            raise ValueError(f"unknown checkpoint {self.checkpoint!r}; allowed: {', '.join(CHECKPOINTS)}")
+        for name in ("confidence", "alpha"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {value}")
+        if not self.prompts or any(not p for p in self.prompts):
+            raise ValueError(f"prompts must be a non-empty list of non-empty strings, got {self.prompts!r}")
+        if self.experiment is not None and (not self.experiment or "/" in self.experiment):
+            raise ValueError(f"experiment must be a name without '/', got {self.experiment!r}")
+        SamplingConfig(**vars(self.sampling))  # re-run its checks on the overridden values
+
+
+def register_schema() -> None:
+    """Make ``EvaluateConfig`` the schema ``configs/evaluate.yaml`` composes into."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)

@@ -1,0 +1,63 @@
+"""One figure style for every plot: a Japanese-capable font, fixed variant colours, PNG + PDF.
+
+Token strings and prompts are Japanese, and matplotlib's default DejaVu Sans has
+no kanji (they render as empty boxes), so every figure uses IPAexGothic, which
+``matplotlib-fontja`` bundles and registers; it also covers Latin text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: evaluate.py and the tests run without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib_fontja  # noqa: E402,F401  (registers IPAexGothic with matplotlib)
+from matplotlib.figure import Figure  # noqa: E402
+
+# Font subsetting for every PDF logs a dozen INFO lines; Hydra's logging would show them all.
+logging.getLogger("fontTools").setLevel(logging.WARNING)
+
+FONT_FAMILY = "IPAexGothic"
+FORMATS = ("png", "pdf")
+PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
+RC = {
+    "font.family": FONT_FAMILY,
+    "pdf.fonttype": 42,  # embed TrueType so the PDF text stays text (and searchable)
+    "figure.dpi": 110,
+    "savefig.dpi": 200,
+    "savefig.bbox": "tight",
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.frameon": False,
+    "font.size": 10,
+}
+
+
+def use_style() -> None:
+    """Apply the project style globally; importing this module already does (as matplotlib-fontja
+    does for its font), so figures look the same from evaluate.py, notebooks and tests."""
+    plt.rcParams.update(RC)
+
+
+use_style()
+
+
+def variant_colors(variants: Sequence[str]) -> dict[str, str]:
+    """The same colour for a variant in every figure of one evaluation (order: variant_order)."""
+    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+
+
+def save_figure(fig: Figure, out_dir: Path, name: str, formats: Sequence[str] = FORMATS) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.{fmt}" for fmt in formats]
+    for path in paths:
+        fig.savefig(path)
+    plt.close(fig)
+    return paths

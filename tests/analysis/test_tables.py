@@ -1,0 +1,118 @@
+"""Table numbers are the runs' own numbers; intervals, tests and data checks behave."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from attnlab.analysis.pipeline import load_experiment, write_tables
+from attnlab.analysis.tables import aggregate_table, baseline_tests_table, per_run_table
+from attnlab.runs import find_runs
+
+from .conftest import EXPERIMENT, SEEDS, VARIANTS
+
+
+@pytest.fixture(scope="module")
+def experiment(runs_dir):
+    return load_experiment(runs_dir, EXPERIMENT)
+
+
+def test_per_run_table_equals_summary_and_metrics(experiment, tmp_path):
+    write_tables(experiment, tmp_path)
+    table = pd.read_csv(tmp_path / "per_run.csv")
+    assert list(zip(table["variant"], table["seed"])) == [(v, s) for v in VARIANTS for s in SEEDS]
+    for row, run in zip(table.itertuples(), experiment.runs):
+        summary = json.loads(run.summary.read_text())
+        for key in ("tokens_seen", "final_train_loss", "final_val_loss", "best_val_loss", "final_val_ppl",
+                    "wall_time_s", "tokens_per_s"):
+            assert getattr(row, key) == pytest.approx(summary[key], rel=1e-12), key
+        assert row.parameters == summary["parameters"]["total"]
+        metrics = pd.read_csv(run.metrics)
+        assert row.final_val_loss == pytest.approx(metrics["val/loss"].dropna().iloc[-1])
+        assert row.best_val_loss == pytest.approx(metrics["val/loss"].dropna().min())
+        assert row.final_train_loss == pytest.approx(metrics["train/loss"].dropna().iloc[-1])
+    markdown = (tmp_path / "per_run.md").read_text()
+    assert f"{table['final_val_loss'][0]:.4f}" in markdown
+    assert "\\begin{tabular}" in (tmp_path / "per_run.tex").read_text()
+
+
+def test_aggregate_is_mean_and_student_t_interval_over_seeds(experiment, tmp_path):
+    write_tables(experiment, tmp_path)
+    agg = pd.read_csv(tmp_path / "aggregate.csv").set_index("variant")
+    for variant in VARIANTS:
+        values = experiment.frame.loc[experiment.frame["variant"] == variant, "final_val_loss"].to_numpy()
+        low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+        assert agg.loc[variant, "n"] == len(SEEDS)
+        assert agg.loc[variant, "final_val_loss_mean"] == pytest.approx(values.mean())
+        assert agg.loc[variant, "final_val_loss_ci"] == pytest.approx((high - low) / 2)
+    text = (tmp_path / "aggregate.md").read_text()
+    assert "±" in text and "95% confidence interval (Student t" in text
+    assert r"$\pm$" in (tmp_path / "aggregate.tex").read_text()
+
+
+def test_baseline_test_is_welch_on_the_seed_values(experiment, tmp_path):
+    write_tables(experiment, tmp_path)
+    tests = pd.read_csv(tmp_path / "vs_baseline.csv")
+    frame = experiment.frame
+    row = tests[(tests["variant"] == "qk_scale") & (tests["metric"] == "final_val_loss")].iloc[0]
+    expected = stats.ttest_ind(frame.loc[frame["variant"] == "qk_scale", "final_val_loss"],
+                               frame.loc[frame["variant"] == "baseline", "final_val_loss"], equal_var=False)
+    assert row["p_value"] == pytest.approx(expected.pvalue)
+    assert bool(row["significant"]) == (expected.pvalue < 0.05)
+    assert "p (Welch t)" in (tmp_path / "vs_baseline.md").read_text()
+
+
+def test_a_single_seed_says_so_instead_of_an_interval(experiment):
+    one = experiment.frame[experiment.frame["seed"] == 0]
+    aggregate = aggregate_table(one)
+    assert np.isnan(aggregate.numbers["final_val_loss_ci"]).all()
+    text = aggregate.to_markdown()
+    assert "(n=1)" in text and "±" not in text.split("\n>")[0]
+    assert "a single run has no interval" in text
+    tests = baseline_tests_table(one).to_markdown()
+    assert "n/a (needs n>=2 per side, has 1 / 1)" in tests
+
+
+def test_missing_baseline_is_an_error_naming_the_variants(experiment):
+    with pytest.raises(ValueError, match="baseline 'basline' has no finished runs in this experiment; "
+                                         "variants present: baseline, qk_scale"):
+        baseline_tests_table(experiment.frame, "basline")
+
+
+def _copy_experiment(runs_dir, tmp_path, name):
+    shutil.copytree(runs_dir / EXPERIMENT, tmp_path / name, ignore=shutil.ignore_patterns("*.ckpt", "tensorboard"))
+    return tmp_path
+
+
+def test_runs_on_another_tokenizer_are_refused_or_flagged_never_mixed_silently(runs_dir, tmp_path):
+    root = _copy_experiment(runs_dir, tmp_path, "mixed")
+    summary_path = root / "mixed" / "qk_scale" / "seed1" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["data"]["tokenizer_sha256"] = "f" * 64
+    summary_path.write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match=r"runs were trained on different data or tokenizers .*"
+                                         r"tokenizer ffffffffffff: qk_scale/seed1.*allow_mixed_data=true"):
+        load_experiment(root, "mixed")
+    exp = load_experiment(root, "mixed", allow_mixed_data=True)
+    assert any("WARNING: runs were trained on different data" in line
+               for line in per_run_table(exp.frame, exp.notes).to_markdown().splitlines())
+
+
+def test_runs_with_different_settings_carry_a_warning(runs_dir, tmp_path):
+    root = _copy_experiment(runs_dir, tmp_path, "steps")
+    summary_path = root / "steps" / "baseline" / "seed0" / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "max_steps": 8}))
+    exp = load_experiment(root, "steps")
+    assert "WARNING: runs differ in max_steps (baseline: 8/4, qk_scale: 4)." in exp.notes
+    assert "runs differ in max_steps" in aggregate_table(exp.frame, notes=exp.notes).to_markdown()
+
+
+def test_no_runs_found_names_what_exists(runs_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no finished runs of experiment 'nope' under .*; available: tiny"):
+        load_experiment(runs_dir, "nope")
+    with pytest.raises(FileNotFoundError, match="no finished runs under .*; train some first"):
+        load_experiment(tmp_path)
+    assert len(find_runs(runs_dir, EXPERIMENT)) == len(VARIANTS) * len(SEEDS)

@@ -1,0 +1,59 @@
+"""torch.compile captures every variant's training forward in one graph (no graph breaks).
+
+``fullgraph=True`` turns any graph break into an error. The ``eager`` backend only
+runs Dynamo's capture, and ``aot_eager`` adds the AOTAutograd trace of the backward
+pass, so these tests need no C++ compiler and stay fast on CPU.
+"""
+
+import pytest
+import torch
+
+from attnlab.model import build_model
+from conftest import tiny_config
+from variants import available_variants
+
+VARIANTS = available_variants()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _inputs(model, T=16):
+    x = torch.randn(2, T, model.config.n_embd, requires_grad=True)
+    return x, model.rope_cos[:T], model.rope_sin[:T]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_block_forward_has_no_graph_break(variant):
+    model = build_model(tiny_config(variant))
+    block = model.blocks[0]
+    x, cos, sin = _inputs(model)
+    explanation = torch._dynamo.explain(block)(x, cos, sin)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_compiled_block_forward_and_backward_match_eager(variant):
+    model = build_model(tiny_config(variant))
+    block = model.blocks[0]
+    x, cos, sin = _inputs(model)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    expected, _ = block(x, cos, sin)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), x)
+    actual, _ = compiled(x, cos, sin)
+    (grad_actual,) = torch.autograd.grad(actual.square().sum(), x)
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(grad_actual, grad_expected)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_whole_model_training_forward_compiles_in_one_graph(variant):
+    model = build_model(tiny_config(variant))
+    idx = torch.randint(0, 100, (2, 16))
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(idx), model(idx))
