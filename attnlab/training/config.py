@@ -47,9 +47,9 @@ class ModelSection:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 50
+    warmup_steps: int = 30
     weight_decay: float = 0.1  # not applied to norms, biases and embeddings
     beta1: float = 0.9
     beta2: float = 0.95
@@ -65,12 +65,13 @@ class TrainerSection:
     strategy: str = "auto"
     precision: str = "auto"  # auto: bf16-mixed on GPUs that support it, else 32-true
     compile: Optional[bool] = None  # None: on for GPU, off for CPU
-    max_steps: int = 600
-    batch_size: int = 16  # micro-batch per device
+    # Defaults: the CPU demo (tiny preset, ~2-3 minutes on 2 cores); see configs/experiment/.
+    max_steps: int = 300
+    batch_size: int = 8  # micro-batch per device
     accumulate_grad_batches: int = 1
     seq_len: int = 128
-    val_every_n_steps: int = 100
-    val_batches: int = 20
+    val_every_n_steps: int = 50
+    val_batches: int = 10
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: Optional[int] = None  # last.ckpt cadence; None: at each validation
     num_workers: int = 0
