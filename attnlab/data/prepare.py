@@ -75,7 +75,7 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     source_key = _hash(corpus.fingerprint)
 
     tok_key = _hash({"source": source_key, "tokenizer": dataclasses.asdict(cfg.tokenizer),
-                     "split": [cfg.val_fraction, cfg.split_seed], "version": 1})
+                     "split": [cfg.val_fraction, cfg.split_seed], "version": 2})
     tok_dir = _build_once(cache / "tokenizers" / tok_key[:20], "tokenizer.model",
                           lambda tmp: _train(corpus, cfg, tmp), "tokenizer",
                           lambda d: Tokenizer(d / "tokenizer.model").vocab_size == cfg.tokenizer.vocab_size)

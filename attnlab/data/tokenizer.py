@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -64,6 +65,22 @@ class Tokenizer:
         return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
 
 
+TOKENIZER_SAMPLING_SEED = 0
+
+
+def sample_sentences(sentences: Iterable[str], k: int, seed: int) -> list[str]:
+    """A uniform sample of ``k`` sentences in one pass (reservoir sampling), the same for the
+    same input and seed."""
+    rng = random.Random(seed)
+    reservoir: list[str] = []
+    for i, sentence in enumerate(sentences):
+        if i < k:
+            reservoir.append(sentence)
+        elif (j := rng.randrange(i + 1)) < k:
+            reservoir[j] = sentence
+    return reservoir
+
+
 def train_tokenizer(sentences: Iterator[str], cfg: TokenizerConfig, out: Path, num_threads: int = 0) -> None:
     """Train on ``sentences`` (lines of text) and write the model to ``out``.
 
@@ -74,12 +91,17 @@ def train_tokenizer(sentences: Iterator[str], cfg: TokenizerConfig, out: Path, n
     # Unigram training starts from the most frequent substrings; a seed set a few
     # times the vocab size is plenty and keeps training on small corpora fast.
     seed_size = max(4 * cfg.vocab_size, 30_000)
+    # sentencepiece's own sampling (input_sentence_size) differs from process to process
+    # even with set_random_generator_seed, so two fresh clones would train different
+    # tokenizers. Sample here with a seeded generator and let it read all of the sample.
+    if cfg.input_sentence_size:
+        sentences = iter(sample_sentences(sentences, cfg.input_sentence_size, TOKENIZER_SAMPLING_SEED))
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=sentences, model_writer=model,
             model_type=cfg.model_type, vocab_size=cfg.vocab_size,
             character_coverage=cfg.character_coverage, byte_fallback=True,
-            input_sentence_size=cfg.input_sentence_size, shuffle_input_sentence=True,
+            input_sentence_size=0,
             seed_sentencepiece_size=seed_size,
             normalization_rule_name="identity", remove_extra_whitespaces=False,
             split_digits=True, allow_whitespace_only_pieces=True,

@@ -8,6 +8,8 @@ import gzip
 import json
 import lzma
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +277,33 @@ def test_undecodable_jsonl_line_names_file_and_line(tmp_path):
     path.write_bytes(b'{"text": "fine"}\n{"text": "bad \xc3("}\n')
     with pytest.raises(DataError, match=r"c\.jsonl: line 2: invalid UTF-8"):
         prepare_data(text_config(tmp_path, str(path)))
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+def test_sentence_sample_is_seeded_uniform_and_sized():
+    from attnlab.data.tokenizer import sample_sentences
+
+    lines = [f"line {i}" for i in range(10_000)]
+    a, b = sample_sentences(iter(lines), 500, seed=0), sample_sentences(iter(lines), 500, seed=0)
+    assert a == b and len(set(a)) == 500
+    assert sample_sentences(iter(lines), 500, seed=1) != a
+    assert 3_500 < np.mean([int(s.split()[1]) for s in a]) < 6_500  # not just the first lines
+    assert sample_sentences(iter(lines[:10]), 500, seed=0) == lines[:10]
+
+
+def test_two_processes_train_the_same_tokenizer_from_a_sample(tmp_path, docs):
+    # sentencepiece's own sampling differs between processes; a fresh clone must get the
+    # same tokenizer (and so the same tokens) as the machine that produced a result.
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", docs)
+    script = (
+        "import sys; from attnlab.data import DataConfig, TokenizerConfig, prepare_data\n"
+        "tok = TokenizerConfig(vocab_size=800, model_type='unigram', character_coverage=0.98,"
+        " input_sentence_size=150)\n"
+        f"p = prepare_data(DataConfig(source='text', paths=[{str(corpus)!r}], tokenizer=tok,"
+        " cache_dir=sys.argv[1]))\n"
+        "print(p.tokenizer_sha256)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    digests = [subprocess.run([sys.executable, "-c", script, str(tmp_path / f"cache{i}")], env=env,
+                              capture_output=True, text=True, check=True).stdout.strip() for i in (0, 1)]
+    assert digests[0] == digests[1] and len(digests[0]) == 64
