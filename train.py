@@ -13,6 +13,7 @@ register_schema()
 
 @hydra.main(version_base=None, config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from attnlab.training.module import NonFiniteLossError
     from attnlab.training.run import TrainingInterrupted, train
 
     try:
@@ -21,6 +22,9 @@ def main(cfg: DictConfig) -> float | None:
     except (ValueError, FileNotFoundError, FileExistsError, MissingMandatoryValue) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     except TrainingInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         sys.exit(130)

@@ -50,15 +50,26 @@ def test_resume_after_interruption_gives_identical_losses(tmp_path, corpus):
         assert sa[key] == sb[key], key
 
 
-def test_resume_without_checkpoint_names_the_missing_file(tmp_path, corpus):
-    with pytest.raises(FileNotFoundError, match="resume='auto': no checkpoint at .*last.ckpt"):
-        train(compose_config([*_overrides(tmp_path, corpus, "fresh"), "resume=auto"]))
+def test_resume_auto_without_a_checkpoint_starts_from_scratch(tmp_path, corpus):
+    # What a requeued job killed before its first checkpoint needs: the same command works.
+    run = train(compose_config([*_overrides(tmp_path, corpus, "fresh"), "resume=auto"]))
+    assert run.load_summary()["steps"] == 8
 
 
-def test_resume_from_a_checkpoint_of_another_variant_is_refused(tmp_path, corpus):
+def test_resume_from_a_missing_file_names_it(tmp_path, corpus):
+    missing = tmp_path / "nowhere.ckpt"
+    with pytest.raises(FileNotFoundError, match=f"resume='{missing}': no checkpoint file at"):
+        train(compose_config([*_overrides(tmp_path, corpus, "fresh"), f"resume={missing}"]))
+
+
+@pytest.mark.parametrize("change, message", [
+    ("variant=qk_scale", "different model .*variant: checkpoint 'baseline' vs requested 'qk_scale'"),
+    ("model.n_embd=64", "different model .*n_embd: checkpoint 32 vs requested 64"),
+], ids=["variant", "preset"])
+def test_resuming_a_checkpoint_of_another_variant_or_preset_is_refused(tmp_path, corpus, change, message):
     run = train(compose_config(_overrides(tmp_path, corpus, "other")))
-    cfg = [*_overrides(tmp_path, corpus, "other2"), "variant=qk_scale", f"resume={run.last_checkpoint}"]
-    with pytest.raises(ValueError, match="different model .*variant: checkpoint 'baseline' vs requested 'qk_scale'"):
+    cfg = [*_overrides(tmp_path, corpus, "other2"), change, f"resume={run.last_checkpoint}"]
+    with pytest.raises(ValueError, match=message):
         train(compose_config(cfg))
 
 
@@ -68,3 +79,13 @@ def test_a_truncated_checkpoint_is_reported_not_loaded(tmp_path, corpus):
     cfg = [*_overrides(tmp_path, corpus, "trunc"), f"resume={bad}"]
     with pytest.raises(ValueError, match="is not a readable checkpoint"):
         train(compose_config(cfg))
+
+
+def test_a_torch_file_that_is_not_a_training_checkpoint_is_refused(tmp_path, corpus):
+    import torch
+
+    other = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, other)
+    with pytest.raises(ValueError, match="is not an attnlab training checkpoint"):
+        train(compose_config([*_overrides(tmp_path, corpus, "notckpt"), f"resume={other}"]))
+

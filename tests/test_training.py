@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -109,11 +110,13 @@ def test_every_variant_config_matches_a_registry_key():
     (["trainer.seq_len=64"], "trainer.seq_len=64 exceeds model.block_size=32"),
     (["model.n_head=3"], "n_embd=32 is not divisible by model.n_head=3"),
     (["trainer.precision=fp8"], "unknown trainer.precision 'fp8'"),
+    (["model.n_query_groups=3"], "not divisible by model.n_query_groups=3"),
+    (["model.vocab_size=500"], "tokenizer vocab_size 1000 exceeds model vocab_size 500; set the model.s vocab_size >= 1000"),
+    (["data.source=web"], "unknown data.source 'web'; allowed: demo, text, hf"),
 ])
 def test_invalid_values_fail_before_training(overrides, message, tmp_path, corpus):
-    config = compose_config([*tiny_overrides(tmp_path, corpus), *overrides])
-    with pytest.raises(ValueError, match=message):
-        train(config)
+    with pytest.raises(ValueError, match=message):  # at composition or at train()'s checks
+        train(compose_config([*tiny_overrides(tmp_path, corpus), *overrides]))
     assert not find_runs(tmp_path / "runs")
 
 
@@ -135,18 +138,66 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def test_cli_multirun_sweep_writes_one_run_directory_per_job(tmp_path, corpus):
-    result = _cli(["-m", "variant=baseline,qk_scale", "experiment_name=sweep",
+def test_cli_sweep_of_4_variants_by_2_seeds_then_evaluation_over_all_of_them(tmp_path, corpus):
+    variants = ["baseline", "gelu_bias", "sep_qkv", "qk_scale"]
+    started = time.perf_counter()
+    result = _cli(["-m", f"variant={','.join(variants)}", "seed=0,1", "experiment_name=sweep",
+                   *tiny_overrides(tmp_path, corpus), "model.block_size=64"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = time.perf_counter()
+    runs = find_runs(tmp_path / "runs", "sweep")
+    assert sorted((r.path.parent.name, r.path.name) for r in runs) == \
+        sorted((v, f"seed{k}") for v in variants for k in (0, 1))
+    for run in runs:
+        assert json.loads(run.summary.read_text())["steps"] == 4
+        assert run.config.is_file() and run.metrics.is_file() and run.tokenizer.is_file()
+        assert run.last_checkpoint.is_file() and run.best_checkpoint.is_file()
+        assert list((run.path / "tensorboard").glob("events.out.tfevents.*"))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    evaluation = subprocess.run(
+        [sys.executable, str(REPO / "evaluate.py"), "experiment=sweep", f"runs_dir={tmp_path / 'runs'}",
+         'prompts=["海の見える町は、","the sea."]', "sampling.max_new_tokens=8", "heatmap_layers=[1]"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    aggregate = pd.read_csv(tmp_path / "sweep" / "tables" / "aggregate.csv")
+    assert sorted(aggregate["variant"]) == sorted(variants) and (aggregate["n"] == 2).all()
+    assert all((tmp_path / "sweep" / "heatmaps" / v / "layer1_head0.png").is_file() for v in variants)
+    print(f"4x2 sweep: training {trained - started:.1f} s, evaluation {time.perf_counter() - trained:.1f} s")
+
+
+def test_sweep_through_the_submitit_launcher_and_the_slurm_example_config(tmp_path, corpus):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    # The Slurm example composes (Slurm itself is not here) ...
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        slurm = compose(config_name="train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert slurm.hydra.launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert slurm.hydra.launcher.max_num_timeout == 3
+    # ... and the same plugin runs a real sweep as local jobs, with resume=auto as advised.
+    result = _cli(["-m", "hydra/launcher=submitit_local", f"hydra.launcher.submitit_folder={tmp_path / 'jobs'}",
+                   "variant=baseline,qk_scale", "experiment_name=jobs", "resume=auto",
                    *tiny_overrides(tmp_path, corpus)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = find_runs(tmp_path / "runs", "sweep")
+    runs = find_runs(tmp_path / "runs", "jobs")
     assert sorted(r.path.parent.name for r in runs) == ["baseline", "qk_scale"]
-    assert all(json.loads(r.summary.read_text())["steps"] == 4 for r in runs)
+    assert all(r.is_complete() for r in runs)
+
+
+def test_unwritable_results_dir_fails_before_any_work(tmp_path, corpus):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    cfg = compose_config([*tiny_overrides(tmp_path, corpus), f"results_dir={blocker / 'runs'}"])
+    with pytest.raises(ValueError, match=f"results_dir='{blocker / 'runs'}' is not writable"):
+        train(cfg)
+    assert blocker.read_text() == "keep me"
 
 
 @pytest.mark.parametrize("args, message", [
-    (["variant=nope"], "Could not find 'variant/nope'"),
-    (["model=huge"], "Could not find 'model/huge'"),
+    (["variant=nope"], "Could not find 'variant/nope'\n\nAvailable options in 'variant':\n\tbaseline"),
+    (["model=huge"], "Could not find 'model/huge'\n\nAvailable options in 'model':\n\tgqa100m"),
+    (["data=web"], "Could not find 'data/web'\n\nAvailable options in 'data':\n\tdemo"),
+    (["trainer=tpu"], "Could not find 'trainer/tpu'\n\nAvailable options in 'trainer':\n\tcpu"),
     (["trainer.max_step=3"], "Key 'max_step' not in 'TrainerSection'"),
 ])
 def test_cli_rejects_unknown_options_naming_them(args, message, tmp_path):

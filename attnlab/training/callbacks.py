@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import signal
 import time
@@ -23,6 +22,8 @@ class SummaryCallback(L.Callback):
         self.train_seconds = 0.0
         self.best_val_loss = math.inf
         self.last_val_loss = math.nan
+        self.last_val_ppl = math.nan
+        self.last_train_loss = math.nan
         self._fit_start = 0.0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -32,7 +33,12 @@ class SummaryCallback(L.Callback):
         if trainer.sanity_checking or "val/loss" not in trainer.callback_metrics:
             return
         self.last_val_loss = float(trainer.callback_metrics["val/loss"])
+        self.last_val_ppl = float(trainer.callback_metrics.get("val/ppl", math.nan))
         self.best_val_loss = min(self.best_val_loss, self.last_val_loss)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if "train/loss" in trainer.callback_metrics:
+            self.last_train_loss = float(trainer.callback_metrics["train/loss"])
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.train_seconds += time.perf_counter() - self._fit_start
@@ -40,16 +46,15 @@ class SummaryCallback(L.Callback):
         # An interrupted run has no summary: evaluate.py must not mistake it for a finished one.
         if not trainer.is_global_zero or trainer.global_step < (trainer.max_steps or 0):
             return
-        metrics = trainer.callback_metrics
         tokens = getattr(pl_module, "tokens_seen", 0)
         summary = {
             **self.static,
             "steps": trainer.global_step,
             "tokens_seen": tokens,
-            "final_train_loss": float(metrics["train/loss"]) if "train/loss" in metrics else None,
+            "final_train_loss": _finite_or_none(self.last_train_loss),
             "final_val_loss": _finite_or_none(self.last_val_loss),
             "best_val_loss": _finite_or_none(self.best_val_loss),
-            "final_val_ppl": float(metrics["val/ppl"]) if "val/ppl" in metrics else None,
+            "final_val_ppl": _finite_or_none(self.last_val_ppl),
             "wall_time_s": round(self.train_seconds, 2),
             "tokens_per_s": round(tokens / self.train_seconds, 1) if self.train_seconds else None,
         }
@@ -58,15 +63,19 @@ class SummaryCallback(L.Callback):
         tmp.replace(self.path)
 
     def state_dict(self) -> dict[str, Any]:
-        # Saved in checkpoints, so a resumed run's summary covers the whole run.
+        # Saved in checkpoints, so a resumed run's summary covers the whole run (even one
+        # resumed from its final checkpoint, which trains no further step).
         elapsed = time.perf_counter() - self._fit_start if self._fit_start else 0.0
         return {"train_seconds": self.train_seconds + elapsed, "best_val_loss": self.best_val_loss,
-                "last_val_loss": self.last_val_loss}
+                "last_val_loss": self.last_val_loss, "last_val_ppl": self.last_val_ppl,
+                "last_train_loss": self.last_train_loss}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_seconds = state_dict["train_seconds"]
         self.best_val_loss = state_dict["best_val_loss"]
         self.last_val_loss = state_dict["last_val_loss"]
+        self.last_val_ppl = state_dict.get("last_val_ppl", math.nan)
+        self.last_train_loss = state_dict.get("last_train_loss", math.nan)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -86,20 +95,56 @@ class PeakFlopsThroughputMonitor(ThroughputMonitor):
             self.available_flops = int(self.peak_flops)
 
 
-log = logging.getLogger(__name__)
+
+class LastCheckpoint(L.Callback):
+    """``last.ckpt``, the resume point: every N optimizer steps, and after each validation.
+
+    Lightning's step-triggered ``ModelCheckpoint`` saves at the end of the batch, before the
+    validation that the same step runs; a run resumed from that file would skip the
+    validation (at the final step: finish without it). A step that validates is therefore
+    saved after validating.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int) -> None:
+        self.path = path
+        self.every_n_steps = every_n_steps
+        self.saved_step: int | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        if step == 0 or step == self.saved_step or step % self.every_n_steps:
+            return
+        if (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % trainer.val_check_batch == 0:
+            return  # validation follows this batch; on_validation_end saves
+        self.save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self.saved_step = trainer.global_step
+
+
+class TrainingInterrupted(RuntimeError):
+    """A run stopped by a signal after saving its last checkpoint."""
 
 
 class GracefulStop(L.Callback):
-    """On SIGINT/SIGTERM (Ctrl-C, a Slurm preemption) finish the current step, save
-    ``last.ckpt`` and stop, so that ``resume=auto`` continues exactly where it ended.
+    """On SIGINT/SIGTERM (Ctrl-C, a Slurm preemption) finish the current optimizer step,
+    save ``last.ckpt`` and stop, so that ``resume=auto`` continues exactly there.
 
-    The save happens at a step boundary, where Lightning expects checkpoints, and
-    goes through Lightning's writer (a temporary file renamed into place).
+    The checkpoint is written at the end of the step's batch, where Lightning's own
+    step checkpoints are; the run stops by raising just before the next batch, once the
+    step is logged (and its scheduled validation, if any, has run). ``trainer.should_stop``
+    is not used: it would add an unscheduled validation, time a preempted job may not have.
     """
 
     def __init__(self, last_checkpoint: Path) -> None:
         self.last_checkpoint = last_checkpoint
         self.received: int | None = None
+        self.saved_step: int | None = None
         self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -113,14 +158,26 @@ class GracefulStop(L.Callback):
         self.received = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if self.received is None:
+        # Mid-accumulation the partial gradients would be lost: wait for the optimizer step.
+        if self.received is None or self.saved_step is not None or \
+                trainer.fit_loop.epoch_loop._should_accumulate():
             return
         trainer.save_checkpoint(self.last_checkpoint)
-        trainer.should_stop = True
-        log.warning("received %s: saved %s at step %d; continue with resume=auto",
-                    signal.Signals(self.received).name, self.last_checkpoint, trainer.global_step)
+        self.saved_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.saved_step is not None:
+            raise TrainingInterrupted(
+                f"training stopped by {signal.Signals(self.received).name} at step {self.saved_step}; "
+                f"checkpoint {self.last_checkpoint}; continue with resume=auto")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()

@@ -14,6 +14,7 @@ from attnlab.config import PRESETS, ModelConfig
 from attnlab.data.config import DataConfig
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 @dataclass
@@ -77,6 +78,9 @@ class TrainerSection:
     num_workers: int = 0
     progress_bar: bool = True
     peak_flops: Optional[float] = None  # device peak FLOP/s for MFU; None: the known table
+    # A NaN/Inf training loss: "stop" (raise, naming the step and the last good checkpoint)
+    # or "skip" the batch (no update; still stops after 10 in a row).
+    nonfinite_loss: str = "stop"
 
 
 @dataclass
@@ -116,6 +120,9 @@ class TrainConfig:
             raise ValueError("optim.warmup_steps, optim.weight_decay and optim.grad_clip must be >= 0")
         if t.precision not in PRECISIONS:
             raise ValueError(f"unknown trainer.precision {t.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if t.nonfinite_loss not in NONFINITE_POLICIES:
+            raise ValueError(f"unknown trainer.nonfinite_loss {t.nonfinite_loss!r}; allowed: "
+                             f"{', '.join(NONFINITE_POLICIES)}")
         if not self.experiment_name or "/" in self.experiment_name:
             raise ValueError(f"experiment_name must be a non-empty name without '/', "
                              f"got {self.experiment_name!r}")

@@ -1,13 +1,17 @@
-"""Lightning's CSVLogger, except that a resumed run appends to its metrics.csv.
+"""Lightning's CSVLogger, made safe for runs that are killed and resumed.
 
 The stock writer deletes an existing metrics.csv when it starts, which would
-erase the history of a run continued with ``resume=auto``.
+erase the history of a run continued with ``resume=auto``; and when a new
+column appears it truncates the file before writing it again, so a kill at
+that moment would lose every row. Here the file is kept, and a rewrite goes
+through a temporary file renamed into place.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import tempfile
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
@@ -20,6 +24,16 @@ class _AppendingWriter(ExperimentWriter):
         if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as file:
                 self.metrics_keys = sorted(next(csv.reader(file), []))
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        handle, temp_name = tempfile.mkstemp(dir=self.log_dir, suffix=".csv.partial")
+        with os.fdopen(handle, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(temp_name, self.metrics_file_path)
 
 
 class RunCSVLogger(CSVLogger):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from attnlab.data import PreparedData, TokenWindowDataset
 
@@ -86,5 +86,10 @@ class TokenDataModule(L.LightningDataModule):
         return ResumableDataLoader(self.train_set, self.batch_size, self.seed, self.num_workers, progress)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False,
+        # Under DDP rank r validates windows r, r+world, ...: together the ranks cover exactly
+        # the windows one process with the same global batch would (metrics sync across ranks).
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = DistributedSampler(self.val_set, shuffle=False, drop_last=True)
+        return DataLoader(self.val_set, batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -12,13 +14,26 @@ from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
 from attnlab.model import GPT
-from attnlab.training.config import OptimConfig
+from attnlab.training.config import NONFINITE_POLICIES, OptimConfig
+
+log = logging.getLogger(__name__)
+MAX_CONSECUTIVE_SKIPS = 10  # a run that keeps producing NaN/Inf has diverged: stop it
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training or validation loss became NaN/Inf; no checkpoint was written from that state."""
 
 
 class LanguageModelModule(L.LightningModule):
     def __init__(self, model: GPT, optim: OptimConfig, max_steps: int,
-                 flops_per_batch: float | None = None) -> None:
+                 flops_per_batch: float | None = None, nonfinite_loss: str = "stop") -> None:
         super().__init__()
+        if nonfinite_loss not in NONFINITE_POLICIES:
+            raise ValueError(f"unknown nonfinite_loss policy {nonfinite_loss!r}; allowed: "
+                             f"{', '.join(NONFINITE_POLICIES)}")
+        self.nonfinite_loss = nonfinite_loss
+        self.skipped_batches = 0
+        self._consecutive_skips = 0
         self.model = model
         self.optim = optim
         self.max_steps = max_steps
@@ -41,17 +56,42 @@ class LanguageModelModule(L.LightningModule):
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         return logits, loss
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         _, loss = self.model_step(batch)
-        if not torch.isfinite(loss):
-            saved = [c.best_model_path for c in self.trainer.checkpoint_callbacks if c.best_model_path]
-            raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at step {self.global_step}; last good "
-                f"checkpoints: {', '.join(saved) or 'none yet'} (resume with resume=auto)")
         self.tokens_seen += batch[0].numel() * self.trainer.world_size
-        self.log("train/loss", loss, prog_bar=True)
+        if not torch.isfinite(loss):
+            return self._nonfinite_training_loss(loss)
+        self._consecutive_skips = 0
+        # Under DDP, the mean over the global batch (what one process would log), not rank 0's share.
+        self.log("train/loss", loss, prog_bar=True, sync_dist=self.trainer.world_size > 1)
         self.log("train/tokens_seen", float(self.tokens_seen))
         return loss
+
+    def _nonfinite_training_loss(self, loss: Tensor) -> None:
+        """Stop, or skip this batch (returning None makes Lightning skip backward and the
+        update); the parameters never take a step from a NaN/Inf loss either way."""
+        self._consecutive_skips += 1
+        if self.nonfinite_loss == "skip" and self._consecutive_skips <= MAX_CONSECUTIVE_SKIPS:
+            self.skipped_batches += 1
+            log.warning("non-finite training loss (%s) at step %d: batch skipped (%d so far)",
+                        loss.item(), self.global_step, self.skipped_batches)
+            self.log("train/skipped_batches", float(self.skipped_batches))
+            return None
+        reason = (f"{MAX_CONSECUTIVE_SKIPS} batches in a row" if self.nonfinite_loss == "skip"
+                  else "trainer.nonfinite_loss=stop")
+        raise NonFiniteLossError(
+            f"non-finite training loss ({loss.item()}) at step {self.global_step} ({reason}); "
+            f"{_saved_checkpoints(self.trainer)}; lower optim.lr, or resume with resume=auto "
+            f"and trainer.nonfinite_loss=skip")
+
+    def on_validation_epoch_end(self) -> None:
+        # Raised before ModelCheckpoint runs, so best.ckpt is never replaced by a NaN model.
+        if self.trainer.sanity_checking:
+            return
+        loss = self.val_loss.compute()
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"non-finite validation loss ({loss.item()}) at step "
+                                     f"{self.global_step}; {_saved_checkpoints(self.trainer)}")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         logits, loss = self.model_step(batch)
@@ -80,6 +120,25 @@ class LanguageModelModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["skipped_batches"] = self.skipped_batches
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
+        self.skipped_batches = checkpoint.get("skipped_batches", 0)
+
+
+def _saved_checkpoints(trainer: L.Trainer) -> str:
+    """'last good checkpoint: PATH (step N); best: PATH (step M)', from this run's saves."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from attnlab.checkpoint import checkpoint_step
+    from attnlab.training.callbacks import LastCheckpoint
+
+    saved = []
+    for callback in trainer.callbacks:
+        if isinstance(callback, LastCheckpoint) and callback.path.is_file():
+            saved.append(("last good checkpoint", callback.path))
+        elif isinstance(callback, ModelCheckpoint) and callback.best_model_path:
+            saved.append(("best", Path(callback.best_model_path)))
+    return "; ".join(f"{label}: {path} (step {checkpoint_step(path)})" for label, path in saved
+                     if path.is_file()) or "no checkpoint saved yet"

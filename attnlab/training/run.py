@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import platform
-import signal
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,9 @@ from attnlab.flops import device_peak_flops, flops_per_token
 from attnlab.model import build_model
 from attnlab.params import parameter_breakdown
 from attnlab.runs import RunDir
-from attnlab.training.callbacks import GracefulStop, PeakFlopsThroughputMonitor, SummaryCallback
+from attnlab.training.callbacks import (GracefulStop, LastCheckpoint, PeakFlopsThroughputMonitor,
+                                        SummaryCallback, TrainingInterrupted)
+from attnlab.training.checkpoint_io import AtomicCheckpointIO, remove_partial_writes
 from attnlab.training.config import TrainConfig
 from attnlab.training.csv_logger import RunCSVLogger
 from attnlab.training.datamodule import TokenDataModule
@@ -68,7 +70,8 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
     t = cfg.trainer
     tokens_per_batch = t.batch_size * t.seq_len
     module = LanguageModelModule(model, cfg.optim, t.max_steps,
-                                 flops_per_batch=flops_per_token(model_config, t.seq_len) * tokens_per_batch)
+                                 flops_per_batch=flops_per_token(model_config, t.seq_len) * tokens_per_batch,
+                                 nonfinite_loss=t.nonfinite_loss)
     datamodule = TokenDataModule(prepared, t.seq_len, t.batch_size, cfg.seed, t.num_workers)
 
     if is_rank_zero:
@@ -79,12 +82,10 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
         summary,
         ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val/loss", mode="min",
                         save_top_k=1, enable_version_counter=False),
-        # last.ckpt: the resume point (also written on SIGINT/SIGTERM by GracefulStop).
-        # Lightning writes through a temporary file, so a kill during a save leaves the
-        # previous last.ckpt intact.
-        ModelCheckpoint(dirpath=run.checkpoints, filename="last", save_top_k=1,
-                        every_n_train_steps=t.checkpoint_every_n_steps or t.val_every_n_steps,
-                        enable_version_counter=False),
+        # last.ckpt, the resume point (also written on SIGINT/SIGTERM by GracefulStop).
+        # AtomicCheckpointIO renames a complete file into place, so a kill during a save
+        # leaves the previous last.ckpt intact.
+        LastCheckpoint(run.last_checkpoint, t.checkpoint_every_n_steps or t.val_every_n_steps),
         LearningRateMonitor(logging_interval="step"),
         PeakFlopsThroughputMonitor(
             peak_flops=t.peak_flops or device_peak_flops(_root_device(accelerator), precision),
@@ -94,36 +95,34 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
     callbacks += extra_callbacks or []
     if t.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 2)))
-    stopper = GracefulStop(run.last_checkpoint)
-    callbacks.append(stopper)  # last, so that it sees a signal raised during the step's other hooks
+    # Last, so that it sees a signal raised during the step's other hooks.
+    callbacks.append(GracefulStop(run.last_checkpoint))
     trainer = L.Trainer(
         accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=precision, max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=cfg.optim.grad_clip or None, val_check_interval=t.val_every_n_steps,
+        gradient_clip_val=cfg.optim.grad_clip or None, val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches,  # in batches
         check_val_every_n_epoch=None, limit_val_batches=t.val_batches,
         log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.progress_bar,
         logger=[TensorBoardLogger(run.path, name="tensorboard", version=""),
                 RunCSVLogger(run.path, name="", version="")],
         callbacks=callbacks, default_root_dir=run.path, deterministic=accelerator == "cpu",
-        num_sanity_val_steps=0,
+        num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # EpochPermutationSampler shards by rank itself
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    if stopper.received is not None:
-        raise TrainingInterrupted(f"training stopped by {signal.Signals(stopper.received).name} at step "
-                                  f"{trainer.global_step}; checkpoint {run.last_checkpoint}; continue "
-                                  f"with resume=auto")
     return run
-
-
-class TrainingInterrupted(RuntimeError):
-    """A run stopped by a signal after saving its last checkpoint."""
 
 
 def _claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
     """Decide what happens to an existing run directory; return the checkpoint to resume from."""
+    _check_writable(Path(cfg.results_dir))
     if cfg.resume:
-        return _resume_checkpoint(run, cfg)
+        ckpt = _resume_checkpoint(run, cfg)
+        remove_partial_writes(run.checkpoints)  # left by a process killed while saving
+        if ckpt is None and run.metrics.is_file():
+            # Killed before its first checkpoint: nothing to continue, start again in place.
+            run.metrics.unlink()
+        return ckpt
     if run.path.exists() and any(run.path.iterdir()):
         if not cfg.overwrite:
             raise FileExistsError(
@@ -136,6 +135,17 @@ def _claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
     return None
 
 
+def _check_writable(directory: Path) -> None:
+    """Fail before data preparation and training, not at the first checkpoint an hour later."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise ValueError(f"results_dir={str(directory)!r} is not writable ({err.strerror or err}); "
+                         f"pass results_dir=<a writable directory>") from None
+
+
 def _trim_metrics(run: RunDir, step: int) -> None:
     """Drop rows logged after the checkpoint, which the resumed run will log again."""
     if run.metrics.is_file():
@@ -144,11 +154,20 @@ def _trim_metrics(run: RunDir, step: int) -> None:
 
 
 def _resume_checkpoint(run: RunDir, cfg: TrainConfig) -> Path | None:
+    """``resume=auto``: the run's last checkpoint, or None (a fresh start) when it has none
+    yet, so that one command can be requeued after any preemption. An explicit path must exist."""
     if not cfg.resume:
         return None
-    ckpt = run.last_checkpoint if cfg.resume == "auto" else Path(cfg.resume)
+    if cfg.resume == "auto":
+        if run.last_checkpoint.is_file():
+            return run.last_checkpoint
+        log.warning("resume=auto: no checkpoint at %s yet; starting the run from step 0",
+                    run.last_checkpoint)
+        return None
+    ckpt = Path(cfg.resume)
     if not ckpt.is_file():
-        raise FileNotFoundError(f"resume={cfg.resume!r}: no checkpoint at {ckpt}")
+        raise FileNotFoundError(f"resume={cfg.resume!r}: no checkpoint file at {ckpt}; use "
+                                f"resume=auto or the path of an existing .ckpt")
     return ckpt
 
 

@@ -1,0 +1,90 @@
+"""DDP over 2 CPU processes (gloo) trains the same model as one process with the same
+global batch: same losses within float tolerance, and the ranks read distinct windows."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from attnlab.runs import RunDir
+from test_training import REPO, corpus, tiny_overrides  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or
+                                not torch.distributed.is_gloo_available(),
+                                reason="needs torch.distributed with the gloo backend")
+
+
+def _record(tmp_path, corpus, name: str, *extra: str) -> tuple[RunDir, list[list]]:
+    out = tmp_path / f"windows_{name}"
+    out.mkdir()
+    args = [f"experiment_name={name}", *tiny_overrides(tmp_path, corpus), "trainer.max_steps=6",
+            "trainer.val_every_n_steps=3", "trainer.val_batches=2", *extra]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "WINDOWS_OUT": str(out)}
+    result = subprocess.run([sys.executable, str(REPO / "tests/scripts/record_windows.py"), *args],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    windows = [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
+    return RunDir.for_run(tmp_path / "runs", name, "baseline", 0), windows
+
+
+def _losses(run: RunDir, column: str) -> pd.Series:
+    frame = pd.read_csv(run.metrics)
+    return frame.dropna(subset=[column]).set_index("step")[column]
+
+
+def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path, corpus):
+    single, (single_windows,) = _record(tmp_path, corpus, "single", "trainer.batch_size=4")
+    ddp, rank_windows = _record(tmp_path, corpus, "ddp", "trainer=ddp", "trainer.accelerator=cpu",
+                                "trainer.devices=2", "trainer.num_workers=0", "trainer.batch_size=2",
+                                "trainer.progress_bar=false")
+
+    assert len(rank_windows) == 2
+    rank0, rank1 = ({tuple(w) for w in ws} for ws in rank_windows)
+    assert rank0.isdisjoint(rank1), "the two ranks read distinct windows"
+    assert rank0 | rank1 == {tuple(w) for w in single_windows}, "together, the single run's windows"
+
+    for column in ("train/loss", "val/loss"):
+        a, b = _losses(single, column), _losses(ddp, column)
+        assert list(a.index) == list(b.index)
+        print(f"{column}: single {a.tolist()} ddp {b.tolist()}")
+        assert a.to_numpy() == pytest.approx(b.to_numpy(), rel=1e-5), column
+    s, d = single.load_summary(), ddp.load_summary()
+    assert s["tokens_seen"] == d["tokens_seen"]
+    assert s["best_val_loss"] == pytest.approx(d["best_val_loss"], rel=1e-5)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_multinode_config_under_torchrun_two_nodes_of_one_cpu_process(tmp_path, corpus):
+    from attnlab.training.run import train
+    from test_training import compose_config
+
+    single = train(compose_config(["experiment_name=one", *tiny_overrides(tmp_path, corpus),
+                                   "trainer.batch_size=4"]))
+    # Two torchrun launchers on this machine play two nodes, as on a cluster (one per node).
+    port = str(_free_port())
+    args = ["experiment_name=nodes", *tiny_overrides(tmp_path, corpus), "trainer=multinode",
+            "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_workers=0", "trainer.batch_size=2",
+            "trainer.progress_bar=false"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2",
+                               "--nproc-per-node=1", f"--node-rank={rank}", "--master-addr=127.0.0.1",
+                               f"--master-port={port}", str(REPO / "train.py"), *args],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    multi = RunDir.for_run(tmp_path / "runs", "nodes", "baseline", 0)
+    assert multi.load_summary()["tokens_seen"] == single.load_summary()["tokens_seen"]
+    for column in ("train/loss", "val/loss"):
+        assert _losses(multi, column).to_numpy() == pytest.approx(_losses(single, column).to_numpy(), rel=1e-5)
