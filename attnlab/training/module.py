@@ -106,9 +106,12 @@ class LanguageModelModule(L.LightningModule):
         for name, p in self.model.named_parameters():
             # Norm gains, biases and embeddings are not shrunk towards zero (GPT-2/LLaMA practice).
             (no_decay if p.ndim < 2 or name.startswith("wte.") else decay).append(p)
+        # The fused kernel: one pass over all parameters instead of a loop of small ops
+        # (tiny preset on CPU: 14 ms instead of 101 ms per step, bench/RESULTS.md).
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.model.parameters())
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused)
         warmup = max(1, min(o.warmup_steps, self.max_steps - 1))
         scheduler = torch.optim.lr_scheduler.SequentialLR(
             optimizer,
