@@ -16,3 +16,11 @@ def tiny_config(variant: str = "baseline", **overrides) -> ModelConfig:
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small real ja/en corpus file (see ``test_training.write_demo_sample``)."""
+    from test_training import write_demo_sample
+
+    return write_demo_sample(tmp_path_factory.mktemp("corpus") / "docs.jsonl")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from attnlab.runs import RunDir
-from test_training import REPO, corpus, tiny_overrides  # noqa: F401 (fixture)
+from test_training import REPO, tiny_overrides
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or
                                 not torch.distributed.is_gloo_available(),

@@ -15,7 +15,7 @@ import pandas as pd
 from attnlab.checkpoint import checkpoint_step
 from attnlab.runs import RunDir
 from attnlab.training.run import train
-from test_training import REPO, compose_config, corpus, tiny_overrides  # noqa: F401 (fixture)
+from test_training import REPO, compose_config, tiny_overrides
 
 STEPS = 12
 

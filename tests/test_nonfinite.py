@@ -12,7 +12,7 @@ from attnlab.checkpoint import checkpoint_step
 from attnlab.runs import RunDir
 from attnlab.training.module import MAX_CONSECUTIVE_SKIPS, NonFiniteLossError
 from attnlab.training.run import train
-from test_training import compose_config, corpus, tiny_overrides  # noqa: F401 (fixture)
+from test_training import compose_config, tiny_overrides
 
 
 class PoisonLoss(L.Callback):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from attnlab.training.run import TrainingInterrupted, train
-from test_training import compose_config, corpus, tiny_overrides  # noqa: F401 (fixture)
+from test_training import compose_config, tiny_overrides
 
 
 class PreemptAt(L.Callback):

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from attnlab.runs import RunDir, find_runs
+from attnlab.runs import find_runs
 from attnlab.training.config import TrainConfig, register_schema
 from attnlab.training.run import train
 from variants import available_variants
@@ -36,12 +36,10 @@ def tiny_overrides(tmp_path: Path, corpus: Path) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> Path:
-    """Real ja/en prose from the bundled demo corpus, a few hundred documents."""
+def write_demo_sample(path: Path) -> Path:
+    """Real ja/en prose from the bundled demo corpus: 60 Japanese and 30 English documents."""
     import lzma
 
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
     with lzma.open(REPO / "data/demo/corpus.jsonl.xz", "rt", encoding="utf-8") as src:
         lines = [line for _, line in zip(range(4000), src)]
     ja = [ln for ln in lines if '"lang": "ja"' in ln][:60]

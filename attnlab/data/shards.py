@@ -102,7 +102,7 @@ class ShardIndex:
     def verify_checksums(self) -> None:
         """Read every shard and compare its sha256 with the index (slow on big corpora)."""
         for shard, file in zip(self.shards, self.shard_paths()):
-            if _sha256(file) != shard.sha256:
+            if file_sha256(file) != shard.sha256:
                 raise DataError(f"shard {file} does not match the sha256 in {self.path}: corrupt")
 
     def memmaps(self) -> list[np.memmap]:
@@ -162,7 +162,7 @@ class ShardWriter:
         return tuple(self.shards)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import hashlib
 import json
 import logging
 import lzma
@@ -20,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from attnlab.atomic import atomic_write
 from attnlab.data.config import DataConfig, DataError, DataFileNotFoundError
+from attnlab.data.shards import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -227,16 +228,7 @@ class _HashCache:
     def _save(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.entries, indent=0))
-            os.replace(tmp, self.path)
+            with atomic_write(self.path) as file:
+                file.write(json.dumps(self.entries, indent=0))
         except OSError as e:  # a read-only cache only costs re-hashing
             log.debug("cannot save %s: %s", self.path, e)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

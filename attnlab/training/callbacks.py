@@ -12,6 +12,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ThroughputMonitor
 
+from attnlab.atomic import atomic_write
+
 
 class SummaryCallback(L.Callback):
     """Writes ``summary.json`` when fitting ends: what evaluate.py tabulates."""
@@ -23,7 +25,7 @@ class SummaryCallback(L.Callback):
         self.best_val_loss = math.inf
         self.last_val_loss = math.nan
         self.last_val_ppl = math.nan
-        self.last_train_loss = math.nan
+        self._last_train_loss: Any = None  # a tensor, or a float restored from a checkpoint
         self._fit_start = 0.0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -37,8 +39,12 @@ class SummaryCallback(L.Callback):
         self.best_val_loss = min(self.best_val_loss, self.last_val_loss)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if "train/loss" in trainer.callback_metrics:
-            self.last_train_loss = float(trainer.callback_metrics["train/loss"])
+        # Kept as a tensor: float() here would wait for the GPU at every step.
+        self._last_train_loss = trainer.callback_metrics.get("train/loss", self._last_train_loss)
+
+    @property
+    def last_train_loss(self) -> float:
+        return math.nan if self._last_train_loss is None else float(self._last_train_loss)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.train_seconds += time.perf_counter() - self._fit_start
@@ -58,9 +64,8 @@ class SummaryCallback(L.Callback):
             "wall_time_s": round(self.train_seconds, 2),
             "tokens_per_s": round(tokens / self.train_seconds, 1) if self.train_seconds else None,
         }
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        tmp.replace(self.path)
+        with atomic_write(self.path, encoding="utf-8") as file:
+            file.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
     def state_dict(self) -> dict[str, Any]:
         # Saved in checkpoints, so a resumed run's summary covers the whole run (even one
@@ -75,7 +80,7 @@ class SummaryCallback(L.Callback):
         self.best_val_loss = state_dict["best_val_loss"]
         self.last_val_loss = state_dict["last_val_loss"]
         self.last_val_ppl = state_dict.get("last_val_ppl", math.nan)
-        self.last_train_loss = state_dict.get("last_train_loss", math.nan)
+        self._last_train_loss = state_dict.get("last_train_loss")
 
 
 def _finite_or_none(value: float) -> float | None:

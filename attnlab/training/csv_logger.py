@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
+from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from attnlab.atomic import atomic_write
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -28,12 +30,10 @@ class _AppendingWriter(ExperimentWriter):
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         with open(self.metrics_file_path, newline="") as file:
             rows = list(csv.DictReader(file))
-        handle, temp_name = tempfile.mkstemp(dir=self.log_dir, suffix=".csv.partial")
-        with os.fdopen(handle, "w", newline="") as file:
+        with atomic_write(Path(self.metrics_file_path), "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(temp_name, self.metrics_file_path)
 
 
 class RunCSVLogger(CSVLogger):

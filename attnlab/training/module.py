@@ -9,11 +9,14 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
+from attnlab.checkpoint import checkpoint_step
 from attnlab.model import GPT
+from attnlab.training.callbacks import LastCheckpoint
 from attnlab.training.config import NONFINITE_POLICIES, OptimConfig
 
 log = logging.getLogger(__name__)
@@ -132,11 +135,6 @@ class LanguageModelModule(L.LightningModule):
 
 def _saved_checkpoints(trainer: L.Trainer) -> str:
     """'last good checkpoint: PATH (step N); best: PATH (step M)', from this run's saves."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from attnlab.checkpoint import checkpoint_step
-    from attnlab.training.callbacks import LastCheckpoint
-
     saved = []
     for callback in trainer.callbacks:
         if isinstance(callback, LastCheckpoint) and callback.path.is_file():

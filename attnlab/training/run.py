@@ -29,8 +29,9 @@ from attnlab.model import build_model
 from attnlab.params import parameter_breakdown
 from attnlab.runs import RunDir
 from attnlab.training.callbacks import (GracefulStop, LastCheckpoint, PeakFlopsThroughputMonitor,
-                                        SummaryCallback, TrainingInterrupted)
-from attnlab.training.checkpoint_io import AtomicCheckpointIO, remove_partial_writes
+                                        SummaryCallback, TrainingInterrupted)  # noqa: F401 (re-exported)
+from attnlab.atomic import remove_partial_writes
+from attnlab.training.checkpoint_io import AtomicCheckpointIO
 from attnlab.training.config import TrainConfig
 from attnlab.training.csv_logger import RunCSVLogger
 from attnlab.training.datamodule import TokenDataModule
@@ -118,7 +119,8 @@ def _claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
     _check_writable(Path(cfg.results_dir))
     if cfg.resume:
         ckpt = _resume_checkpoint(run, cfg)
-        remove_partial_writes(run.checkpoints)  # left by a process killed while saving
+        for directory in (run.path, run.checkpoints):  # left by a process killed while writing
+            remove_partial_writes(directory)
         if ckpt is None and run.metrics.is_file():
             # Killed before its first checkpoint: nothing to continue, start again in place.
             run.metrics.unlink()

@@ -4,12 +4,11 @@
 trained once (a few seconds per run on a CPU core).
 """
 
-import lzma
 from pathlib import Path
 
 import pytest
 
-from test_training import REPO, compose_config, tiny_overrides
+from test_training import REPO, compose_config, tiny_overrides, write_demo_sample  # noqa: F401 (REPO re-exported)
 
 EXPERIMENT = "tiny"
 VARIANTS = ("baseline", "qk_scale")
@@ -18,21 +17,12 @@ SEEDS = (0, 1)
 PROMPTS = ["海の見える町は、", "the sea."]
 
 
-def _corpus(path: Path) -> Path:
-    with lzma.open(REPO / "data/demo/corpus.jsonl.xz", "rt", encoding="utf-8") as src:
-        lines = [line for _, line in zip(range(4000), src)]
-    ja = [ln for ln in lines if '"lang": "ja"' in ln][:60]
-    en = [ln for ln in lines if '"lang": "en"' in ln][:30]
-    path.write_text("".join(ja + en), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory) -> Path:
     from attnlab.training.run import train
 
     root = tmp_path_factory.mktemp("analysis")
-    corpus = _corpus(root / "docs.jsonl")
+    corpus = write_demo_sample(root / "docs.jsonl")
     for variant in VARIANTS:
         for seed in SEEDS:
             train(compose_config([f"variant={variant}", f"seed={seed}", f"experiment_name={EXPERIMENT}",

@@ -1,0 +1,39 @@
+"""Writing a file so that a kill at any moment leaves either the old content or the new.
+
+The data goes to a temporary file in the same directory (so the final rename never crosses
+a filesystem), is flushed to disk, and is renamed over the target: a POSIX rename is atomic.
+Temporary files of a killed writer end in ``PARTIAL_SUFFIX``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@contextmanager
+def atomic_write(path: Path, mode: str = "w", **open_kwargs: Any) -> Iterator[IO[Any]]:
+    """``with atomic_write(path) as f: f.write(...)``: ``path`` changes only if the block completes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(handle, mode, **open_kwargs) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def remove_partial_writes(directory: Path) -> None:
+    """Delete temporary files left by a process killed in the middle of a write."""
+    for leftover in directory.glob(f".*{PARTIAL_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
