@@ -82,10 +82,87 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_offset: i
     return y, None
 
 
+def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_offset: int,
+                          additive: Tensor | None = None, need_weights: bool = False
+                          ) -> tuple[Tensor, Tensor | None]:
+    """FlexAttention: a causal block mask, and the additive term as a ``score_mod``.
+
+    The GPU alternative to ``sdpa``'s float mask for a variant with a logits term
+    (``qk_scale``): the term is read inside the fused kernel instead of being
+    materialised as a (B, 1, T, S) mask with -inf in it, and fully masked tiles are
+    skipped. On CUDA it runs compiled (FlexAttention's fused kernel only exists
+    compiled); on CPU it runs FlexAttention's unfused reference, forward only, because
+    torch 2.13 has no CPU backward for it. Which kernel is faster for ``qk_scale`` on a
+    GPU: ``bench/throughput.py --flex qk_scale`` (bench/RESULTS.md).
+    """
+    if need_weights:
+        return explicit_attention(q, k, v, scale=scale, q_offset=q_offset, additive=additive,
+                                  need_weights=True)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not q.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise RuntimeError("model.attn_kernel='flex' cannot train on CPU: FlexAttention has no "
+                           "CPU backward in torch " + torch.__version__ + "; use "
+                           "model.attn_kernel=sdpa (the default), or train on a CUDA GPU")
+    B, H, T, _ = q.shape
+    S = k.shape[2]
+    score_mod = None
+    if additive is not None:
+        term = additive.to(q.dtype).expand(B, H, T, S)  # a view: broadcast dims get stride 0
+
+        def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return score + term[b, h, q_idx, kv_idx]
+
+    # Inside a compiled model Dynamo captures flex_attention itself and Inductor fuses it;
+    # in an eager CUDA model the compiled wrapper below does that for this call alone.
+    eager_cuda = q.is_cuda and not torch.compiler.is_compiling()
+    attend = _compiled_flex_attention() if eager_cuda else flex_attention
+    # Contiguous inputs: Inductor's CPU FlexAttention template in torch 2.13 returned wrong
+    # values (max error 0.03) for the strided q/k/v views a fused qkv GEMM produces
+    # (tests/test_compile.py); a copy each is cheap next to the attention itself.
+    block_mask = _causal_block_mask(T, S, q_offset, q.device)
+    y = attend(q.contiguous(), k.contiguous(), v.contiguous(), score_mod=score_mod,
+               block_mask=block_mask, scale=scale, enable_gqa=H != k.shape[1])
+    return y, None
+
+
+_BLOCK_MASKS: dict[tuple, object] = {}
+
+
+def _causal_block_mask(T: int, S: int, q_offset: int, device: torch.device):
+    """The causal ``BlockMask`` of a (T, S) score matrix, built once per shape outside compile."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def causal(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return kv_idx <= q_idx + q_offset
+
+    if torch.compiler.is_compiling():  # traced into the graph, which is then reused
+        return create_block_mask(causal, None, None, T, S, device=device)
+    key = (T, S, q_offset, str(device))
+    if key not in _BLOCK_MASKS:
+        if len(_BLOCK_MASKS) >= 64:  # decoding with a KV cache makes a new shape per token
+            _BLOCK_MASKS.clear()
+        _BLOCK_MASKS[key] = create_block_mask(causal, None, None, T, S, device=device)
+    return _BLOCK_MASKS[key]
+
+
+_COMPILED_FLEX = None
+
+
+def _compiled_flex_attention():
+    global _COMPILED_FLEX
+    if _COMPILED_FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX
+
+
 AttentionKernel = Callable[..., tuple[Tensor, Tensor | None]]
 
 KERNELS: dict[str, AttentionKernel] = {
     "sdpa": sdpa_attention,
+    "flex": flex_attention_kernel,
     "explicit": explicit_attention,
 }
 

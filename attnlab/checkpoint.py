@@ -37,10 +37,14 @@ def checkpoint_step(path: str | Path) -> int:
     return int(_load(path)["global_step"])
 
 
-def load_model(path: str | Path, expect_variant: str | None = None) -> GPT:
-    """A ``GPT`` with the checkpoint's weights, in eval mode on the CPU."""
+def load_model(path: str | Path, expect_variant: str | None = None, attn_kernel: str = "sdpa") -> GPT:
+    """A ``GPT`` with the checkpoint's weights, in eval mode on the CPU.
+
+    ``attn_kernel`` replaces the one it was trained with (a run trained with ``flex`` on
+    a GPU is evaluated on the CPU, where ``sdpa`` is the fast kernel; outputs agree).
+    """
     checkpoint = _load(path)
-    config = ModelConfig(**checkpoint["hyper_parameters"]["model_config"])
+    config = ModelConfig(**{**checkpoint["hyper_parameters"]["model_config"], "attn_kernel": attn_kernel})
     if expect_variant is not None and config.variant != expect_variant:
         raise ValueError(f"checkpoint {path} holds variant {config.variant!r}, "
                          f"but {expect_variant!r} was expected")

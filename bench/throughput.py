@@ -49,6 +49,7 @@ from attnlab.model import build_model
 from variants import available_variants
 
 HF_NAME = "hf_llama"
+FLEX_SUFFIX = "+flex"
 # "cpu" counts this process's CPU seconds: with --threads 1 it measures the work of a
 # step without the time other processes take from a shared machine (see RESULTS.md).
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -226,8 +227,12 @@ def _sync(device: torch.device) -> None:
 
 
 def run_case(case: Case, variants: list[str], device: torch.device, precision: str, compile: bool,
-             with_hf: bool, clock: str = "wall", log: Callable[[str], None] = print) -> dict:
+             with_hf: bool, clock: str = "wall", log: Callable[[str], None] = print,
+             flex: list[str] = ()) -> dict:
     configs = {v: ModelConfig.from_preset(case.preset, variant=v) for v in variants}
+    # The same variant on FlexAttention instead of SDPA, as its own row ("qk_scale+flex").
+    configs.update({f"{v}{FLEX_SUFFIX}": ModelConfig.from_preset(case.preset, variant=v, attn_kernel="flex")
+                    for v in flex})
     base_config = ModelConfig.from_preset(case.preset)
     if case.seq_len > base_config.block_size:
         raise SystemExit(f"--seq-len {case.seq_len} exceeds block_size={base_config.block_size} "
@@ -242,6 +247,7 @@ def run_case(case: Case, variants: list[str], device: torch.device, precision: s
                for name, c in contestants.items()}
     for v, c in configs.items():
         results[v].flops_per_token = flops_per_token(c, case.seq_len)
+    gemm_s = gemm_seconds_per_step(contestants["baseline"].model, case, device, precision)
     if with_hf:  # the same dimensions as the baseline, hence the same formula
         results[HF_NAME].flops_per_token = flops_per_token(base_config, case.seq_len)
     memory = PeakMemory(device)
@@ -277,7 +283,47 @@ def run_case(case: Case, variants: list[str], device: torch.device, precision: s
                 m.data_s.append(data_s / case.steps)
             log(f"  round {r + 1}/{case.rounds}: " + ", ".join(
                 f"{n} {case.batch_size * case.seq_len / results[n].step_s[-1]:,.0f} tok/s" for n in names))
-    return {**summarise(case, results, device, precision, with_hf), "clock": clock}
+    summary = summarise(case, results, device, precision, with_hf)
+    tokens_per_step = case.batch_size * case.seq_len
+    summary["gemm_s_per_step"] = gemm_s
+    summary["gemm_ceiling_tokens_per_s"] = tokens_per_step / gemm_s
+    summary["baseline_of_gemm_ceiling"] = gemm_s / summary["results"]["baseline"]["step_s"]
+    return {**summary, "clock": clock}
+
+
+def gemm_seconds_per_step(model: nn.Module, case: Case, device: torch.device, precision: str,
+                          repeats: int = 3) -> float:
+    """Time the training step's matmuls alone: every ``nn.Linear`` of ``model`` at
+    M = batch x seq_len rows, forward (M,in)x(in,out) and both backward products,
+    each shape timed in isolation (median of ``repeats``) and summed over the layers.
+
+    1 / this is a ceiling on tokens/s that no implementation of the same model can
+    pass on this device without fewer or faster matmuls; it tells how much of a
+    missed throughput target is the hardware's matmul speed and how much the rest
+    of the step (attention, softmax, norms, optimizer, framework overhead).
+    """
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+    M = case.batch_size * case.seq_len
+    shapes: dict[tuple[int, int], int] = {}
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            key = (module.in_features, module.out_features)
+            shapes[key] = shapes.get(key, 0) + 1
+    total = 0.0
+    for (n_in, n_out), count in shapes.items():
+        for a, b in (((M, n_in), (n_in, n_out)), ((M, n_out), (n_out, n_in)), ((n_out, M), (M, n_in))):
+            x = torch.randn(a, device=device, dtype=dtype)
+            y = torch.randn(b, device=device, dtype=dtype)
+            x @ y  # warm-up
+            times = []
+            for _ in range(repeats):
+                _sync(device)
+                start = time.perf_counter()
+                x @ y
+                _sync(device)
+                times.append(time.perf_counter() - start)
+            total += count * statistics.median(times)
+    return total
 
 
 def summarise(case: Case, results: dict[str, Measurement], device: torch.device, precision: str,
@@ -329,6 +375,10 @@ def format_table(summary: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if "baseline_vs_hf" in summary:
         lines += ["", f"baseline tokens/s / {HF_NAME} tokens/s = {summary['baseline_vs_hf']:.3f}"]
+    if "gemm_s_per_step" in summary:
+        lines += ["", f"matmul-only ceiling: the step's GEMMs alone take {summary['gemm_s_per_step']:.3f} s "
+                      f"-> at most {summary['gemm_ceiling_tokens_per_s']:,.0f} tokens/s; baseline spends "
+                      f"{summary['baseline_of_gemm_ceiling']:.0%} of its step in them"]
     return "\n".join(lines)
 
 
@@ -366,6 +416,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", nargs="+", default=None, choices=available_variants(),
                    help="variants to measure (default: all registered; baseline is always added)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers Llama comparison")
+    p.add_argument("--flex", nargs="*", default=None, choices=available_variants(), metavar="VARIANT",
+                   help="also run these variants on the FlexAttention kernel, as rows 'VARIANT+flex' "
+                        "(default: qk_scale on CUDA, none on CPU, where FlexAttention cannot train)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="default: bf16-mixed on CUDA, 32-true on CPU")
@@ -385,6 +438,12 @@ def main(argv: list[str] | None = None) -> dict:
     precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
     variants = args.variants or available_variants()
     variants = ["baseline", *[v for v in variants if v != "baseline"]]
+    flex = args.flex
+    if flex is None:
+        flex = ["qk_scale"] if device.type == "cuda" and "qk_scale" in available_variants() else []
+    if flex and device.type != "cuda":
+        raise SystemExit(f"--flex {' '.join(flex)}: FlexAttention has no CPU backward in torch "
+                         f"{torch.__version__}, so it cannot train on {device}; run it on a CUDA device")
     if args.preset is None:
         cases = DEFAULT_CASES
     else:
@@ -394,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
     for case in cases:
         print(f"\n== {case.preset}, T={case.seq_len}, batch {case.batch_size} ==", flush=True)
         summary = run_case(case, variants, device, precision, args.compile, not args.no_hf,
-                           args.clock, log=lambda s: print(s, flush=True))
+                           args.clock, log=lambda s: print(s, flush=True), flex=flex)
         summaries.append(summary)
         print("\n" + format_table(summary), flush=True)
     report = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
@@ -406,12 +465,14 @@ def main(argv: list[str] | None = None) -> dict:
     if hf_ratios:
         report["baseline_vs_hf"] = min(hf_ratios)
     report["step_time_vs_baseline"] = {
-        v: max(s["results"][v]["step_time_vs_baseline"] for s in summaries) for v in variants}
+        v: max(s["results"][v]["step_time_vs_baseline"] for s in summaries)
+        for v in [*variants, *(f"{f}{FLEX_SUFFIX}" for f in flex)]}
     report["by_case"] = {f"{s['case']['preset']}@T{s['case']['seq_len']}": {
         "baseline_vs_hf": s.get("baseline_vs_hf"),
         "step_time_vs_baseline": {n: r["step_time_vs_baseline"] for n, r in s["results"].items()
                                   if n != HF_NAME},
         "tokens_per_s": {n: r["tokens_per_s"] for n, r in s["results"].items()},
+        "gemm_ceiling_tokens_per_s": s["gemm_ceiling_tokens_per_s"],
     } for s in summaries}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

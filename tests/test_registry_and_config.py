@@ -66,7 +66,7 @@ def test_register_rejects_non_blocks():
     (dict(block_size=-5), "block_size must be a positive integer"),
     (dict(vocab_size=2.5), "vocab_size must be a positive integer"),
     (dict(rotary_percentage=0.0), "rotary_percentage"),
-    (dict(attn_kernel="flash9"), "unknown attention kernel 'flash9'; available: explicit, sdpa"),
+    (dict(attn_kernel="flash9"), "unknown attention kernel 'flash9'; available: explicit, flex, sdpa"),
 ])
 def test_invalid_configs_fail_with_the_bad_value(overrides, message):
     with pytest.raises(ValueError, match=message):

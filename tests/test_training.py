@@ -111,6 +111,8 @@ def test_every_variant_config_matches_a_registry_key():
     (["model.n_query_groups=3"], "not divisible by model.n_query_groups=3"),
     (["model.vocab_size=500"], "tokenizer vocab_size 1000 exceeds model vocab_size 500; set the model.s vocab_size >= 1000"),
     (["data.source=web"], "unknown data.source 'web'; allowed: demo, text, hf"),
+    (["model.attn_kernel=flash9"], "unknown attention kernel 'flash9'; available: explicit, flex, sdpa"),
+    (["model.attn_kernel=flex"], "model.attn_kernel=flex cannot train on accelerator='cpu'.*sdpa"),
 ])
 def test_invalid_values_fail_before_training(overrides, message, tmp_path, corpus):
     with pytest.raises(ValueError, match=message):  # at composition or at train()'s checks

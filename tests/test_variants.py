@@ -64,7 +64,7 @@ def test_fused_kernel_matches_explicit_reference_outputs_and_gradients(variant, 
 
 @pytest.mark.parametrize("layout", HEAD_LAYOUTS, ids=["mha1", "gqa", "mqa"])
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("kernel", ["sdpa", "explicit"])
+@pytest.mark.parametrize("kernel", ["sdpa", "flex", "explicit"])
 def test_kv_cache_decoding_matches_full_forward(variant, layout, kernel):
     model = build_model(tiny_config(variant, attn_kernel=kernel, **layout)).eval()
     idx = _tokens(T=12)
@@ -107,7 +107,7 @@ def test_different_seeds_give_different_weights():
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("kernel", ["sdpa", "explicit"])
+@pytest.mark.parametrize("kernel", ["sdpa", "flex", "explicit"])
 def test_chunked_prefill_after_a_cache_matches_full_forward(variant, kernel):
     """Several new tokens after cached ones: the causal mask is offset by the cache length."""
     model = build_model(tiny_config(variant, attn_kernel=kernel)).eval()

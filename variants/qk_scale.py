@@ -16,7 +16,9 @@ Training stays on SDPA: the term travels in its float mask (with the causal -inf
 the explicit softmax is never used in training. A mask that needs a gradient runs on
 SDPA's memory-efficient kernel on CUDA and on its math backend on CPU (bmm + softmax,
 the same work as the explicit kernel without returning probabilities); at seed100m,
-T=512, the whole step costs ~1.05-1.1x the baseline's (bench/RESULTS.md).
+T=512, the whole step costs ~1.05-1.1x the baseline's (bench/RESULTS.md). On a GPU,
+``model.attn_kernel=flex`` passes the term to FlexAttention as a ``score_mod`` instead
+(``attnlab/attention.py``); which of the two is faster there is still to be measured.
 """
 
 from __future__ import annotations

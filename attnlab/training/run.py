@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> RunDir:
     """Train one run; ``extra_callbacks`` are added to the Trainer's (e.g. from notebooks)."""
     cfg.validate()
+    _check_kernel_can_train(cfg.model.attn_kernel, _accelerator(cfg))
     run = RunDir.for_run(cfg.results_dir, cfg.experiment_name, cfg.variant.name, cfg.seed)
     # DDP workers started by Lightning (or torchrun) re-run this function: only rank 0
     # claims and writes the run directory.
@@ -173,11 +174,23 @@ def _resume_checkpoint(run: RunDir, cfg: TrainConfig) -> Path | None:
     return ckpt
 
 
+def _check_kernel_can_train(kernel: str, accelerator: str) -> None:
+    if kernel == "flex" and accelerator != "gpu":
+        raise ValueError(f"model.attn_kernel=flex cannot train on accelerator={accelerator!r}: "
+                         f"FlexAttention has no CPU backward in torch {torch.__version__}; use "
+                         f"model.attn_kernel=sdpa (the default) or train on a CUDA GPU")
+
+
+# How a model is computed, not what it is: a run may resume under another kernel.
+RUNTIME_SETTINGS = {"attn_kernel"}
+
+
 def check_checkpoint_matches(ckpt_path: Path, model_config: ModelConfig) -> None:
     """Refuse a checkpoint of another variant or preset before it is loaded into this model."""
     saved = load_checkpoint_config(ckpt_path)
     current = model_config.to_dict()
-    diffs = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    diffs = {k: (saved.get(k), v) for k, v in current.items()
+             if saved.get(k) != v and k not in RUNTIME_SETTINGS}
     if diffs:
         details = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diffs.items())
         raise ValueError(f"checkpoint {ckpt_path} was trained with a different model ({details})")
