@@ -102,7 +102,8 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
     trainer = L.Trainer(
         accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=precision, max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=cfg.optim.grad_clip or None, val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches,  # in batches
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches,  # counted in batches
         check_val_every_n_epoch=None, limit_val_batches=t.val_batches,
         log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.progress_bar,
         logger=[TensorBoardLogger(run.path, name="tensorboard", version=""),
