@@ -17,6 +17,7 @@ one signature (as in transformers' ``ALL_ATTENTION_FUNCTIONS``):
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import torch
@@ -82,6 +83,11 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_offset: i
     return y, None
 
 
+# Why ``flex`` only trains on CUDA; every refusal (kernel, train(), bench) gives this reason.
+FLEX_CPU_LIMIT = (f"FlexAttention has no CPU backward in torch {torch.__version__}; use "
+                  f"model.attn_kernel=sdpa (the default) or train on a CUDA GPU")
+
+
 def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_offset: int,
                           additive: Tensor | None = None, need_weights: bool = False
                           ) -> tuple[Tensor, Tensor | None]:
@@ -101,9 +107,7 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_of
     from torch.nn.attention.flex_attention import flex_attention
 
     if not q.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise RuntimeError("model.attn_kernel='flex' cannot train on CPU: FlexAttention has no "
-                           "CPU backward in torch " + torch.__version__ + "; use "
-                           "model.attn_kernel=sdpa (the default), or train on a CUDA GPU")
+        raise RuntimeError(f"model.attn_kernel='flex' cannot train on CPU: {FLEX_CPU_LIMIT}")
     B, H, T, _ = q.shape
     S = k.shape[2]
     score_mod = None
@@ -126,36 +130,32 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, *, scale: float, q_of
     return y, None
 
 
-_BLOCK_MASKS: dict[tuple, object] = {}
-
-
 def _causal_block_mask(T: int, S: int, q_offset: int, device: torch.device):
-    """The causal ``BlockMask`` of a (T, S) score matrix, built once per shape outside compile."""
+    """The causal ``BlockMask`` of a (T, S) score matrix: traced into a compiled graph (which
+    is then reused), and built once per shape in eager mode."""
+    if torch.compiler.is_compiling():
+        return _build_causal_block_mask(T, S, q_offset, device)
+    # A bounded cache: decoding with a KV cache makes a new (T, S, q_offset) per token.
+    return _cached_causal_block_mask(T, S, q_offset, device)
+
+
+def _build_causal_block_mask(T: int, S: int, q_offset: int, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
 
     def causal(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return kv_idx <= q_idx + q_offset
 
-    if torch.compiler.is_compiling():  # traced into the graph, which is then reused
-        return create_block_mask(causal, None, None, T, S, device=device)
-    key = (T, S, q_offset, str(device))
-    if key not in _BLOCK_MASKS:
-        if len(_BLOCK_MASKS) >= 64:  # decoding with a KV cache makes a new shape per token
-            _BLOCK_MASKS.clear()
-        _BLOCK_MASKS[key] = create_block_mask(causal, None, None, T, S, device=device)
-    return _BLOCK_MASKS[key]
+    return create_block_mask(causal, None, None, T, S, device=device)
 
 
-_COMPILED_FLEX = None
+_cached_causal_block_mask = functools.lru_cache(maxsize=64)(_build_causal_block_mask)
 
 
+@functools.cache
 def _compiled_flex_attention():
-    global _COMPILED_FLEX
-    if _COMPILED_FLEX is None:
-        from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
-        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
-    return _COMPILED_FLEX
+    return torch.compile(flex_attention, dynamic=False)
 
 
 AttentionKernel = Callable[..., tuple[Tensor, Tensor | None]]

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+# Settings that say how a model is computed, not what it is: a checkpoint resumes under
+# other values of these (the weights are the same).
+RUNTIME_SETTINGS = frozenset({"attn_kernel"})
+
+
 @dataclass
 class ModelConfig:
     """Dimensions of a LLaMA-2-style decoder and the attention variant it uses.

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.attention import FLEX_CPU_LIMIT
 from attnlab.config import PRESETS, ModelConfig
 from attnlab.data import ShardIndex, TokenWindowDataset
 from attnlab.data.shards import ShardWriter, dtype_for_vocab
@@ -283,12 +284,7 @@ def run_case(case: Case, variants: list[str], device: torch.device, precision: s
                 m.data_s.append(data_s / case.steps)
             log(f"  round {r + 1}/{case.rounds}: " + ", ".join(
                 f"{n} {case.batch_size * case.seq_len / results[n].step_s[-1]:,.0f} tok/s" for n in names))
-    summary = summarise(case, results, device, precision, with_hf)
-    tokens_per_step = case.batch_size * case.seq_len
-    summary["gemm_s_per_step"] = gemm_s
-    summary["gemm_ceiling_tokens_per_s"] = tokens_per_step / gemm_s
-    summary["baseline_of_gemm_ceiling"] = gemm_s / summary["results"]["baseline"]["step_s"]
-    return {**summary, "clock": clock}
+    return {**summarise(case, results, device, precision, with_hf, gemm_s), "clock": clock}
 
 
 def gemm_seconds_per_step(model: nn.Module, case: Case, device: torch.device, precision: str,
@@ -327,7 +323,7 @@ def gemm_seconds_per_step(model: nn.Module, case: Case, device: torch.device, pr
 
 
 def summarise(case: Case, results: dict[str, Measurement], device: torch.device, precision: str,
-              with_hf: bool) -> dict:
+              with_hf: bool, gemm_s: float) -> dict:
     tokens_per_step = case.batch_size * case.seq_len
     peak = device_peak_flops(device, precision)
     base = results.get("baseline")
@@ -349,7 +345,9 @@ def summarise(case: Case, results: dict[str, Measurement], device: torch.device,
                 s / b for s, b in zip(m.step_s, base.step_s))
         rows[name] = row
     out = {"case": asdict(case), "precision": precision, "device": _device_name(device),
-           "peak_flops": peak, "results": rows}
+           "peak_flops": peak, "results": rows, "gemm_s_per_step": gemm_s,
+           "gemm_ceiling_tokens_per_s": tokens_per_step / gemm_s,
+           "baseline_of_gemm_ceiling": gemm_s / rows["baseline"]["step_s"]}
     if with_hf and base is not None:
         out["baseline_vs_hf"] = statistics.median(
             h / b for h, b in zip(results[HF_NAME].step_s, base.step_s))  # tokens/s ratio
@@ -442,8 +440,7 @@ def main(argv: list[str] | None = None) -> dict:
     if flex is None:
         flex = ["qk_scale"] if device.type == "cuda" and "qk_scale" in available_variants() else []
     if flex and device.type != "cuda":
-        raise SystemExit(f"--flex {' '.join(flex)}: FlexAttention has no CPU backward in torch "
-                         f"{torch.__version__}, so it cannot train on {device}; run it on a CUDA device")
+        raise SystemExit(f"--flex {' '.join(flex)}: {FLEX_CPU_LIMIT}")
     if args.preset is None:
         cases = DEFAULT_CASES
     else:

@@ -100,7 +100,6 @@ class PeakFlopsThroughputMonitor(ThroughputMonitor):
             self.available_flops = int(self.peak_flops)
 
 
-
 class LastCheckpoint(L.Callback):
     """``last.ckpt``, the resume point: every N optimizer steps, and after each validation.
 

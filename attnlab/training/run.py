@@ -21,8 +21,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from attnlab.attention import FLEX_CPU_LIMIT
 from attnlab.checkpoint import checkpoint_step, load_checkpoint_config
-from attnlab.config import ModelConfig
+from attnlab.config import RUNTIME_SETTINGS, ModelConfig
 from attnlab.data import PreparedData, ShardIndex, check_vocab_fits, prepare_data
 from attnlab.flops import device_peak_flops, flops_per_token
 from attnlab.model import build_model
@@ -178,12 +179,7 @@ def _resume_checkpoint(run: RunDir, cfg: TrainConfig) -> Path | None:
 def _check_kernel_can_train(kernel: str, accelerator: str) -> None:
     if kernel == "flex" and accelerator != "gpu":
         raise ValueError(f"model.attn_kernel=flex cannot train on accelerator={accelerator!r}: "
-                         f"FlexAttention has no CPU backward in torch {torch.__version__}; use "
-                         f"model.attn_kernel=sdpa (the default) or train on a CUDA GPU")
-
-
-# How a model is computed, not what it is: a run may resume under another kernel.
-RUNTIME_SETTINGS = {"attn_kernel"}
+                         f"{FLEX_CPU_LIMIT}")
 
 
 def check_checkpoint_matches(ckpt_path: Path, model_config: ModelConfig) -> None:
