@@ -1,6 +1,6 @@
 """Training throughput per attention variant, and baseline against HF transformers' Llama.
 
-    python bench/throughput.py                       # the CPU targets of issue 6 (~10 min, 2 cores)
+    python bench/throughput.py                       # the default CPU cases (~10 min, 2 cores)
     python bench/throughput.py --preset seed100m --seq-len 2048 --batch-size 8 \\
         --precision bf16-mixed --compile --json bench/gpu.json
 
@@ -67,7 +67,7 @@ class Case:
     warmup: int = 1
 
 
-# The CPU targets of issue 6: tiny at its block size, seed100m at T=512, small batches.
+# The default CPU cases: tiny at its block size, seed100m at T=512, small batches.
 DEFAULT_CASES = [Case("tiny", 256, 8, steps=2, rounds=5, warmup=2),
                  Case("seed100m", 512, 1, steps=1, rounds=3, warmup=1)]
 
@@ -405,7 +405,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="model preset; without it, run the default CPU cases of issue 6")
+                   help="model preset; without it, run the default CPU cases")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the preset's block size)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=2, help="measured steps per contestant per round")
@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
                            args.clock, log=lambda s: print(s, flush=True), flex=flex)
         summaries.append(summary)
         print("\n" + format_table(summary), flush=True)
-    report = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+    report = {"date": time.strftime("%Y-%m-%d"), "command": _portable_command(sys.argv),
               "environment": environment(), "compile": args.compile, "clock": args.clock,
               "cases": summaries}
     # Headline ratios at top level, for scripts: the worst case over the cases run
@@ -476,6 +476,21 @@ def main(argv: list[str] | None = None) -> dict:
         args.json.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
         print(f"\nwrote {args.json}")
     return report
+
+
+def _portable_command(argv: list[str]) -> str:
+    """The command line with no machine's paths: repository paths relative, others by file name."""
+    root = Path(__file__).resolve().parents[1]
+
+    def portable(arg: str) -> str:
+        key, eq, value = arg.rpartition("=") if arg.startswith("-") else ("", "", arg)
+        if not Path(value).is_absolute():
+            return arg
+        path = Path(value).resolve()
+        value = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+        return f"{key}{eq}{value}"
+
+    return " ".join(portable(a) for a in argv)
 
 
 def _json_default(value: object) -> object:

@@ -1,4 +1,4 @@
-"""The four seed variants compute exactly the study's math (SEED.md), written out by hand here."""
+"""The four seed variants compute exactly the study's math (docs/study.md), written out by hand here."""
 
 import math
 

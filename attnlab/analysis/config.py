@@ -1,4 +1,4 @@
-"""Typed configuration of ``evaluate.py``: the schema ``configs/evaluate.yaml`` composes into.
+"""Typed configuration of ``evaluate.py``: the schema ``configs/evaluate/evaluate.yaml`` composes into.
 
 ``Optional[...]`` rather than ``X | None`` because OmegaConf builds its schema
 from these annotations.
@@ -53,7 +53,7 @@ class EvaluateConfig:
 
 
 def register_schema() -> None:
-    """Make ``EvaluateConfig`` the schema ``configs/evaluate.yaml`` composes into."""
+    """Make ``EvaluateConfig`` the schema ``configs/evaluate/evaluate.yaml`` composes into."""
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)

@@ -23,7 +23,7 @@ from attnlab.data.prepare import is_val_document, prepare_data
 from attnlab.data.sources import DEMO_CORPUS
 from attnlab.data.tokenizer import Tokenizer
 
-EXAMPLE = "東京都は日本の首都です。"  # SEED.md: LLaMA 14 tokens, ELYZA's extended vocabulary 9
+EXAMPLE = "東京都は日本の首都です。"  # docs/study.md: LLaMA 14 tokens, ELYZA's extended vocabulary 9
 RARE = "𠮷野家の龘"  # characters outside any small vocabulary: byte fallback
 
 
