@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from attnlab.config import ModelConfig
+from attnlab.config import RUNTIME_SETTINGS, ModelConfig
 from attnlab.model import GPT
 
 
@@ -30,6 +31,29 @@ def _load(path: str | Path) -> dict[str, Any]:
 def load_checkpoint_config(path: str | Path) -> dict[str, Any]:
     """The ``ModelConfig`` settings a checkpoint was trained with."""
     return dict(_load(path)["hyper_parameters"]["model_config"])
+
+
+# What a mismatch is called, by what the checkpoint is compared with.
+_MISMATCH = {"requested": "was trained with a different model",
+             "run": "does not match its run directory"}
+
+
+def check_checkpoint_matches(path: str | Path, expected: ModelConfig | Mapping[str, Any],
+                             against: str = "requested") -> None:
+    """Refuse a checkpoint of another variant or shape before it is loaded or analysed.
+
+    ``expected`` is the model about to be trained (``against="requested"``: resume) or the
+    ``resolved_model`` of the run directory it sits in (``against="run"``: evaluation).
+    Runtime settings (``RUNTIME_SETTINGS``, e.g. ``attn_kernel``) say how a model is
+    computed, not what it is: a checkpoint resumed or evaluated under others still matches.
+    """
+    saved = load_checkpoint_config(path)
+    expected = expected.to_dict() if isinstance(expected, ModelConfig) else expected
+    diffs = {k: (saved.get(k), v) for k, v in expected.items()
+             if k not in RUNTIME_SETTINGS and saved.get(k) != v}
+    if diffs:
+        details = ", ".join(f"{k}: checkpoint {a!r} vs {against} {b!r}" for k, (a, b) in diffs.items())
+        raise ValueError(f"checkpoint {path} {_MISMATCH[against]} ({details})")
 
 
 def checkpoint_step(path: str | Path) -> int:

@@ -94,19 +94,15 @@ class RunDir:
         """The run's ``GPT`` from ``checkpoints/<which>.ckpt``, checked against the run itself.
 
         A checkpoint copied in from another run (another variant or shape) is refused
-        rather than analysed under the wrong name.
+        rather than analysed under the wrong name; one of a run resumed under another
+        attention kernel (a runtime setting) is accepted.
         """
-        from attnlab.checkpoint import load_checkpoint_config, load_model
+        from attnlab.checkpoint import check_checkpoint_matches, load_model
 
         if which not in CHECKPOINTS:
             raise ValueError(f"unknown checkpoint {which!r}; allowed: {', '.join(CHECKPOINTS)}")
         path = self.checkpoints / f"{which}.ckpt"
-        expected = self.load_config().get("resolved_model", {})
-        saved = load_checkpoint_config(path)
-        diffs = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
-        if diffs:
-            details = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diffs.items())
-            raise ValueError(f"checkpoint {path} does not match its run directory ({details})")
+        check_checkpoint_matches(path, self.load_config().get("resolved_model", {}), against="run")
         return load_model(path, expect_variant=self.variant)
 
     def load_tokenizer(self) -> Tokenizer:

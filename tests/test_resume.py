@@ -89,3 +89,25 @@ def test_a_torch_file_that_is_not_a_training_checkpoint_is_refused(tmp_path, cor
     with pytest.raises(ValueError, match="is not an attnlab training checkpoint"):
         train(compose_config([*_overrides(tmp_path, corpus, "notckpt"), f"resume={other}"]))
 
+
+
+def test_a_run_resumed_under_another_kernel_is_still_evaluated(tmp_path, corpus):
+    """The attention kernel is a runtime setting: resuming with another one must not make
+    evaluation refuse the run's checkpoints (it once refused a best.ckpt written before)."""
+    from attnlab.checkpoint import load_checkpoint_config
+
+    cfg = [*_overrides(tmp_path, corpus, "kernel"), "trainer.max_steps=4", "trainer.val_every_n_steps=2"]
+    run = train(compose_config(cfg))
+    default_kernel = load_checkpoint_config(run.best_checkpoint)["attn_kernel"]
+    assert default_kernel != "explicit"
+    # A few more steps under the explicit kernel, without validation: best.ckpt stays the
+    # one written under the default kernel, last.ckpt and config.yaml say "explicit".
+    resumed = train(compose_config([*cfg, "trainer.max_steps=6", "trainer.val_every_n_steps=100",
+                                    "model.attn_kernel=explicit", "resume=auto"]))
+    assert resumed.path == run.path and resumed.load_summary()["steps"] == 6
+    assert run.load_config()["resolved_model"]["attn_kernel"] == "explicit"
+    assert load_checkpoint_config(run.best_checkpoint)["attn_kernel"] == default_kernel
+    assert load_checkpoint_config(run.last_checkpoint)["attn_kernel"] == "explicit"
+    for which in ("best", "last"):
+        model = run.load_model(which)  # what evaluate.py and the notebooks load
+        assert model.config.variant == "baseline" and not model.training

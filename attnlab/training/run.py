@@ -22,8 +22,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from attnlab.attention import FLEX_CPU_LIMIT
-from attnlab.checkpoint import checkpoint_step, load_checkpoint_config
-from attnlab.config import RUNTIME_SETTINGS, ModelConfig
+from attnlab.checkpoint import check_checkpoint_matches, checkpoint_step  # noqa: F401 (re-exported)
+from attnlab.config import ModelConfig
 from attnlab.data import PreparedData, ShardIndex, check_vocab_fits, prepare_data
 from attnlab.flops import device_peak_flops, flops_per_token
 from attnlab.model import build_model
@@ -180,17 +180,6 @@ def _check_kernel_can_train(kernel: str, accelerator: str) -> None:
     if kernel == "flex" and accelerator != "gpu":
         raise ValueError(f"model.attn_kernel=flex cannot train on accelerator={accelerator!r}: "
                          f"{FLEX_CPU_LIMIT}")
-
-
-def check_checkpoint_matches(ckpt_path: Path, model_config: ModelConfig) -> None:
-    """Refuse a checkpoint of another variant or preset before it is loaded into this model."""
-    saved = load_checkpoint_config(ckpt_path)
-    current = model_config.to_dict()
-    diffs = {k: (saved.get(k), v) for k, v in current.items()
-             if saved.get(k) != v and k not in RUNTIME_SETTINGS}
-    if diffs:
-        details = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diffs.items())
-        raise ValueError(f"checkpoint {ckpt_path} was trained with a different model ({details})")
 
 
 def _accelerator(cfg: TrainConfig) -> str:
