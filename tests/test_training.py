@@ -100,8 +100,8 @@ def test_every_variant_config_matches_a_registry_key():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["trainer.max_steps=0"], "trainer.max_steps must be positive, got 0"),
-    (["trainer.batch_size=-1"], "trainer.batch_size must be positive, got -1"),
+    (["trainer.max_steps=0"], "trainer.max_steps must be a positive integer, got 0"),
+    (["trainer.batch_size=-1"], "trainer.batch_size must be a positive integer, got -1"),
     (["optim.lr=0"], "optim.lr must be positive, got 0.0"),
     (["model.preset=huge"], "unknown model preset 'huge'; available: gqa100m, seed100m, tiny"),
     (["variant.name=nope"], "unknown attention variant 'nope'; registered variants: baseline"),
@@ -109,7 +109,8 @@ def test_every_variant_config_matches_a_registry_key():
     (["model.n_head=3"], "n_embd=32 is not divisible by model.n_head=3"),
     (["trainer.precision=fp8"], "unknown trainer.precision 'fp8'"),
     (["model.n_query_groups=3"], "not divisible by model.n_query_groups=3"),
-    (["model.vocab_size=500"], "tokenizer vocab_size 1000 exceeds model vocab_size 500; set the model.s vocab_size >= 1000"),
+    (["model.vocab_size=500"],
+     "tokenizer vocab_size 1000 exceeds model vocab_size 500; set the model.s vocab_size >= 1000"),
     (["data.source=web"], "unknown data.source 'web'; allowed: demo, text, hf"),
     (["model.attn_kernel=flash9"], "unknown attention kernel 'flash9'; available: explicit, flex, sdpa"),
     (["model.attn_kernel=flex"], "model.attn_kernel=flex cannot train on accelerator='cpu'.*sdpa"),

@@ -7,6 +7,9 @@ are errors); ``TrainConfig.validate`` checks values once, before any work.
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -15,6 +18,9 @@ from attnlab.data.config import DataConfig
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 NONFINITE_POLICIES = ("stop", "skip")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # cuda: the same as gpu
+LOGGERS = ("tensorboard", "wandb", "mlflow")
+MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
 @dataclass
@@ -57,6 +63,14 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
 
+    def validate(self) -> None:
+        for name, allowed, ok in [("lr", "positive", _positive), ("min_lr_ratio", "in [0, 1]", _unit),
+                                  ("warmup_steps", "an integer >= 0", _non_negative_int),
+                                  ("weight_decay", ">= 0", _non_negative), ("beta1", "in [0, 1)", _beta),
+                                  ("beta2", "in [0, 1)", _beta), ("eps", "positive", _positive),
+                                  ("grad_clip", ">= 0 (0: no clipping)", _non_negative)]:
+            _check(f"optim.{name}", getattr(self, name), allowed, ok)
+
 
 @dataclass
 class TrainerSection:
@@ -82,6 +96,48 @@ class TrainerSection:
     # or "skip" the batch (no update; still stops after 10 in a row).
     nonfinite_loss: str = "stop"
 
+    def validate(self) -> None:
+        for name in ("max_steps", "batch_size", "seq_len", "val_every_n_steps", "val_batches",
+                     "accumulate_grad_batches", "log_every_n_steps", "num_nodes"):
+            _check(f"trainer.{name}", getattr(self, name), "a positive integer", _positive_int)
+        _check("trainer.checkpoint_every_n_steps", self.checkpoint_every_n_steps,
+               "a positive integer or null (null: at each validation)", lambda v: v is None or _positive_int(v))
+        _check("trainer.num_workers", self.num_workers, "an integer >= 0", _non_negative_int)
+        _check("trainer.peak_flops", self.peak_flops, "positive (FLOP/s) or null (null: the known table)",
+               lambda v: v is None or _positive(v))
+        _check("trainer.devices", self.devices,
+               "a positive integer, -1 (every device), 'auto', or a list of device indices",
+               _valid_devices)
+        _check_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
+        _check_choice("trainer.precision", self.precision, PRECISIONS)
+        _check_choice("trainer.nonfinite_loss", self.nonfinite_loss, NONFINITE_POLICIES)
+        if self.strategy != "auto":
+            from lightning.pytorch.strategies import StrategyRegistry
+
+            _check_choice("trainer.strategy", self.strategy,
+                          ("auto", *sorted(StrategyRegistry.available_strategies())))
+
+
+@dataclass
+class LoggerSection:
+    """Where metrics go besides the run directory (which always gets metrics.csv and summary.json).
+
+    ``configs/logger/``: ``tensorboard`` (the default), ``wandb``, ``mlflow`` (Lightning's
+    own loggers; the last two need ``pip install -e ".[wandb]"`` / ``".[mlflow]"``).
+    """
+
+    name: str = "tensorboard"
+    project: Optional[str] = None  # W&B project / MLflow experiment; None: experiment_name
+    run_name: Optional[str] = None  # None: <variant>/seed<k>
+    save_dir: Optional[str] = None  # W&B's local files; None: the run directory
+    offline: bool = False  # W&B: log locally only (upload later with `wandb sync`)
+    entity: Optional[str] = None  # W&B team or user; None: your default
+    tracking_uri: Optional[str] = None  # MLflow; None: $MLFLOW_TRACKING_URI, else file:./mlruns
+    options: dict[str, Any] = field(default_factory=dict)  # more keyword arguments for the logger
+
+    def validate(self) -> None:
+        _check_choice("logger.name", self.name, LOGGERS)
+
 
 @dataclass
 class TrainConfig:
@@ -95,6 +151,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerSection = field(default_factory=TrainerSection)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    logger: LoggerSection = field(default_factory=LoggerSection)
 
     def validate(self) -> None:
         """Fail fast, naming the bad value and what is allowed."""
@@ -104,28 +161,69 @@ class TrainConfig:
         if self.model.preset not in PRESETS:
             raise ValueError(f"unknown model preset {self.model.preset!r}; available: "
                              f"{', '.join(sorted(PRESETS))}")
-        t, o = self.trainer, self.optim
-        for name, value in [("trainer.max_steps", t.max_steps), ("trainer.batch_size", t.batch_size),
-                            ("trainer.seq_len", t.seq_len), ("trainer.val_every_n_steps", t.val_every_n_steps),
-                            ("trainer.val_batches", t.val_batches),
-                            ("trainer.accumulate_grad_batches", t.accumulate_grad_batches),
-                            ("trainer.log_every_n_steps", t.log_every_n_steps)]:
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if o.lr <= 0:
-            raise ValueError(f"optim.lr must be positive, got {o.lr}")
-        if not 0 <= o.min_lr_ratio <= 1:
-            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
-        if o.warmup_steps < 0 or o.weight_decay < 0 or o.grad_clip < 0:
-            raise ValueError("optim.warmup_steps, optim.weight_decay and optim.grad_clip must be >= 0")
-        if t.precision not in PRECISIONS:
-            raise ValueError(f"unknown trainer.precision {t.precision!r}; allowed: {', '.join(PRECISIONS)}")
-        if t.nonfinite_loss not in NONFINITE_POLICIES:
-            raise ValueError(f"unknown trainer.nonfinite_loss {t.nonfinite_loss!r}; allowed: "
-                             f"{', '.join(NONFINITE_POLICIES)}")
-        if not self.experiment_name or "/" in self.experiment_name:
+        _check("seed", self.seed, f"an integer in [0, {MAX_SEED}]", lambda v: _int(v) and 0 <= v <= MAX_SEED)
+        self.trainer.validate()
+        self.optim.validate()
+        self.logger.validate()
+        if not isinstance(self.experiment_name, str) or not self.experiment_name or "/" in self.experiment_name:
             raise ValueError(f"experiment_name must be a non-empty name without '/', "
                              f"got {self.experiment_name!r}")
+        _check("results_dir", self.results_dir, "a non-empty path", lambda v: isinstance(v, str) and v != "")
+        _check("resume", self.resume, "null, 'auto' or the path of a .ckpt file",
+               lambda v: v is None or (isinstance(v, str) and v != ""))
+
+
+def _check(name: str, value: Any, allowed: str, ok: Callable[[Any], bool]) -> None:
+    if not ok(value):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _positive_int(v: Any) -> bool:
+    return _int(v) and v > 0
+
+
+def _non_negative_int(v: Any) -> bool:
+    return _int(v) and v >= 0
+
+
+def _positive(v: Any) -> bool:
+    return _number(v) and 0 < v < math.inf  # NaN fails every comparison
+
+
+def _non_negative(v: Any) -> bool:
+    return _number(v) and 0 <= v < math.inf
+
+
+def _unit(v: Any) -> bool:
+    return _number(v) and 0 <= v <= 1
+
+
+def _beta(v: Any) -> bool:
+    return _number(v) and 0 <= v < 1
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def _valid_devices(value: Any) -> bool:
+    """Lightning's ``devices``: a count, -1 (all), "auto", "0,1"/"2" strings, or a list of indices."""
+    if isinstance(value, str):
+        if value in ("auto", "-1") or re.fullmatch(r"\d+(,\d+)*,", value) or re.fullmatch(r"\d+(,\d+)+", value):
+            return True  # "0," and "0,1" are device indices
+        return value.isdigit() and int(value) > 0  # a count
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_non_negative_int(v) for v in value) and len(set(value)) == len(value)
+    return _positive_int(value) or value == -1
 
 
 def register_schema() -> None:

@@ -1,0 +1,48 @@
+"""What a run trains on: the accelerator, the precision, compilation, and the device's name."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from attnlab.attention import FLEX_CPU_LIMIT
+
+
+def choose_accelerator(requested: str) -> str:
+    """``trainer.accelerator``, with ``auto`` resolved: ``gpu`` where CUDA is available, else ``cpu``."""
+    if requested == "cuda":
+        return "gpu"  # Lightning's two names for one accelerator; attnlab decides on "gpu"
+    if requested != "auto":
+        return requested
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def choose_precision(requested: str, accelerator: str) -> str:
+    """``trainer.precision``, with ``auto`` resolved: bf16-mixed on GPUs that support it, else 32-true."""
+    if requested != "auto":
+        return requested
+    if accelerator == "gpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def should_compile(requested: bool | None, accelerator: str) -> bool:
+    """``trainer.compile``, with None resolved: on for GPUs, off for the CPU."""
+    return requested if requested is not None else accelerator == "gpu"
+
+
+def root_device(accelerator: str) -> torch.device:
+    return torch.device("cuda" if accelerator == "gpu" else "cpu")
+
+
+def check_kernel_can_train(kernel: str, accelerator: str) -> None:
+    if kernel == "flex" and accelerator != "gpu":
+        raise ValueError(f"model.attn_kernel=flex cannot train on accelerator={accelerator!r}: "
+                         f"{FLEX_CPU_LIMIT}")
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,0 +1,93 @@
+"""The training side of a run directory: claiming it, finding the checkpoint to resume,
+trimming metrics a resumed run logs again, writing its config and tokenizer.
+
+(``attnlab.runs.RunDir`` is the layout, and the reader evaluate and the notebooks use.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from attnlab.atomic import remove_partial_writes
+from attnlab.config import ModelConfig
+from attnlab.data import PreparedData
+from attnlab.runs import RunDir
+from attnlab.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
+    """Decide what happens to an existing run directory; return the checkpoint to resume from."""
+    check_writable(Path(cfg.results_dir))
+    if cfg.resume:
+        ckpt = resume_checkpoint(run, cfg.resume)
+        for directory in (run.path, run.checkpoints):  # left by a process killed while writing
+            remove_partial_writes(directory)
+        if ckpt is None and run.metrics.is_file():
+            # Killed before its first checkpoint: nothing to continue, start again in place.
+            run.metrics.unlink()
+        return ckpt
+    if run.path.exists() and any(run.path.iterdir()):
+        if not cfg.overwrite:
+            raise FileExistsError(
+                f"run directory {run.path} already exists; pass resume=auto to continue it, "
+                f"overwrite=true to replace it (the old one is moved aside), or choose another "
+                f"experiment=/seed=")
+        aside = run.path.with_name(f"{run.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        run.path.rename(aside)
+        log.warning("moved the existing run directory aside to %s", aside)
+    return None
+
+
+def check_writable(directory: Path) -> None:
+    """Fail before data preparation and training, not at the first checkpoint an hour later."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise ValueError(f"results_dir={str(directory)!r} is not writable ({err.strerror or err}); "
+                         f"pass results_dir=<a writable directory>") from None
+
+
+def resume_checkpoint(run: RunDir, resume: str | None) -> Path | None:
+    """``resume=auto``: the run's last checkpoint, or None (a fresh start) when it has none
+    yet, so that one command can be requeued after any preemption. An explicit path must exist."""
+    if not resume:
+        return None
+    if resume == "auto":
+        if run.last_checkpoint.is_file():
+            return run.last_checkpoint
+        log.warning("resume=auto: no checkpoint at %s yet; starting the run from step 0",
+                    run.last_checkpoint)
+        return None
+    ckpt = Path(resume)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"resume={resume!r}: no checkpoint file at {ckpt}; use "
+                                f"resume=auto or the path of an existing .ckpt")
+    return ckpt
+
+
+def trim_metrics(run: RunDir, step: int) -> None:
+    """Drop rows logged after the checkpoint, which the resumed run will log again."""
+    if run.metrics.is_file():
+        frame = pd.read_csv(run.metrics)
+        frame[frame["step"] < step].to_csv(run.metrics, index=False)
+
+
+def write_run_files(run: RunDir, cfg: TrainConfig, model_config: ModelConfig,
+                    prepared: PreparedData) -> None:
+    """``config.yaml`` (the resolved configuration) and the run's tokenizer."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    resolved = {**dataclasses.asdict(cfg), "resolved_model": model_config.to_dict()}
+    run.config.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    shutil.copyfile(prepared.tokenizer_path, run.tokenizer)

@@ -1,0 +1,38 @@
+"""The part of summary.json known before training: what was trained, on what, with which code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attnlab.config import ModelConfig
+from attnlab.data import PreparedData
+from attnlab.data.stats import unigram_entropy_nats
+from attnlab.params import parameter_breakdown
+from attnlab.provenance import git_commit, versions
+from attnlab.training.config import TrainConfig
+from attnlab.training.hardware import device_name
+
+
+def static_summary(cfg: TrainConfig, model_config: ModelConfig, prepared: PreparedData,
+                   precision: str) -> dict[str, Any]:
+    """What ``SummaryCallback`` writes beside the numbers measured by training."""
+    return {
+        "experiment": cfg.experiment_name,
+        "variant": cfg.variant.name,
+        "seed": cfg.seed,
+        "preset": model_config.name,
+        "parameters": parameter_breakdown(model_config),
+        "seq_len": cfg.trainer.seq_len,
+        "batch_size": cfg.trainer.batch_size,
+        "accumulate_grad_batches": cfg.trainer.accumulate_grad_batches,
+        "max_steps": cfg.trainer.max_steps,
+        "lr": cfg.optim.lr,
+        "data": {"source": cfg.data.source, "tokenizer_sha256": prepared.tokenizer_sha256,
+                 "tokenizer_vocab_size": prepared.vocab_size, "train_tokens": prepared.train_tokens,
+                 "val_tokens": prepared.val_tokens,
+                 "val_unigram_entropy_nats": round(unigram_entropy_nats(prepared.val), 4)},
+        "device": device_name(),
+        "precision": precision,
+        "versions": versions(),
+        "git_commit": git_commit(),
+    }

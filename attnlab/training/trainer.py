@@ -1,0 +1,52 @@
+"""The Lightning ``Trainer`` of a run: its callbacks, loggers and settings from ``trainer.*``."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import Logger
+
+from attnlab.flops import device_peak_flops
+from attnlab.runs import RunDir
+from attnlab.training.callbacks import (GracefulStop, LastCheckpoint, PeakFlopsThroughputMonitor,
+                                        SummaryCallback)
+from attnlab.training.checkpoint_io import AtomicCheckpointIO
+from attnlab.training.config import TrainConfig
+from attnlab.training.hardware import root_device
+
+
+def build_trainer(cfg: TrainConfig, run: RunDir, accelerator: str, precision: str, loggers: list[Logger],
+                  summary: SummaryCallback, extra_callbacks: list[L.Callback]) -> L.Trainer:
+    """A Trainer writing ``run``'s checkpoints; ``extra_callbacks`` run after the checkpointing
+    and monitoring ones, before the progress bar and the signal handler."""
+    t = cfg.trainer
+    callbacks = [
+        summary,
+        ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val/loss", mode="min",
+                        save_top_k=1, enable_version_counter=False),
+        # last.ckpt, the resume point (also written on SIGINT/SIGTERM by GracefulStop).
+        # AtomicCheckpointIO renames a complete file into place, so a kill during a save
+        # leaves the previous last.ckpt intact.
+        LastCheckpoint(run.last_checkpoint, t.checkpoint_every_n_steps or t.val_every_n_steps),
+        LearningRateMonitor(logging_interval="step"),
+        PeakFlopsThroughputMonitor(
+            peak_flops=t.peak_flops or device_peak_flops(root_device(accelerator), precision),
+            batch_size_fn=lambda batch: batch[0].shape[0],
+            length_fn=lambda batch: batch[0].numel(), window_size=max(2, min(50, t.log_every_n_steps))),
+        *extra_callbacks,
+    ]
+    if t.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 2)))
+    # Last, so that it sees a signal raised during the step's other hooks.
+    callbacks.append(GracefulStop(run.last_checkpoint))
+    return L.Trainer(
+        accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=precision, max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches,  # counted in batches
+        check_val_every_n_epoch=None, limit_val_batches=t.val_batches,
+        log_every_n_steps=t.log_every_n_steps, enable_progress_bar=t.progress_bar, logger=loggers,
+        callbacks=callbacks, default_root_dir=run.path, deterministic=accelerator == "cpu",
+        num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # EpochPermutationSampler shards by rank itself
+    )
