@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 # The demo's seeds: `make demo SEEDS=0,1,2` gives intervals and tests (about 3x the time).
 SEEDS ?= 0
 
-.PHONY: setup demo test bench clean-runs
+.PHONY: setup demo test test-fast lint bench clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (subprocess CLIs, DDP, notebooks, compile, bench, kills): under a minute.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
 
 bench: setup
 	$(BIN)/python bench/throughput.py

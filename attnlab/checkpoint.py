@@ -61,11 +61,12 @@ def checkpoint_step(path: str | Path) -> int:
     return int(_load(path)["global_step"])
 
 
-def load_model(path: str | Path, expect_variant: str | None = None, attn_kernel: str = "sdpa") -> GPT:
+def load_model(path: str | Path, expect_variant: str | None = None, attn_kernel: str = "auto") -> GPT:
     """A ``GPT`` with the checkpoint's weights, in eval mode on the CPU.
 
     ``attn_kernel`` replaces the one it was trained with (a run trained with ``flex`` on
-    a GPU is evaluated on the CPU, where ``sdpa`` is the fast kernel; outputs agree).
+    a GPU is evaluated on the CPU, where ``auto`` picks the fastest kernel that can run the
+    variant there; outputs agree).
     """
     checkpoint = _load(path)
     config = ModelConfig(**{**checkpoint["hyper_parameters"]["model_config"], "attn_kernel": attn_kernel})

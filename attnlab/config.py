@@ -1,4 +1,9 @@
-"""Model configuration: one typed dataclass, validated once, plus named presets."""
+"""Model configuration: one typed dataclass, validated once, plus named presets.
+
+The bottom of the dependency graph: imports nothing of the project. What a variant
+changes in this configuration (its options, model-wide settings such as ``bias``) is
+applied by ``variants.resolve`` when the model is built.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,19 @@ from typing import Any
 # other values of these (the weights are the same).
 RUNTIME_SETTINGS = frozenset({"attn_kernel"})
 
+# ``auto`` picks the fastest kernel that can express the variant on the current device;
+# the others force one (attnlab/attention.py ``KERNELS``).
+ATTN_KERNELS = ("auto", "sdpa", "flex", "explicit")
+
 
 @dataclass
 class ModelConfig:
     """Dimensions of a LLaMA-2-style decoder and the attention variant it uses.
 
     Derived fields (``head_size``, ``padded_vocab_size``, ``rope_n_elem``) are
-    filled in by ``__post_init__``. The variant may change model-wide settings
-    (e.g. ``gelu_bias`` switches ``bias`` on) through its ``configure`` hook,
-    which runs here so that every consumer sees the final configuration.
+    filled in by ``__post_init__``. ``variant_options`` are the variant's own typed
+    options (validated by ``variants.resolve``, which also applies the variant's
+    model-wide settings, e.g. ``gelu_bias`` switches ``bias`` on).
     """
 
     name: str = "custom"
@@ -32,12 +41,12 @@ class ModelConfig:
     n_query_groups: int | None = None  # None -> n_head (MHA); 1 -> MQA; else GQA
     n_embd: int = 128
     intermediate_size: int = 512  # SwiGLU hidden width
-    rotary_percentage: float = 1.0  # fraction of head_size that RoPE rotates
+    rotary_percentage: float = 1.0  # fraction of head_size that RoPE rotates (0: no RoPE)
     rope_base: int = 10_000
     norm_eps: float = 1e-6
     bias: bool = False  # biases on every attention/MLP Linear
     lm_head_bias: bool = False
-    attn_kernel: str = "sdpa"  # inner softmax kernel used for training
+    attn_kernel: str = "auto"  # one of ATTN_KERNELS
     init_std: float = 0.02
     variant_options: dict[str, Any] = field(default_factory=dict)
 
@@ -45,8 +54,6 @@ class ModelConfig:
     head_size: int = field(init=False)
     padded_vocab_size: int = field(init=False)
     rope_n_elem: int = field(init=False)
-    # the settings before the variant's ``configure`` hook, to build its baseline twin
-    requested: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for attr in ("vocab_size", "padding_multiple", "block_size", "n_layer", "n_head",
@@ -67,28 +74,26 @@ class ModelConfig:
                 f"{self.n_query_groups}; allowed: a positive divisor of n_head "
                 f"({', '.join(str(d) for d in _divisors(self.n_head))})"
             )
-        if not 0.0 < self.rotary_percentage <= 1.0:
-            raise ValueError(f"model.rotary_percentage must be in (0, 1], got {self.rotary_percentage}")
+        if not 0.0 <= self.rotary_percentage <= 1.0:
+            raise ValueError(f"model.rotary_percentage must be in [0, 1] (0: no RoPE), "
+                             f"got {self.rotary_percentage}")
         if self.norm_eps <= 0 or self.init_std <= 0:
             raise ValueError("model.norm_eps and model.init_std must be positive")
         self.head_size = self.n_embd // self.n_head
         # RoPE rotates pairs of channels, so the rotated width must be even.
         self.rope_n_elem = int(self.rotary_percentage * self.head_size) // 2 * 2
-        if self.rope_n_elem == 0:
+        if self.rope_n_elem == 0 and self.rotary_percentage > 0:
             raise ValueError(f"model.rotary_percentage={self.rotary_percentage} rotates no channel "
                              f"of head_size={self.head_size}")
         self.padded_vocab_size = -(-self.vocab_size // self.padding_multiple) * self.padding_multiple
-
-        from attnlab.attention import check_kernel
-        from variants import get_variant
-
-        check_kernel(self.attn_kernel)
-        self.requested = self.to_dict()
-        get_variant(self.variant).configure(self)
-
-    def baseline_twin(self) -> ModelConfig:
-        """The same requested settings with the ``baseline`` block (for extra-parameter counts)."""
-        return ModelConfig(**{**self.requested, "variant": "baseline"})
+        if self.attn_kernel not in ATTN_KERNELS:
+            raise ValueError(f"unknown attention kernel {self.attn_kernel!r} (model.attn_kernel); "
+                             f"available: {', '.join(ATTN_KERNELS)}")
+        if not isinstance(self.variant, str) or not self.variant:
+            raise ValueError(f"variant must be a variant name, got {self.variant!r}")
+        if not isinstance(self.variant_options, dict):
+            raise ValueError(f"variant options must be a mapping of option names to values, "
+                             f"got {self.variant_options!r}")
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> ModelConfig:
@@ -110,7 +115,7 @@ def _divisors(n: int) -> list[int]:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The study's model (SEED.md): 1 head per layer, head size = n_embd, 103.44M parameters.
+    # The study's model (docs/study.md): 1 head per layer, head size = n_embd, 103.44M parameters.
     "seed100m": dict(vocab_size=35_000, block_size=4096, n_layer=10, n_head=1, n_embd=620,
                      intermediate_size=2400),
     # The study's shape scaled down for CPU demos and tests (1 head, like seed100m).

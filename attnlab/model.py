@@ -1,5 +1,13 @@
 """A LLaMA-2-style decoder whose attention block comes from the ``variants`` registry.
 
+From the command line to a variant's ``forward``:
+  1. ``python train.py variant=X``: Hydra composes ``configs/`` (the ``variant`` group is
+     derived from the registry) into a ``TrainConfig``;
+  2. ``ModelSection.build`` turns its ``model`` and ``variant`` sections into a ``ModelConfig``;
+  3. ``build_model`` -> ``GPT``: ``variants.resolve`` looks ``X`` up once, checks its
+     options, applies its model-wide settings and its kernel and shape limits;
+  4. each ``Block`` instantiates the variant's class; its ``forward`` runs every step.
+
 Plain PyTorch: no Lightning, no Hydra. Pre-norm blocks (RMSNorm -> attention ->
 residual, RMSNorm -> SwiGLU MLP -> residual), a final RMSNorm and an untied
 lm_head over the vocabulary padded to a multiple of 64.
@@ -23,21 +31,8 @@ from torch import Tensor, nn
 
 from attnlab.attention import KVCache, build_rope_cache
 from attnlab.config import ModelConfig
-from variants import get_variant
-
-
-class RMSNorm(nn.RMSNorm):
-    """``nn.RMSNorm`` with its formula written out (computed in fp32, as the fused op does).
-
-    Same parameters and values; on CPU its forward + backward is ~1.5x faster than
-    torch's fused forward with the generic backward (see bench/RESULTS.md), and
-    ``torch.compile`` fuses either form on GPU.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * self.weight).to(x.dtype)
+from attnlab.norm import RMSNorm
+from variants import AttentionBlock, resolve
 
 
 class LLaMAMLP(nn.Module):
@@ -54,10 +49,11 @@ class LLaMAMLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, attention: type[AttentionBlock], layer_idx: int) -> None:
         super().__init__()
         self.norm_1 = RMSNorm(config.n_embd, eps=config.norm_eps)
-        self.attn = get_variant(config.variant)(config)
+        self.attn = attention(config)
+        self.attn.layer_idx = layer_idx
         self.norm_2 = RMSNorm(config.n_embd, eps=config.norm_eps)
         self.mlp = LLaMAMLP(config)
 
@@ -72,9 +68,10 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.config = config
+        attention, config = resolve(config)
+        self.config = config  # as resolved: the variant's options and model-wide settings applied
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, attention, i) for i in range(config.n_layer))
         self.norm_f = RMSNorm(config.n_embd, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=config.lm_head_bias)
         cos, sin = build_rope_cache(config.block_size, config.rope_n_elem, config.rope_base)
@@ -91,7 +88,8 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def attention_probs(self, idx: Tensor) -> list[Tensor]:
-        """Softmax probabilities per layer, each (B, H, T, T), through the explicit kernel."""
+        """Attention weights per layer, each (B, H, T, T), computed by the explicit kernel
+        from the variant's description (softmax probabilities unless the variant says otherwise)."""
         return self._forward(idx, None, need_weights=True)[1]
 
     def _forward(self, idx: Tensor, kv_caches: list[KVCache] | None, need_weights: bool
@@ -118,23 +116,29 @@ class GPT(nn.Module):
                         p.device, p.dtype) for _ in range(c.n_layer)]
 
 
-def _param_generator(seed: int, name: str) -> torch.Generator:
+def param_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
 
 
 @torch.no_grad()
 def init_weights(model: GPT, seed: int) -> None:
-    """Deterministic init by (seed, parameter name); see the module docstring."""
+    """Deterministic init by (seed, parameter name); see the module docstring. An attention
+    block may initialise some of its own parameters (``AttentionBlock.init_parameter``)."""
     std = model.config.init_std
     residual_std = std / math.sqrt(2 * model.config.n_layer)
+    owners = {f"blocks.{i}.attn.": block.attn for i, block in enumerate(model.blocks)}
     for name, param in model.named_parameters():
+        generator = param_generator(seed, name)
+        prefix = ".".join(name.split(".")[:3]) + "."
+        if prefix in owners and owners[prefix].init_parameter(name.removeprefix(prefix), param, generator):
+            continue
         if name.endswith(".bias"):
             param.zero_()
         elif "norm" in name:
             param.fill_(1.0)
         else:
             scale = residual_std if name.endswith(("attn.proj.weight", "mlp.proj.weight")) else std
-            values = torch.randn(param.shape, generator=_param_generator(seed, name)) * scale
+            values = torch.randn(param.shape, generator=generator) * scale
             param.copy_(values)
 
 

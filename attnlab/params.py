@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 
 from attnlab.config import PRESETS, ModelConfig
 from attnlab.model import GPT
-from variants import available_variants
+from variants import available_variants, get_variant
 
 PARTS = ("embedding", "attention", "mlp", "norms", "head")
+
+
+def baseline_twin(config: ModelConfig) -> ModelConfig:
+    """``config`` with the ``baseline`` block: the variant's options dropped and its model-wide
+    settings (``model_settings``) back at their defaults, so that the difference in parameters
+    is what the variant adds (``gelu_bias``'s MLP biases included)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    reset = {key: defaults[key] for key in get_variant(config.variant).model_settings}
+    return dataclasses.replace(config, variant="baseline", variant_options={}, **reset)
 
 
 def parameter_breakdown(config: ModelConfig) -> dict[str, int]:
@@ -18,7 +28,7 @@ def parameter_breakdown(config: ModelConfig) -> dict[str, int]:
     # The meta device allocates nothing, so even large presets are counted instantly.
     with torch.device("meta"):
         model = GPT(config)
-        baseline = GPT(config.baseline_twin())
+        baseline = GPT(baseline_twin(config))
     counts = dict.fromkeys(PARTS, 0)
     for name, p in model.named_parameters():
         if name.startswith("wte."):
@@ -39,13 +49,20 @@ def parameter_breakdown(config: ModelConfig) -> dict[str, int]:
 
 def format_table(preset: str) -> str:
     header = ["variant", *PARTS, "total", "extra_vs_baseline", "total (M)"]
-    rows = []
+    rows, notes = [], []
     for variant in available_variants():
-        counts = parameter_breakdown(ModelConfig.from_preset(preset, variant=variant))
+        config = ModelConfig.from_preset(preset, variant=variant)
+        reason = get_variant(variant).unsupported(config)
+        if reason is not None:  # e.g. diff_attn at a one-head preset
+            rows.append([variant, *["-"] * (len(header) - 1)])
+            notes.append(f"{variant}: {reason}")
+            continue
+        counts = parameter_breakdown(config)
         rows.append([variant, *(f"{counts[k]:,}" for k in (*PARTS, "total", "extra_vs_baseline")),
                      f"{counts['total'] / 1e6:.2f}"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += [""] * bool(notes) + [f"- {note}" for note in notes]
     return "\n".join(lines)
 
 

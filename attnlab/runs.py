@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,13 @@ class RunDir:
         if not self.summary.exists():
             raise FileNotFoundError(f"{self.path} has no summary.json: the run did not finish "
                                     f"(resume it with resume=auto)")
-        return json.loads(self.summary.read_text())
+        try:
+            summary = json.loads(self.summary.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{self.summary} is not valid JSON ({err})") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{self.summary} holds a {type(summary).__name__}, not a JSON object")
+        return summary
 
     def load_config(self) -> dict:
         """The resolved training configuration (``resolved_model`` holds the ModelConfig)."""
@@ -112,8 +119,58 @@ class RunDir:
 
     def load_metrics(self) -> pd.DataFrame:
         """Logged scalars, one row per step, columns merged across train/val rows."""
-        frame = pd.read_csv(self.metrics)
+        try:
+            frame = pd.read_csv(self.metrics)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise ValueError(f"{self.metrics} is not a readable CSV file ({err})") from None
+        if "step" not in frame:
+            raise ValueError(f"{self.metrics} has no step column")
         return frame.groupby("step", as_index=False).first()
+
+    def problems(self, checkpoint: str | None = None) -> list[str]:
+        """Why this run cannot be evaluated, one reason per unreadable part (empty: it can).
+
+        Reads summary.json (and the keys the tables need) and metrics.csv; with
+        ``checkpoint`` (best or last) also config.yaml, tokenizer.model and that checkpoint's
+        header, checked against the run (the weights are memory-mapped, not read).
+        """
+        if not self.summary.exists():  # still training, stopped, or failed: its other files are partial too
+            return ["unfinished: no summary.json (resume it with resume=auto)"]
+        found = []
+        try:
+            summary = self.load_summary()
+            lacking = [key for key in ("steps", "tokens_seen") if key not in summary]
+            if not isinstance(summary.get("parameters"), dict) or "total" not in summary["parameters"]:
+                lacking.insert(0, "parameters.total")
+            if lacking:
+                found.append(f"summary.json lacks {', '.join(lacking)}")
+        except (OSError, ValueError) as err:
+            found.append(f"summary.json unreadable: {err}")
+        try:
+            self.load_metrics()
+        except FileNotFoundError:
+            found.append("no metrics.csv")
+        except (OSError, ValueError) as err:
+            found.append(f"metrics.csv unreadable: {err}")
+        if checkpoint is not None:
+            found += self._model_problems(checkpoint)
+        return [reason.replace(f"{self.path}{os.sep}", "") for reason in found]  # paths relative to the run
+
+    def _model_problems(self, which: str) -> list[str]:
+        import yaml
+
+        from attnlab.checkpoint import check_checkpoint_matches
+
+        path = self.checkpoints / f"{which}.ckpt"
+        if not self.tokenizer.is_file():
+            return ["no tokenizer.model"]
+        if not path.is_file():
+            return [f"no checkpoints/{which}.ckpt"]
+        try:
+            check_checkpoint_matches(path, self.load_config().get("resolved_model", {}), against="run")
+        except (OSError, ValueError, AttributeError, yaml.YAMLError) as err:
+            return [f"checkpoints/{which}.ckpt unusable: {err}"]
+        return []
 
 
 def find_runs(results_dir: str | Path, experiment: str | None = None) -> list[RunDir]:
@@ -122,6 +179,12 @@ def find_runs(results_dir: str | Path, experiment: str | None = None) -> list[Ru
     pattern = f"{experiment}/*/seed*/summary.json" if experiment else "*/*/seed*/summary.json"
     # seed<k> only: run directories moved aside by overwrite=true (seed0.replaced-...) are history.
     return [RunDir(p.parent) for p in sorted(root.glob(pattern)) if re.fullmatch(r"seed\d+", p.parent.name)]
+
+
+def experiment_run_dirs(results_dir: str | Path, experiment: str) -> list[RunDir]:
+    """Every run directory of one experiment, finished or not (``RunDir.problems`` tells which can be read)."""
+    return [RunDir(p) for p in sorted((Path(results_dir) / experiment).glob("*/seed*"))
+            if p.is_dir() and re.fullmatch(r"seed\d+", p.name)]
 
 
 def experiment_runs(results_dir: str | Path, experiment: str) -> list[RunDir]:

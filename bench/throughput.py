@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ from attnlab.data import ShardIndex, TokenWindowDataset
 from attnlab.data.shards import ShardWriter, dtype_for_vocab
 from attnlab.flops import device_peak_flops, flops_per_token
 from attnlab.model import build_model
-from variants import available_variants
+from variants import available_variants, get_variant
 
 HF_NAME = "hf_llama"
 FLEX_SUFFIX = "+flex"
@@ -55,6 +55,7 @@ FLEX_SUFFIX = "+flex"
 # step without the time other processes take from a shared machine (see RESULTS.md).
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
+MULTI_HEAD = 2  # heads for a variant that cannot use a one-head preset (see variant_configs)
 
 
 @dataclass
@@ -230,7 +231,7 @@ def _sync(device: torch.device) -> None:
 def run_case(case: Case, variants: list[str], device: torch.device, precision: str, compile: bool,
              with_hf: bool, clock: str = "wall", log: Callable[[str], None] = print,
              flex: list[str] = ()) -> dict:
-    configs = {v: ModelConfig.from_preset(case.preset, variant=v) for v in variants}
+    configs, references = variant_configs(case.preset, variants)
     # The same variant on FlexAttention instead of SDPA, as its own row ("qk_scale+flex").
     configs.update({f"{v}{FLEX_SUFFIX}": ModelConfig.from_preset(case.preset, variant=v, attn_kernel="flex")
                     for v in flex})
@@ -284,7 +285,27 @@ def run_case(case: Case, variants: list[str], device: torch.device, precision: s
                 m.data_s.append(data_s / case.steps)
             log(f"  round {r + 1}/{case.rounds}: " + ", ".join(
                 f"{n} {case.batch_size * case.seq_len / results[n].step_s[-1]:,.0f} tok/s" for n in names))
-    return {**summarise(case, results, device, precision, with_hf, gemm_s), "clock": clock}
+    return {**summarise(case, results, device, precision, with_hf, gemm_s, references), "clock": clock}
+
+
+def variant_configs(preset: str, variants: list[str]) -> tuple[dict[str, ModelConfig], dict[str, str]]:
+    """Each variant at ``preset``, and the baseline row it is compared with.
+
+    A variant that cannot use the preset's shape (``diff_attn`` and ``talking_heads`` need
+    several heads; ``tiny`` and ``seed100m`` have one) runs with ``MULTI_HEAD`` heads instead,
+    against a baseline of that same shape (the row ``baseline@2heads``).
+    """
+    configs, references = {}, {}
+    for v in variants:
+        config = ModelConfig.from_preset(preset, variant=v)
+        references[v] = "baseline"
+        if get_variant(v).unsupported(config) is not None:
+            config = ModelConfig.from_preset(preset, variant=v, n_head=MULTI_HEAD)
+            references[v] = f"baseline@{MULTI_HEAD}heads"
+            configs.setdefault(references[v], ModelConfig.from_preset(preset, n_head=MULTI_HEAD))
+            references[references[v]] = references[v]
+        configs[v] = config
+    return configs, references
 
 
 def gemm_seconds_per_step(model: nn.Module, case: Case, device: torch.device, precision: str,
@@ -323,7 +344,7 @@ def gemm_seconds_per_step(model: nn.Module, case: Case, device: torch.device, pr
 
 
 def summarise(case: Case, results: dict[str, Measurement], device: torch.device, precision: str,
-              with_hf: bool, gemm_s: float) -> dict:
+              with_hf: bool, gemm_s: float, references: dict[str, str] | None = None) -> dict:
     tokens_per_step = case.batch_size * case.seq_len
     peak = device_peak_flops(device, precision)
     base = results.get("baseline")
@@ -340,9 +361,11 @@ def summarise(case: Case, results: dict[str, Measurement], device: torch.device,
             "tflops_per_s": m.flops_per_token * tokens_per_step / step_s / 1e12,
             "mfu": None if peak is None else m.flops_per_token * tokens_per_step / step_s / peak,
         }
-        if base is not None:
+        reference = results.get((references or {}).get(name.removesuffix(FLEX_SUFFIX), "baseline"), base)
+        if reference is not None:
             row["step_time_vs_baseline"] = statistics.median(
-                s / b for s, b in zip(m.step_s, base.step_s))
+                s / b for s, b in zip(m.step_s, reference.step_s))
+            row["compared_with"] = reference.name
         rows[name] = row
     out = {"case": asdict(case), "precision": precision, "device": _device_name(device),
            "peak_flops": peak, "results": rows, "gemm_s_per_step": gemm_s,
@@ -365,8 +388,10 @@ def format_table(summary: dict) -> str:
              "| params (M) | GFLOP/token | TFLOP/s | MFU |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in summary["results"].items():
-        cells = [name, f"{r['tokens_per_s']:,.0f}", f"{r['step_s']:.3f}",
-                 _fmt(r.get("step_time_vs_baseline"), "{:.3f}"), f"{r['data_share']:.2%}",
+        vs = _fmt(r.get("step_time_vs_baseline"), "{:.3f}")
+        if r.get("compared_with", "baseline") != "baseline":
+            vs += f" (vs {r['compared_with']})"
+        cells = [name, f"{r['tokens_per_s']:,.0f}", f"{r['step_s']:.3f}", vs, f"{r['data_share']:.2%}",
                  _fmt(r["peak_mem_mib"], "{:,.0f}"), f"{r['params'] / 1e6:.2f}",
                  f"{r['flops_per_token'] / 1e9:.4f}", f"{r['tflops_per_s']:.3f}",
                  _fmt(r["mfu"], "{:.1%}")]

@@ -1,7 +1,16 @@
+import os
+import warnings
+
 import pytest
 import torch
 
 from attnlab.config import ModelConfig
+
+# One intra-op thread: the tests' tensors are tiny, so a second thread adds only synchronisation,
+# which on a busy 2-core machine costs several times the work (tests/test_variants.py: 28 s -> 7 s).
+# Child processes inherit the variable, so a run in a subprocess computes as one in this process.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def tiny_config(variant: str = "baseline", **overrides) -> ModelConfig:
@@ -24,3 +33,57 @@ def corpus(tmp_path_factory):
     from test_training import write_demo_sample
 
     return write_demo_sample(tmp_path_factory.mktemp("corpus") / "docs.jsonl")
+
+
+# Slow tests in modules that do not mark them themselves: module file -> test functions (None:
+# all of them). `make test-fast` (-m "not slow") leaves them to `make test`; a name that is no
+# longer in its module is reported, so a rename cannot quietly move a slow test into the fast tier.
+SLOW_TESTS = {
+    "test_training.py": {  # each starts train.py in a fresh interpreter (torch and Hydra imports)
+        "test_cli_sweep_of_every_variant_by_2_seeds_then_evaluation_over_all_of_them",
+        "test_sweep_through_the_submitit_launcher_and_the_slurm_example_config",
+        "test_cli_rejects_unknown_options_naming_them",
+        "test_cli_reports_bad_values_in_one_line",
+    },
+    "test_loggers.py": {  # training runs that start W&B (offline) and MLflow
+        "test_wandb_offline_logs_the_metrics_beside_the_run_directory",
+        "test_mlflow_logs_metrics_and_parameters_to_a_local_file_store",
+    },
+    "test_export.py": None,  # trains a run per exportable variant, loads each into transformers
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    modules = {}
+    for item in items:
+        if item.path.name not in SLOW_TESTS:
+            continue
+        names = SLOW_TESTS[item.path.name]
+        if names is None or getattr(item, "originalname", item.name) in names:
+            item.add_marker(pytest.mark.slow)
+        if names and getattr(item, "module", None) is not None:
+            modules[item.path.name] = item.module
+    for file, module in modules.items():
+        missing = sorted(n for n in SLOW_TESTS[file] if not hasattr(module, n))
+        if missing:
+            warnings.warn(pytest.PytestConfigWarning(f"conftest.SLOW_TESTS names tests not in {file}: {missing}"),
+                          stacklevel=1)
+
+
+def supported_config(variant: str, kernel: str | None = None, **overrides) -> ModelConfig:
+    """``tiny_config``, or a skip naming the variant's own reason when it declares that it
+    cannot use this model shape or kernel (so generic tests need no per-variant code)."""
+    from variants import get_variant
+    from variants.registry import supported_kernels
+
+    config = tiny_config(variant, **overrides)
+    block = get_variant(variant)
+    reason = block.unsupported(config)
+    if reason is not None:
+        pytest.skip(reason)
+    if kernel is not None:
+        if kernel != "auto" and kernel not in supported_kernels(block, config):
+            pytest.skip(f"{variant} cannot run on the {kernel} kernel")
+        config = tiny_config(variant, attn_kernel=kernel, **overrides)
+    return config

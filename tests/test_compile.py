@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from attnlab.model import build_model
-from conftest import tiny_config
+from conftest import supported_config, tiny_config
 from variants import available_variants
 
 VARIANTS = available_variants()
+
+pytestmark = pytest.mark.slow  # Dynamo/inductor compilation: seconds per test
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +34,7 @@ def _inputs(model, T=16):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_block_forward_has_no_graph_break(variant):
-    model = build_model(tiny_config(variant))
+    model = build_model(supported_config(variant))
     block = model.blocks[0]
     x, cos, sin = _inputs(model)
     explanation = torch._dynamo.explain(block)(x, cos, sin)
@@ -42,7 +44,7 @@ def test_block_forward_has_no_graph_break(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_compiled_block_forward_and_backward_match_eager(variant):
-    model = build_model(tiny_config(variant))
+    model = build_model(supported_config(variant))
     block = model.blocks[0]
     x, cos, sin = _inputs(model)
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
@@ -56,7 +58,7 @@ def test_compiled_block_forward_and_backward_match_eager(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_whole_model_training_forward_compiles_in_one_graph(variant):
-    model = build_model(tiny_config(variant))
+    model = build_model(supported_config(variant))
     idx = torch.randint(0, 100, (2, 16))
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(idx), model(idx))
@@ -65,7 +67,7 @@ def test_whole_model_training_forward_compiles_in_one_graph(variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_block_forward_with_the_flex_kernel_has_no_graph_break(variant):
     # No gradients: FlexAttention has no CPU backward (tests/test_flex_kernel.py).
-    model = build_model(tiny_config(variant, attn_kernel="flex")).eval()
+    model = build_model(supported_config(variant, "flex")).eval()
     block = model.blocks[0]
     x, cos, sin = _inputs(model)
     with torch.no_grad():

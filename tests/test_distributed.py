@@ -13,9 +13,10 @@ import torch
 from attnlab.runs import RunDir
 from test_training import REPO, tiny_overrides
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or
-                                not torch.distributed.is_gloo_available(),
-                                reason="needs torch.distributed with the gloo backend")
+pytestmark = [pytest.mark.slow,  # torchrun and DDP processes
+              pytest.mark.skipif(not torch.distributed.is_available() or
+                                 not torch.distributed.is_gloo_available(),
+                                 reason="needs torch.distributed with the gloo backend")]
 
 
 def _record(tmp_path, corpus, name: str, *extra: str) -> tuple[RunDir, list[list]]:

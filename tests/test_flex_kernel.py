@@ -11,10 +11,10 @@ import warnings
 import pytest
 import torch
 
-from attnlab.attention import explicit_attention, flex_attention_kernel
+from attnlab.attention import AttentionSpec, ScoreTerms, explicit_attention, flex_attention_kernel
 from attnlab.model import build_model
 from attnlab.training.run import check_checkpoint_matches
-from conftest import tiny_config
+from conftest import supported_config, tiny_config
 from variants import available_variants
 
 VARIANTS = available_variants()
@@ -35,8 +35,8 @@ def _tokens(T=16, seed=1):
 @pytest.mark.parametrize("layout", HEAD_LAYOUTS, ids=["mha1", "gqa"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_flex_forward_matches_explicit_reference(variant, layout):
-    flex = build_model(tiny_config(variant, attn_kernel="flex", **layout)).eval()
-    explicit = build_model(tiny_config(variant, attn_kernel="explicit", **layout)).eval()
+    flex = build_model(supported_config(variant, "flex", **layout)).eval()
+    explicit = build_model(supported_config(variant, "explicit", **layout)).eval()
     explicit.load_state_dict(flex.state_dict())
     idx = _tokens(T=flex.config.block_size - 3)  # not a multiple of any tile size
     with torch.no_grad():
@@ -45,7 +45,7 @@ def test_flex_forward_matches_explicit_reference(variant, layout):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_flex_is_causal(variant):
-    model = build_model(tiny_config(variant, attn_kernel="flex")).eval()
+    model = build_model(supported_config(variant, "flex")).eval()
     idx = _tokens()
     changed = idx.clone()
     changed[:, 8:] = (changed[:, 8:] + 13) % 100
@@ -58,15 +58,16 @@ def test_flex_is_causal(variant):
 def test_flex_kernel_adds_a_per_batch_term_like_the_explicit_kernel():
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, 2, 10, 8, generator=gen) for _ in range(3))
-    term = torch.randn(3, 1, 10, 10, generator=gen)
-    expected, _ = explicit_attention(q, k, v, scale=0.3, q_offset=0, additive=term)
-    actual, _ = flex_attention_kernel(q, k, v, scale=0.3, q_offset=0, additive=term)
+    terms = ScoreTerms(dense=torch.randn(3, 1, 10, 10, generator=gen))
+    spec = AttentionSpec(dense_terms=True)
+    expected, _ = explicit_attention(q, k, v, spec, terms, scale=0.3, q_offset=0)
+    actual, _ = flex_attention_kernel(q, k, v, spec, terms, scale=0.3, q_offset=0)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_training_with_flex_on_cpu_is_refused_with_the_alternative_named():
     model = build_model(tiny_config("qk_scale", attn_kernel="flex"))
-    with pytest.raises(RuntimeError, match="attn_kernel='flex' cannot train on CPU.*attn_kernel=sdpa"):
+    with pytest.raises(RuntimeError, match="attn_kernel='flex' cannot train on CPU.*attn_kernel=auto"):
         model(_tokens())
 
 
@@ -84,8 +85,8 @@ def test_a_checkpoint_resumes_under_another_kernel(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA")
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_flex_gradients_match_explicit_on_cuda(variant):
-    flex = build_model(tiny_config(variant, attn_kernel="flex")).cuda()
-    explicit = build_model(tiny_config(variant, attn_kernel="explicit")).cuda()
+    flex = build_model(supported_config(variant, "flex")).cuda()
+    explicit = build_model(supported_config(variant, "explicit")).cuda()
     explicit.load_state_dict(flex.state_dict())
     idx = _tokens().cuda()
     grads = []

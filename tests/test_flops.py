@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from attnlab.config import ModelConfig
 from attnlab.flops import DEVICE_PEAK_FLOPS, device_peak_flops, flops_per_token
 from attnlab.model import build_model
-from conftest import tiny_config
+from conftest import supported_config, tiny_config
 from variants import available_variants
 
 # tiny_config: vocab 100 -> 128 padded rows, 2 layers, 4 heads of 8, 2 query groups, C=32, I=64.
@@ -36,13 +36,13 @@ def test_seed100m_baseline_flops():
     assert flops_per_token(ModelConfig.from_preset("seed100m"), 2048) == expected
 
 
-@pytest.mark.parametrize("layout", [dict(n_head=1, n_query_groups=1), dict(n_head=4, n_query_groups=4)],
-                         ids=["mha1", "mha4"])
+@pytest.mark.parametrize("layout", [dict(n_head=1, n_query_groups=1), dict(n_head=4, n_query_groups=4),
+                                    dict(n_head=4, n_query_groups=2)], ids=["mha1", "mha4", "gqa"])
 @pytest.mark.parametrize("variant", available_variants())
 def test_formula_equals_pytorch_flop_counter(variant, layout):
     """The matmul FLOPs of one forward + backward pass, counted by PyTorch, per token."""
     # The explicit kernel's matmuls are visible to the counter (the fused CPU kernel is not).
-    model = build_model(tiny_config(variant, attn_kernel="explicit", **layout))
+    model = build_model(supported_config(variant, "explicit", **layout))
     B, T = 2, 16
     idx = torch.randint(0, 100, (B, T))
     with FlopCounterMode(display=False) as counter:

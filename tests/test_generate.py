@@ -62,8 +62,11 @@ def test_repetition_penalty_is_ctrl_style():
 def test_top_k_and_top_p_keep_the_expected_tokens():
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
     history = torch.tensor([], dtype=torch.long)
-    kept = lambda **kw: torch.isfinite(process_logits(logits, history, 4, SamplingConfig(
-        temperature=1.0, repetition_penalty=1.0, **kw))).tolist()  # noqa: E731
+
+    def kept(**kw):
+        return torch.isfinite(process_logits(logits, history, 4, SamplingConfig(
+            temperature=1.0, repetition_penalty=1.0, **kw))).tolist()
+
     assert kept(top_k=2, top_p=None) == [True, True, False, False]
     assert kept(top_k=0, top_p=0.8) == [True, True, False, False]  # 0.5 + 0.3 reaches 0.8
     assert kept(top_k=0, top_p=0.81) == [True, True, True, False]

@@ -7,15 +7,19 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from attnlab.checkpoint import checkpoint_step
 from attnlab.runs import RunDir
 from attnlab.training.run import train
 from test_training import REPO, compose_config, tiny_overrides
+
+pytestmark = pytest.mark.slow  # training processes started, killed and resumed
 
 STEPS = 12
 
@@ -44,11 +48,14 @@ def test_kills_at_random_points_and_during_a_save_then_resume_is_exact(tmp_path,
     # 1. Killed in the middle of writing a checkpoint: the 4th save, after last.ckpt was
     #    written complete at steps 1, 2 and 3.
     proc = _start(REPO / "tests/scripts/hang_in_save.py", args, tmp_path, HANG_AT_SAVE="4")
+    watchdog = threading.Timer(600, proc.kill)  # reading its stdout has no timeout of its own
+    watchdog.start()
     for line in proc.stdout:
         if line.startswith("HANGING IN SAVE"):
             break
+    watchdog.cancel()
     proc.kill()
-    proc.wait()
+    proc.wait(timeout=60)
     partial = list(run.checkpoints.glob(".*.partial"))
     assert len(partial) == 1, "the half-written file is a temporary one"
     assert checkpoint_step(run.last_checkpoint) == 3, "the previous last.ckpt is intact"
@@ -58,11 +65,13 @@ def test_kills_at_random_points_and_during_a_save_then_resume_is_exact(tmp_path,
     for _ in range(3):
         before = run.last_checkpoint.stat().st_mtime_ns
         proc = _start(REPO / "train.py", args, tmp_path)
-        while proc.poll() is None and run.last_checkpoint.stat().st_mtime_ns == before:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and run.last_checkpoint.stat().st_mtime_ns == before \
+                and time.monotonic() < deadline:
             time.sleep(0.02)  # until this attempt has trained and saved at least one step
         time.sleep(rng.uniform(0.0, 0.4))
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.wait(timeout=60)
         assert 0 < checkpoint_step(run.last_checkpoint) <= STEPS  # always loadable
 
     # 3. The same command once more finishes the run.

@@ -19,7 +19,7 @@ def test_unknown_variant_names_the_value_and_every_registered_variant():
     for name in available_variants():
         assert name in message
     with pytest.raises(ValueError, match="unknown attention variant 'nope'"):
-        tiny_config("nope")
+        build_model(tiny_config("nope"))
 
 
 def test_a_variant_defined_in_one_place_trains_without_touching_the_model():
@@ -30,9 +30,6 @@ def test_a_variant_defined_in_one_place_trains_without_touching_the_model():
         def __init__(self, config):
             super().__init__(config)
             self.log_temperature = nn.Parameter(torch.zeros(()))
-
-        def logits_term(self, x, n_keys):
-            return None
 
         def project_qkv(self, x):
             return self.qkv(x) * self.log_temperature.exp()
@@ -65,8 +62,9 @@ def test_register_rejects_non_blocks():
     (dict(n_layer=0), "n_layer must be a positive integer, got 0"),
     (dict(block_size=-5), "block_size must be a positive integer"),
     (dict(vocab_size=2.5), "vocab_size must be a positive integer"),
-    (dict(rotary_percentage=0.0), "rotary_percentage"),
-    (dict(attn_kernel="flash9"), "unknown attention kernel 'flash9'; available: explicit, flex, sdpa"),
+    (dict(rotary_percentage=1.5), r"rotary_percentage must be in \[0, 1\]"),
+    (dict(rotary_percentage=0.01), "rotates no channel"),
+    (dict(attn_kernel="flash9"), "unknown attention kernel 'flash9' .*available: auto, sdpa, flex, explicit"),
 ])
 def test_invalid_configs_fail_with_the_bad_value(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -87,10 +85,24 @@ def test_derived_fields():
     assert partial.rope_n_elem == 2
 
 
-def test_variant_configure_hook_changes_model_wide_settings_without_special_cases():
-    assert tiny_config("gelu_bias").bias is True
-    assert tiny_config("gelu_bias").baseline_twin().bias is False
-    assert tiny_config("sep_qkv").bias is False
+def test_a_variants_model_wide_settings_are_applied_when_the_model_is_built():
+    requested = tiny_config("gelu_bias")
+    assert requested.bias is False  # the config is what was asked for ...
+    model = build_model(requested)
+    assert model.config.bias is True  # ... the model is what the variant declares
+    assert model.blocks[0].mlp.fc_1.bias is not None
+    assert build_model(tiny_config("sep_qkv")).config.bias is False
+    # Resolving is idempotent, so a saved (resolved) config rebuilds the same model.
+    assert build_model(model.config).config == model.config
+
+
+def test_rotary_percentage_zero_turns_rope_off_for_any_variant():
+    config = tiny_config(rotary_percentage=0.0)
+    assert config.rope_n_elem == 0
+    model = build_model(config).eval()
+    idx = torch.randint(0, 100, (1, 8))
+    with torch.no_grad():
+        assert torch.isfinite(model(idx)).all()
 
 
 def test_partial_rotary_leaves_the_rest_of_the_head_unrotated():

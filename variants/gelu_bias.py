@@ -1,4 +1,4 @@
-"""``gelu_bias``: "non-linear activation + bias" from the study (SEED.md, variant 2).
+"""``gelu_bias``: "non-linear activation + bias" from the study (docs/study.md).
 
 Changes from ``baseline``:
 - every Linear of the model gets a bias (the study switched the model-wide
@@ -16,19 +16,19 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnlab.config import ModelConfig
 from variants.baseline import BaselineAttention
 from variants.registry import register
 
 
 @register("gelu_bias")
 class GeluBiasAttention(BaselineAttention):
-    @classmethod
-    def configure(cls, config: ModelConfig) -> None:
-        config.bias = True
+    """Biases on every Linear of the model; tanh-GELU after the QKV and the output projection."""
+
+    paper = "the study's variant 2, \"non-linear activation + bias\" (docs/study.md)"
+    model_settings = {"bias": True}
 
     def project_qkv(self, x: Tensor) -> Tensor:
         return F.gelu(self.qkv(x), approximate="tanh")
 
-    def project_output(self, y: Tensor) -> Tensor:
+    def project_output(self, y: Tensor, x: Tensor) -> Tensor:
         return F.gelu(self.proj(y), approximate="tanh")

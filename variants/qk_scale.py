@@ -1,4 +1,4 @@
-"""``qk_scale``: "add a scale to query*key" from the study (SEED.md, variant 4).
+"""``qk_scale``: "add a scale to query*key" from the study (docs/study.md).
 
 Baseline plus, in every layer, a Linear C -> block_size (with bias) applied to
 the block input x. Its output s = 0.1 * tanh(Linear(x)) is, for each query, a
@@ -12,13 +12,10 @@ every head (one Linear per layer, as in the study), so the parameter count does
 not grow with the head count.
 
 Extra parameters: C * block_size + block_size per layer (25.4M at seed100m).
-Training stays on SDPA: the term travels in its float mask (with the causal -inf), so
-the explicit softmax is never used in training. A mask that needs a gradient runs on
-SDPA's memory-efficient kernel on CUDA and on its math backend on CPU (bmm + softmax,
-the same work as the explicit kernel without returning probabilities); at seed100m,
-T=512, the whole step costs ~1.05-1.1x the baseline's (bench/RESULTS.md). On a GPU,
-``model.attn_kernel=flex`` passes the term to FlexAttention as a ``score_mod`` instead
-(``attnlab/attention.py``); which of the two is faster there is still to be measured.
+The term is a dense ``ScoreTerms`` entry, so every kernel expresses it: on CPU it
+travels in SDPA's float mask (with the causal -inf; SDPA's math backend, since the mask
+needs a gradient; at seed100m, T=512, the whole step costs ~1.05-1.1x the baseline's,
+bench/RESULTS.md); on CUDA ``auto`` passes it to FlexAttention as a ``score_mod``.
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnlab.attention import AttentionSpec, KVCache, ScoreTerms
 from attnlab.config import ModelConfig
 from variants.baseline import BaselineAttention
 from variants.registry import register
@@ -34,6 +32,10 @@ from variants.registry import register
 
 @register("qk_scale")
 class QKScaleAttention(BaselineAttention):
+    """A per-layer Linear C -> block_size on x; 0.1 * tanh(.) added to the logits per key position."""
+
+    paper = "the study's variant 4, \"add a scale to query*key\" (docs/study.md)"
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.score = nn.Linear(config.n_embd, config.block_size, bias=True)
@@ -43,7 +45,11 @@ class QKScaleAttention(BaselineAttention):
         unused_rows = self.score.out_features - min(seq_len, self.score.out_features)
         return super().flops_per_token(seq_len) - 6.0 * self.score.in_features * unused_rows
 
-    def logits_term(self, x: Tensor, n_keys: int) -> Tensor:
+    @classmethod
+    def attention_spec(cls, config: ModelConfig) -> AttentionSpec:
+        return AttentionSpec(dense_terms=True)
+
+    def score_terms(self, x: Tensor, q_offset: int, n_keys: int, kv_cache: KVCache | None) -> ScoreTerms:
         # Only the first n_keys outputs are used, so compute only those rows.
         s = F.linear(x, self.score.weight[:n_keys], self.score.bias[:n_keys])  # (B, T, S)
-        return (0.1 * torch.tanh(s)).unsqueeze(1)  # (B, 1, T, S), shared by every head
+        return ScoreTerms(dense=(0.1 * torch.tanh(s)).unsqueeze(1))  # (B, 1, T, S), every head

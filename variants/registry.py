@@ -1,38 +1,82 @@
-"""Name -> attention block registry, and the interface every block implements."""
+"""Name -> attention block registry, the interface every block implements, and ``resolve``,
+the one place where a variant's declarations (options, model-wide settings, supported
+shapes and kernels) are applied to a ``ModelConfig``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, TypeVar
+import dataclasses
+import types
+import typing
+from typing import Any, ClassVar, Literal, TypeVar
+from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
-from attnlab.attention import AttentionOutput, KVCache
+from attnlab.attention import AttentionOutput, AttentionSpec, KVCache, check_kernel, kernels_for
+from attnlab.config import ModelConfig
 
-if TYPE_CHECKING:
-    from attnlab.config import ModelConfig
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """The options of a variant that has none."""
 
 
 class AttentionBlock(nn.Module):
     """Interface of an attention variant.
 
-    ``__init__(config)`` builds the block's parameters from a ``ModelConfig``.
+    Declarations (class attributes, read by ``resolve``, the listing and the tests):
+        ``Options``: a frozen dataclass of typed options with defaults; the values
+            come from ``variant.options`` (``ModelConfig.variant_options``), checked
+            against the field types and the dataclass's own ``__post_init__``.
+        ``model_settings``: model-wide ``ModelConfig`` fields the variant sets
+            (``gelu_bias``: ``{"bias": True}``).
+        ``paper``: where the variant comes from.
+        ``weights_are_distributions``: whether the analysis weights of a query sum to one.
+        ``kernels``: None (any kernel that can express ``attention_spec``), or the only
+            kernels the block runs on (a block that computes its attention itself).
+
+    ``attention_spec(config)`` (classmethod): the description of the attention, from
+    which the kernel is chosen. ``unsupported(config)`` (classmethod): why the variant
+    cannot be built with this model shape, or None.
 
     ``forward(x, cos, sin, kv_cache=None, need_weights=False) -> AttentionOutput``
         x: (B, T, C), the RMS-normed input of the block.
         cos, sin: (T, rope_n_elem), RoPE tables for the absolute positions of x.
         kv_cache: when given, x continues the cached sequence (incremental decoding):
             its keys/values are appended and queries attend every cached key.
-        need_weights: also return the softmax probabilities (B, H, T, S) for
-            analysis; this switches to the explicit kernel, so training never asks.
-        Returns AttentionOutput(output (B, T, C), weights or None).
-
-    ``configure(config)`` (classmethod) may change model-wide settings the
-    variant needs before any module is built (e.g. ``config.bias = True``).
+        need_weights: also return the attention weights (B, H, T, S) for analysis,
+            computed by the explicit kernel from the same description.
     """
 
+    Options: ClassVar[type] = NoOptions
+    model_settings: ClassVar[dict[str, Any]] = {}
+    paper: ClassVar[str] = ""
+    weights_are_distributions: ClassVar[bool] = True
+    kernels: ClassVar[tuple[str, ...] | None] = None
+    variant_name: ClassVar[str]
+    layer_idx: int = 0  # 0-based depth of the block, set by the model that builds it
+
     @classmethod
-    def configure(cls, config: ModelConfig) -> None:
-        """Adjust model-wide settings for this variant; the default changes nothing."""
+    def attention_spec(cls, config: ModelConfig) -> AttentionSpec:
+        """What the attention computes; the default is a causal softmax."""
+        return AttentionSpec()
+
+    @classmethod
+    def unsupported(cls, config: ModelConfig) -> str | None:
+        """Why this model shape cannot host the variant (refused when it is built), or None."""
+        return None
+
+    @classmethod
+    def options(cls, config: ModelConfig) -> Any:
+        """The typed options of ``config`` (already checked by ``resolve``)."""
+        return cls.Options(**config.variant_options)
+
+    def init_parameter(self, name: str, param: Tensor, generator: torch.Generator) -> bool:
+        """Initialise one of this block's parameters (``name`` relative to the block) in place,
+        drawing from ``generator`` (seeded by the seed and the parameter's full name), and
+        return True; or return False to leave it to ``attnlab.model.init_weights``."""
+        return False
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs (forward + backward) per token of this block at ``seq_len`` tokens.
@@ -62,6 +106,8 @@ def register(name: str) -> Callable[[BlockType], BlockType]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"attention variant {name!r} is already registered by "
                              f"{_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__}")
+        if not (dataclasses.is_dataclass(cls.Options) and isinstance(cls.Options, type)):
+            raise TypeError(f"{cls.__qualname__}.Options must be a dataclass, got {cls.Options!r}")
         _REGISTRY[name] = cls
         cls.variant_name = name
         return cls
@@ -83,3 +129,98 @@ def get_variant(name: str) -> type[AttentionBlock]:
 
 def available_variants() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def resolve(config: ModelConfig) -> tuple[type[AttentionBlock], ModelConfig]:
+    """The variant's block class and the configuration it is built with.
+
+    Checks the options (filled in with their defaults), applies the variant's
+    ``model_settings``, and refuses a model shape or a forced kernel the variant cannot
+    use. Idempotent, so a resolved configuration (as saved in checkpoints) resolves to
+    itself.
+    """
+    block = get_variant(config.variant)
+    options = parse_options(block, config.variant_options)
+    resolved = dataclasses.replace(config, **block.model_settings,
+                                   variant_options=dataclasses.asdict(options))
+    reason = block.unsupported(resolved)
+    if reason is not None:
+        raise ValueError(f"variant {config.variant!r} cannot be built with this model: {reason}")
+    if block.kernels is not None and resolved.attn_kernel not in ("auto", *block.kernels):
+        raise ValueError(f"model.attn_kernel={resolved.attn_kernel!r} cannot run variant "
+                         f"{config.variant!r}: it computes its attention itself; kernels that can: "
+                         f"auto, {', '.join(block.kernels)}")
+    check_kernel(resolved.attn_kernel, block.attention_spec(resolved), config.variant)
+    return block, resolved
+
+
+def supported_kernels(block: type[AttentionBlock], config: ModelConfig) -> list[str]:
+    """The kernels (besides ``auto``) that can run ``block`` with ``config``."""
+    if block.kernels is not None:
+        return list(block.kernels)
+    return kernels_for(block.attention_spec(config))
+
+
+def option_fields(block: type[AttentionBlock]) -> dict[str, tuple[Any, Any]]:
+    """Option name -> (type, default) of a variant, in declaration order."""
+    hints = typing.get_type_hints(block.Options)
+    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(block.Options)}
+
+
+def parse_options(block: type[AttentionBlock], values: dict[str, Any]) -> Any:
+    """``values`` as the variant's typed ``Options``; an unknown key or a bad value is refused
+    naming the variant, the option and what is allowed."""
+    fields = option_fields(block)
+    name = block.variant_name
+    allowed = ", ".join(f"{key} ({_describe_type(kind)}, default {default!r})"
+                        for key, (kind, default) in fields.items()) or "none"
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"variant {name!r} has no option(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {allowed}")
+    checked = {}
+    for key, value in values.items():
+        kind = fields[key][0]
+        ok, converted = _convert(value, kind)
+        if not ok:
+            raise ValueError(f"variant.options.{key}={value!r} is not valid for variant {name!r}: "
+                             f"expected {_describe_type(kind)}")
+        checked[key] = converted
+    try:
+        return block.Options(**checked)
+    except ValueError as err:
+        raise ValueError(f"variant {name!r}: {err}") from None
+
+
+def _convert(value: Any, kind: Any) -> tuple[bool, Any]:
+    """(accepted, value) for one option value against its annotated type."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        return (value in args, value)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, converted = _convert(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if kind is type(None):
+        return value is None, value
+    if kind is bool:
+        return isinstance(value, bool), value
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if kind is str:
+        return isinstance(value, str), value
+    raise TypeError(f"unsupported option type {kind!r}: use bool, int, float, str, Literal or Optional")
+
+
+def _describe_type(kind: Any) -> str:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Literal:
+        return "one of " + "|".join(str(a) for a in args)
+    if args:
+        return " or ".join(_describe_type(a) for a in args)
+    return "none" if kind is type(None) else kind.__name__

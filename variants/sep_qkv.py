@@ -1,4 +1,4 @@
-"""``sep_qkv``: "generate q, k, v separately" from the study (SEED.md, variant 3).
+"""``sep_qkv``: "generate q, k, v separately" from the study (docs/study.md).
 
 The study replaced the fused QKV Linear by three Linear layers (q, k, v), each
 with a bias and each followed by a tanh GELU, so that q and k could learn
@@ -28,6 +28,10 @@ from variants.registry import register
 
 @register("sep_qkv")
 class SepQKVAttention(BaselineAttention):
+    """q, k, v from three Linear layers with bias and tanh-GELU (run as one fused GEMM)."""
+
+    paper = "the study's variant 3, \"generate q, k, v separately\" (docs/study.md)"
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         # Rows [0, H*hs) are W_q, then W_k, then W_v: the three layers of the study, fused.

@@ -22,11 +22,14 @@ class EvaluateConfig:
     runs_dir: str = "results/runs"
     output_dir: Optional[str] = None  # None: <runs_dir>/../<experiment>, i.e. results/<experiment>
     outputs: list[str] = field(default_factory=lambda: list(OUTPUTS))
-    baseline: str = "baseline"  # the variant every other one is tested against
+    baseline: str = "baseline"  # the reference variant every other one is compared with (no runs: no comparison)
     checkpoint: str = "best"  # best or last, for samples, heatmaps and attention statistics
     model_seed: Optional[int] = None  # whose checkpoint gives samples/heatmaps; None: lowest seed
     confidence: float = 0.95
-    alpha: float = 0.05  # significance level of the tests against the baseline
+    alpha: float = 0.05  # significance level of the tests against the baseline (Holm-corrected)
+    power: float = 0.8  # for the minimum detectable difference in the vs_baseline table
+    bootstrap_resamples: int = 10_000  # paired bootstrap interval of the difference
+    bootstrap_seed: int = 0  # its RNG seed: the interval is the same on every evaluation
     allow_mixed_data: bool = False  # tabulate runs trained on different data (with a warning)
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     heatmap_prompt: Optional[str] = None  # None: the first prompt
@@ -41,10 +44,12 @@ class EvaluateConfig:
             raise ValueError(f"unknown outputs {unknown}; allowed: {', '.join(OUTPUTS)}")
         if self.checkpoint not in CHECKPOINTS:
             raise ValueError(f"unknown checkpoint {self.checkpoint!r}; allowed: {', '.join(CHECKPOINTS)}")
-        for name in ("confidence", "alpha"):
+        for name in ("confidence", "alpha", "power"):
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {value}")
+        if self.bootstrap_resamples < 1:
+            raise ValueError(f"bootstrap_resamples must be >= 1, got {self.bootstrap_resamples}")
         if not self.prompts or any(not p for p in self.prompts):
             raise ValueError(f"prompts must be a non-empty list of non-empty strings, got {self.prompts!r}")
         if self.experiment is not None and (not self.experiment or "/" in self.experiment):

@@ -2,7 +2,9 @@
 
 Token strings are the tick labels; the causal upper triangle (probability 0 by
 construction) is left blank rather than drawn as a colour, so it cannot be read
-as "no attention". One colour scale (0..1) everywhere, so panels compare.
+as "no attention". One colour scale (0..1) everywhere, so panels compare; weights with
+negative entries (``diff_attn``'s difference of two maps) get a diverging scale
+(-1..1, 0 white) instead, so a negative weight is never drawn as a small positive one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from attnlab.analysis.maps import AttentionMaps
 from attnlab.analysis.style import save_figure
 
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="white")  # "bad": the masked triangle
+SIGNED_CMAP = matplotlib.colormaps["RdBu_r"].with_extremes(bad="lightgrey")
 
 
 def _tick_fontsize(n_tokens: int) -> float:
@@ -30,8 +33,9 @@ def plot_attention(ax: Axes, probs: np.ndarray, labels: Sequence[str], title: st
     """Draw one head's (T, T) probabilities on ``ax``; returns the image (for a colour bar)."""
     T = probs.shape[0]
     upper = np.triu(np.ones((T, T), dtype=bool), k=1)
-    image = ax.imshow(np.ma.masked_array(probs, mask=upper), cmap=CMAP, vmin=0.0, vmax=1.0,
-                      interpolation="nearest")
+    signed = bool((probs < 0).any())
+    image = ax.imshow(np.ma.masked_array(probs, mask=upper), cmap=SIGNED_CMAP if signed else CMAP,
+                      vmin=-1.0 if signed else 0.0, vmax=1.0, interpolation="nearest")
     size = _tick_fontsize(T)
     ax.set_xticks(range(T), labels, rotation=90, fontsize=size)
     ax.set_yticks(range(T), labels if ylabels else [""] * T, fontsize=size)

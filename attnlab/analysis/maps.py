@@ -1,8 +1,11 @@
 """Attention probabilities of a prompt, and the statistics that turn heatmaps into numbers.
 
-Probabilities come from ``GPT.attention_probs`` (the explicit softmax kernel, the
-same reference the tests use), so the heatmaps show exactly softmax(q k^T * scale
-+ the variant's term) with the causal upper triangle at 0.
+Weights come from ``GPT.attention_probs`` (the explicit kernel computing the
+variant's own description, the same reference the tests use), so the heatmaps show
+what training computes, with the causal upper triangle at 0: softmax probabilities
+for most variants; for the others, what each variant's docstring says (sigmoid
+weights that need not sum to one; ``diff_attn``'s map difference per differential
+head, which can be negative; ``talking_heads``' mixed weights).
 
 Statistics, per layer and head, averaged over query positions i >= 1 (query 0
 sees only itself, so every statistic there is trivially 1 or 0):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnlab.analysis.stats import mean_ci, welch_test
+from attnlab.analysis.stats import Comparison, compare, holm, mean_ci
 from attnlab.runs import RunDir
 
 # summary.json key -> (column label, decimals); the order is the tables' column order.
@@ -73,7 +73,8 @@ def markdown(frame: pd.DataFrame) -> str:
 def latex_escape(value) -> str:
     text = str(value)
     for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"),
-                          ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$")):
+                          ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$"),
+                          ("×", r"$\times$"), ("<", r"\textless{}"), (">", r"\textgreater{}")):
         text = text.replace(char, escaped)
     return text
 
@@ -179,41 +180,122 @@ def aggregate_table(frame: pd.DataFrame, confidence: float = 0.95, notes: Sequen
                  header + list(notes))
 
 
-def baseline_tests_table(frame: pd.DataFrame, baseline: str = "baseline", alpha: float = 0.05,
-                         metrics: Sequence[str] = TESTED_METRICS, notes: Sequence[str] = ()) -> Table:
-    """Welch's t-test of every variant against the baseline, per metric (lower loss is better)."""
-    variants = list(dict.fromkeys(frame["variant"]))
+def _fmt_interval(low: float | None, high: float | None) -> str:
+    return "–" if low is None or high is None else f"[{_fmt_difference(low)}, {_fmt_difference(high)}]"
+
+
+def _fmt_p(p: float | None) -> str:
+    return "n/a" if p is None or math.isnan(p) else f"{p:.3g}"
+
+
+def _test_label(c: Comparison) -> str:
+    if c.test == "paired":
+        return f"paired t (n={c.n_pairs} seeds)"
+    return f"Welch t (n={c.n} / {c.n_reference})"
+
+
+COMPARISON_COLUMNS = ["variant", "metric", "test", "n", "n_baseline", "n_pairs", "paired_seeds", "difference",
+                      "ci_low", "ci_high", "bootstrap_low", "bootstrap_high", "t", "df", "p_value", "p_holm",
+                      "significant", "baseline_sd", "sd_difference", "sd_difference_assumed", "mdd"]
+
+
+def comparison_skipped(variants: Sequence[str], baseline: str) -> str | None:
+    """Why no variant can be compared with ``baseline`` here, or None when some can."""
     if baseline not in variants:
-        raise ValueError(f"baseline {baseline!r} has no finished runs in this experiment; "
-                         f"variants present: {', '.join(variants)}")
+        return (f"No comparison: the reference variant {baseline!r} has no evaluable runs in this experiment "
+                f"(variants present: {', '.join(variants) or 'none'}); pass baseline=<variant> to compare "
+                f"against one of them.")
+    if len(set(variants)) < 2:
+        return f"No comparison: {baseline!r} is the only variant with evaluable runs in this experiment."
+    return None
+
+
+def baseline_tests_table(frame: pd.DataFrame, baseline: str = "baseline", alpha: float = 0.05,
+                         metrics: Sequence[str] = TESTED_METRICS, notes: Sequence[str] = (),
+                         confidence: float = 0.95, power: float = 0.8, resamples: int = 10_000,
+                         bootstrap_seed: int = 0) -> Table:
+    """Every variant against ``baseline`` per metric (lower loss is better), Holm-corrected.
+
+    Paired by seed where a variant shares >= 2 seeds with the baseline, else Welch (see
+    ``attnlab.analysis.stats.compare``). Without baseline runs, or without another variant,
+    the table has no rows and a note saying why.
+    """
+    variants = list(dict.fromkeys(frame["variant"]))
+    c = f"{confidence:.0%}"
+    display_columns = ["variant", "metric", "test", f"difference vs {baseline}", f"{c} CI (t)",
+                       f"{c} CI (bootstrap)", "p", "p (Holm)", f"significant (Holm p < {alpha:g})",
+                       f"MDD (power {power:g})", f"{baseline} seed sd"]
+    skipped = comparison_skipped(variants, baseline)
+    if skipped is not None:
+        return Table("vs_baseline", pd.DataFrame(columns=COMPARISON_COLUMNS),
+                     pd.DataFrame(columns=display_columns), [skipped, *notes])
     reference = frame[frame["variant"] == baseline]
+    rows: list[tuple[str, str, Comparison]] = []
+    for key in metrics:
+        for variant in variants:
+            if variant != baseline:
+                group = frame[frame["variant"] == variant]
+                rows.append((variant, key, compare(dict(zip(group["seed"], group[key])),
+                                                   dict(zip(reference["seed"], reference[key])),
+                                                   confidence, alpha, power, resamples, bootstrap_seed)))
+    # Holm per metric: the family is the variants compared with the baseline on that metric.
+    adjusted = {}
+    for key in metrics:
+        family = [(v, cmp) for v, k, cmp in rows if k == key]
+        adjusted |= {(v, key): p for (v, _), p in zip(family, holm([cmp.p_value for _, cmp in family]))}
+    rows.sort(key=lambda row: (variants.index(row[0]), metrics.index(row[1])))
     number_rows, display_rows = [], []
-    for variant in variants:
-        if variant == baseline:
-            continue
-        group = frame[frame["variant"] == variant]
-        for key in metrics:
-            test = welch_test(group[key], reference[key])
-            significant = test.significant(alpha)
-            number_rows.append({"variant": variant, "metric": key, "n": test.n_a, "n_baseline": test.n_b,
-                                "difference": test.difference, "t": test.t, "df": test.df,
-                                "p_value": test.p_value, "significant": significant})
-            if test.p_value is None:
-                p_text = "n/a"
-                verdict = f"n/a (needs n>=2 per side, has {test.n_a} / {test.n_b})"
-            else:
-                p_text = f"{test.p_value:.3g}"
-                verdict = "yes" if significant else "no"
-            display_rows.append({"variant": variant, "metric": METRICS[key][0],
-                                 "n (variant / baseline)": f"{test.n_a} / {test.n_b}",
-                                 f"difference vs {baseline}": _fmt_difference(test.difference),
-                                 "p (Welch t)": p_text, f"significant (p < {alpha:g})": verdict})
-    display_columns = ["variant", "metric", "n (variant / baseline)", f"difference vs {baseline}",
-                       "p (Welch t)", f"significant (p < {alpha:g})"]
-    number_columns = ["variant", "metric", "n", "n_baseline", "difference", "t", "df", "p_value",
-                      "significant"]
-    header = [f"Welch's two-sided t-test of each variant's runs against {baseline}'s; "
-              f"difference = variant mean - {baseline} mean (negative: lower loss)."]
-    return Table("vs_baseline", pd.DataFrame(number_rows, columns=number_columns),
-                 pd.DataFrame(display_rows, columns=display_columns),
-                 header + list(notes))
+    for variant, key, cmp in rows:
+        p_holm = adjusted[(variant, key)]
+        significant = None if p_holm is None else p_holm < alpha
+        number_rows.append({
+            "variant": variant, "metric": key, "test": cmp.test, "n": cmp.n, "n_baseline": cmp.n_reference,
+            "n_pairs": cmp.n_pairs, "paired_seeds": " ".join(map(str, cmp.seeds)),
+            "difference": cmp.difference, "ci_low": cmp.low, "ci_high": cmp.high,
+            "bootstrap_low": cmp.bootstrap_low, "bootstrap_high": cmp.bootstrap_high, "t": cmp.t, "df": cmp.df,
+            "p_value": cmp.p_value, "p_holm": p_holm, "significant": significant,
+            "baseline_sd": cmp.sd_reference, "sd_difference": cmp.sd_difference,
+            "sd_difference_assumed": cmp.sd_difference_assumed, "mdd": cmp.mdd})
+        if significant is None:
+            verdict = f"n/a (needs n>=2 per side, has {cmp.n} / {cmp.n_reference})"
+        else:
+            verdict = "yes" if significant else "no"
+        mdd = _fmt(cmp.mdd, 4) + (" (assumed sd)" if cmp.mdd is not None and cmp.sd_difference_assumed else "")
+        display_rows.append(dict(zip(display_columns, [
+            variant, METRICS[key][0], _test_label(cmp), _fmt_difference(cmp.difference),
+            _fmt_interval(cmp.low, cmp.high), _fmt_interval(cmp.bootstrap_low, cmp.bootstrap_high),
+            _fmt_p(cmp.p_value), _fmt_p(p_holm), verdict, mdd, _fmt(cmp.sd_reference, 4)])))
+    header = comparison_notes(baseline, confidence, alpha, power, resamples, bootstrap_seed,
+                              tests={cmp.test for _, _, cmp in rows})
+    return Table("vs_baseline", pd.DataFrame(number_rows, columns=COMPARISON_COLUMNS),
+                 pd.DataFrame(display_rows, columns=display_columns), header + list(notes))
+
+
+def comparison_notes(baseline: str, confidence: float, alpha: float, power: float, resamples: int,
+                     bootstrap_seed: int, tests: set[str]) -> list[str]:
+    """What the columns of the comparison table are, with the formulas."""
+    c = f"{confidence:.0%}"
+    notes = [f"Each variant against {baseline}, per metric; difference = variant - {baseline} "
+             f"(negative: lower loss)."]
+    if "paired" in tests:
+        notes.append(f"paired t: the variant shares >= 2 seeds with {baseline} (same seed: same data order and "
+                     f"initialisation of the shared parameters), so only those seeds are used, as pairs: "
+                     f"d = variant - {baseline} per seed, t = mean(d) / (sd(d) / sqrt(n)), n - 1 degrees of "
+                     f"freedom; {c} CI (t) = mean(d) ± t_{{(1+c)/2, n-1}} × sd(d) / sqrt(n); {c} CI (bootstrap) = "
+                     f"percentile interval of mean(d) over {resamples:,} resamples of the seed pairs "
+                     f"(RNG seed {bootstrap_seed}; with few seeds it is narrower than the t interval).")
+    if "welch" in tests:
+        notes.append(f"Welch t: fewer than 2 shared seeds, so every seed of both sides, unpaired "
+                     f"(Welch's unequal-variance t-test; {c} CI (t) with Welch-Satterthwaite degrees of "
+                     f"freedom; no bootstrap).")
+    notes.append(f"p: two-sided; p (Holm): Holm's step-down adjustment over the variants compared with {baseline} "
+                 f"on the same metric (those with a p-value); significant: Holm p < {alpha:g}.")
+    notes.append(f"MDD: the smallest true difference a two-sided paired t-test at alpha = {alpha:g} detects with "
+                 f"power {power:g} at the current n: "
+                 f"MDD = (t_{{1-alpha/2, n-1}} + t_{{power, n-1}}) × sd_diff / sqrt(n), "
+                 f"with sd_diff the observed sd of the paired differences"
+                 + (f"; Welch rows (\"assumed sd\"): sd_diff unknown, assumed = {baseline} seed sd × sqrt(2) "
+                    f"(two independent runs), n = the smaller seed count" if "welch" in tests else "")
+                 + f". {baseline} seed sd: its seed-to-seed standard deviation (n - 1 denominator), the noise "
+                   f"floor; differences below the MDD are not resolved by these seeds.")
+    return notes

@@ -57,7 +57,7 @@ class ShardIndex:
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "ShardIndex":
+    def load(cls, path: str | Path) -> ShardIndex:
         """Read an index and check every shard's size against it (not the content)."""
         path = Path(path)
         if path.is_dir():

@@ -13,8 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from hydra.core.config_store import ConfigStore
+
 from attnlab.config import PRESETS, ModelConfig
 from attnlab.data.config import DataConfig
+from variants import available_variants, get_variant, resolve
+from variants.registry import option_fields
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -25,8 +29,11 @@ MAX_SEED = 2**32 - 1  # numpy's seed range
 
 @dataclass
 class VariantSection:
+    """``variant=<name>`` selects a registered variant; its group entry carries the options'
+    defaults (derived from the variant's ``Options``), so ``variant.options.<key>=...`` works."""
+
     name: str = "baseline"
-    options: dict[str, Any] = field(default_factory=dict)  # passed to ModelConfig.variant_options
+    options: dict[str, Any] = field(default_factory=dict)  # the variant's typed options
 
 
 @dataclass
@@ -43,13 +50,16 @@ class ModelSection:
     intermediate_size: Optional[int] = None
     rotary_percentage: Optional[float] = None
     rope_base: Optional[int] = None
-    attn_kernel: str = "sdpa"
+    attn_kernel: str = "auto"  # auto: the fastest kernel that can run the variant here
 
     def build(self, variant: VariantSection, vocab_size: int) -> ModelConfig:
+        """The model configuration as the variant resolves it (its options checked and its
+        model-wide settings applied), so run files show what is trained."""
         overrides = {k: v for k, v in vars(self).items() if k != "preset" and v is not None}
         overrides.setdefault("vocab_size", vocab_size)
-        return ModelConfig.from_preset(self.preset, variant=variant.name,
-                                       variant_options=dict(variant.options), **overrides)
+        config = ModelConfig.from_preset(self.preset, variant=variant.name,
+                                         variant_options=dict(variant.options), **overrides)
+        return resolve(config)[1]
 
 
 @dataclass
@@ -155,12 +165,12 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Fail fast, naming the bad value and what is allowed."""
-        from variants import get_variant
-
-        get_variant(self.variant.name)
         if self.model.preset not in PRESETS:
             raise ValueError(f"unknown model preset {self.model.preset!r}; available: "
                              f"{', '.join(sorted(PRESETS))}")
+        # The variant, its options, the model shape and the kernel, before any data is read
+        # (the preset's vocabulary stands in for the tokenizer's).
+        self.model.build(self.variant, PRESETS[self.model.preset]["vocab_size"])
         _check("seed", self.seed, f"an integer in [0, {MAX_SEED}]", lambda v: _int(v) and 0 <= v <= MAX_SEED)
         self.trainer.validate()
         self.optim.validate()
@@ -227,7 +237,11 @@ def _valid_devices(value: Any) -> bool:
 
 
 def register_schema() -> None:
-    """Make ``TrainConfig`` the schema ``configs/train.yaml`` composes into (``train_schema``)."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    """Make ``TrainConfig`` the schema ``configs/train.yaml`` composes into (``train_schema``),
+    and derive the ``variant`` group from the registry: one entry per variant, holding its
+    name and its options' defaults."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for name in available_variants():
+        options = {key: default for key, (_, default) in option_fields(get_variant(name)).items()}
+        store.store(group="variant", name=name, node={"name": name, "options": options})

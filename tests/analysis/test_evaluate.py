@@ -1,6 +1,11 @@
-"""evaluate(): every output of one experiment, reproducible samples, and clear errors for bad input."""
+"""evaluate(): every output of one experiment, reproducible samples, and clear errors for bad input.
+
+It works with whatever runs exist: without runs of the reference variant the comparison is
+skipped with a note, and unfinished or unreadable runs are named and skipped.
+"""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -14,9 +19,21 @@ from attnlab.analysis.pipeline import evaluate, load_experiment, load_run, repre
 from attnlab.analysis.samples import sample_model
 from attnlab.generate import SamplingConfig
 
-from .conftest import EXPERIMENT, PROMPTS, REPO, VARIANTS
+from .conftest import EXPERIMENT, PROMPTS, REPO, VARIANTS, compose_config, tiny_overrides, write_demo_sample
 
 SAMPLING = SamplingConfig(max_new_tokens=8, seed=11)
+
+
+def expected_outputs(variants) -> list[str]:
+    """Every file evaluate writes with all outputs on and heatmap_layers=[1]."""
+    expected = [f"tables/{name}.{ext}" for name in ("per_run", "aggregate", "vs_baseline")
+                for ext in ("md", "csv", "tex")]
+    expected += [f"figures/{name}.{ext}" for name in ("val_loss_vs_tokens", "final_val_loss", "throughput")
+                 for ext in ("png", "pdf")]
+    expected += [f"heatmaps/{v}/layer1_head0.{ext}" for v in variants for ext in ("png", "pdf")]
+    expected += [f"heatmaps/grid_layer1.{ext}" for ext in ("png", "pdf")]
+    return expected + ["samples.md", "samples.json", "attention_stats.csv", "attention_stats.md",
+                       "tables/attention_stats_per_run.csv", "evaluation.json"]
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +44,10 @@ def evaluated(runs_dir):
 
 def test_evaluate_writes_every_output_of_the_latest_experiment(evaluated, runs_dir):
     assert evaluated == runs_dir.parent / EXPERIMENT  # results/runs -> results/<experiment>
-    expected = [f"tables/{name}.{ext}" for name in ("per_run", "aggregate", "vs_baseline")
-                for ext in ("md", "csv", "tex")]
-    expected += [f"figures/{name}.{ext}" for name in ("val_loss_vs_tokens", "final_val_loss", "throughput")
-                 for ext in ("png", "pdf")]
-    expected += [f"heatmaps/{v}/layer1_head0.{ext}" for v in VARIANTS for ext in ("png", "pdf")]
-    expected += [f"heatmaps/grid_layer1.{ext}" for ext in ("png", "pdf")]
-    expected += ["samples.md", "samples.json", "attention_stats.csv", "attention_stats.md",
-                 "tables/attention_stats_per_run.csv", "evaluation.json"]
-    missing = [p for p in expected if not (evaluated / p).is_file()]
+    missing = [p for p in expected_outputs(VARIANTS) if not (evaluated / p).is_file()]
     assert not missing
+    record = json.loads((evaluated / "evaluation.json").read_text())
+    assert (record["skipped_runs"], record["not_produced"]) == ([], [])
     assert not list((evaluated / "heatmaps").rglob("*layer0*"))  # heatmap_layers=[1] (default: every layer)
     stats = pd.read_csv(evaluated / "attention_stats.csv")
     assert sorted(stats["variant"].unique()) == sorted(VARIANTS) and (stats["seeds"] == 2).all()
@@ -83,7 +94,10 @@ def test_a_prompt_longer_than_the_context_fails_before_any_output(runs_dir, tmp_
     ({"outputs": ["tabels"]}, r"unknown outputs \['tabels'\]; allowed: tables, figures, samples"),
     ({"checkpoint": "final"}, "unknown checkpoint 'final'; allowed: best, last"),
     ({"confidence": 95.0}, r"confidence must be in \(0, 1\), got 95.0"),
-    ({"model_seed": 7}, "model_seed=7 has no finished run of variant 'baseline'; its seeds: 0, 1"),
+    ({"model_seed": 7}, "model_seed=7 has no evaluable run of any variant; seeds per variant: baseline: 0, 1; "
+                        "qk_scale: 0, 1"),
+    ({"power": 1.5}, r"power must be in \(0, 1\), got 1.5"),
+    ({"bootstrap_resamples": 0}, "bootstrap_resamples must be >= 1, got 0"),
 ])
 def test_bad_settings_name_the_value_and_the_allowed_ones(runs_dir, tmp_path, settings, message):
     cfg = EvaluateConfig(runs_dir=str(runs_dir), output_dir=str(tmp_path), **{"outputs": ["samples"], **settings})
@@ -109,6 +123,7 @@ def test_cli_options_compose_into_the_typed_config(runs_dir):
     assert EvaluateConfig().prompts[0] == "彼女が子供の頃に住んでいた、海の見える小さな町は、"
 
 
+@pytest.mark.slow  # a subprocess: a fresh interpreter imports torch
 def test_cli_reports_no_runs_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, str(REPO / "evaluate.py"), f"runs_dir={tmp_path / 'empty'}"],
@@ -116,3 +131,111 @@ def test_cli_reports_no_runs_in_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == \
         f"error: no finished runs under {tmp_path / 'empty'}; train some first, e.g. `python train.py experiment=demo`"
+
+
+@pytest.fixture(scope="module")
+def sep_qkv_only(tmp_path_factory):
+    """What `python train.py variant=sep_qkv` leaves: an experiment without any baseline run."""
+    from attnlab.training.run import train
+
+    root = tmp_path_factory.mktemp("sep_qkv_only")
+    corpus = write_demo_sample(root / "docs.jsonl")
+    for seed in (0, 1):
+        train(compose_config(["variant=sep_qkv", f"seed={seed}", "experiment_name=solo",
+                              *tiny_overrides(root, corpus), "model.block_size=64"]))
+    return root / "runs"
+
+
+def test_an_experiment_without_baseline_runs_is_evaluated_and_says_the_comparison_is_skipped(
+        sep_qkv_only, tmp_path, caplog):
+    cfg = EvaluateConfig(runs_dir=str(sep_qkv_only), output_dir=str(tmp_path / "out"), prompts=list(PROMPTS),
+                         sampling=SAMPLING, heatmap_layers=[1])
+    with caplog.at_level(logging.WARNING, logger="attnlab.analysis.pipeline"):
+        out = evaluate(cfg)
+    assert not [p for p in expected_outputs(["sep_qkv"]) if not (out / p).is_file()]
+    per_run = pd.read_csv(out / "tables" / "per_run.csv")
+    assert list(zip(per_run["variant"], per_run["seed"])) == [("sep_qkv", 0), ("sep_qkv", 1)]
+    reason = ("No comparison: the reference variant 'baseline' has no evaluable runs in this experiment "
+              "(variants present: sep_qkv); pass baseline=<variant> to compare against one of them.")
+    assert pd.read_csv(out / "tables" / "vs_baseline.csv").empty
+    assert f"> {reason}" in (out / "tables" / "vs_baseline.md").read_text()
+    assert json.loads((out / "evaluation.json").read_text())["not_produced"] == [f"vs_baseline: {reason}"]
+    assert f"vs_baseline: {reason}" in [r.getMessage() for r in caplog.records]
+    # baseline=<variant> chooses the reference; with one variant there is nothing to compare it with.
+    alone = evaluate(EvaluateConfig(runs_dir=str(sep_qkv_only), output_dir=str(tmp_path / "alone"),
+                                    outputs=["tables"], baseline="sep_qkv"))
+    assert "No comparison: 'sep_qkv' is the only variant" in (alone / "tables" / "vs_baseline.md").read_text()
+
+
+def test_unfinished_and_unreadable_runs_are_named_and_skipped_and_the_rest_evaluated(runs_dir, tmp_path, caplog):
+    exp = tmp_path / "runs" / "damaged"
+    shutil.copytree(runs_dir / EXPERIMENT, exp, ignore=shutil.ignore_patterns("tensorboard"))
+    (exp / "qk_scale/seed1/summary.json").write_text('{"steps": 4, "tokens_')  # cut off mid-write
+    (exp / "baseline/seed1/checkpoints/best.ckpt").unlink()
+    shutil.copytree(exp / "qk_scale/seed0", exp / "qk_scale/seed2")
+    (exp / "qk_scale/seed2/metrics.csv").write_text("")
+    (exp / "baseline/seed3").mkdir()  # a run still training
+    shutil.copy(exp / "baseline/seed0/config.yaml", exp / "baseline/seed3")
+    cfg = EvaluateConfig(runs_dir=str(tmp_path / "runs"), experiment="damaged", output_dir=str(tmp_path / "out"),
+                         outputs=["tables", "samples", "attention_stats"], prompts=[PROMPTS[1]], sampling=SAMPLING)
+    with caplog.at_level(logging.WARNING, logger="attnlab.analysis.pipeline"):
+        out = evaluate(cfg)
+
+    skipped = {s["run"]: s["reasons"] for s in json.loads((out / "evaluation.json").read_text())["skipped_runs"]}
+    json_error = skipped["qk_scale/seed1"][0]  # json's own message follows, e.g. "Unterminated string ..."
+    assert json_error.startswith("summary.json unreadable: summary.json is not valid JSON (")
+    assert skipped == {
+        "baseline/seed1": ["no checkpoints/best.ckpt"],
+        "baseline/seed3": ["unfinished: no summary.json (resume it with resume=auto)"],
+        "qk_scale/seed1": [json_error],
+        "qk_scale/seed2": ["metrics.csv unreadable: metrics.csv is not a readable CSV file "
+                           "(No columns to parse from file)"],
+    }
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert all(f"skipping run {name} " in warned for name in skipped)
+    per_run = pd.read_csv(out / "tables" / "per_run.csv")
+    assert list(zip(per_run["variant"], per_run["seed"])) == [("baseline", 0), ("qk_scale", 0)]
+    for text in [(out / "tables" / f"{name}.md").read_text() for name in ("per_run", "aggregate", "vs_baseline")] \
+            + [(out / "attention_stats.md").read_text()]:
+        note = next(line for line in text.splitlines() if line.startswith("> Skipped runs"))
+        assert all(name in note for name in skipped)
+    samples = json.loads((out / "samples.json").read_text())["samples"]
+    assert {(s["variant"], s["seed"]) for s in samples} == {("baseline", 0), ("qk_scale", 0)}
+    assert set(pd.read_csv(out / "attention_stats.csv")["variant"]) == {"baseline", "qk_scale"}
+
+    # Tables alone read no checkpoint: the run without one is evaluated there.
+    tables = evaluate(EvaluateConfig(runs_dir=str(tmp_path / "runs"), experiment="damaged",
+                                     output_dir=str(tmp_path / "tables"), outputs=["tables"]))
+    assert len(pd.read_csv(tables / "tables" / "per_run.csv")) == 3
+
+
+def test_an_experiment_with_no_readable_run_is_an_error_naming_each(runs_dir, tmp_path):
+    shutil.copytree(runs_dir / EXPERIMENT / "qk_scale", tmp_path / "broken" / "qk_scale",
+                    ignore=shutil.ignore_patterns("*.ckpt", "tensorboard"))
+    for seed in (0, 1):
+        (tmp_path / "broken" / "qk_scale" / f"seed{seed}" / "summary.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"no run of experiment 'broken' under .* can be evaluated: "
+                                         r"qk_scale/seed0 \(summary.json unreadable: summary.json holds a list, "
+                                         r"not a JSON object\); qk_scale/seed1 \("):
+        load_experiment(tmp_path, "broken")
+
+
+def test_a_checkpoint_that_fails_to_load_leaves_out_only_that_run(runs_dir, tmp_path, monkeypatch):
+    from attnlab.analysis import pipeline
+
+    def load_run(run, checkpoint="best", device="cpu"):  # passes the header checks, then fails
+        if (run.variant, run.seed) == ("qk_scale", 1):
+            raise RuntimeError("Error(s) in loading state_dict for GPT")
+        return real_load_run(run, checkpoint, device)
+
+    real_load_run = pipeline.load_run
+    monkeypatch.setattr(pipeline, "load_run", load_run)
+    out = evaluate(EvaluateConfig(runs_dir=str(runs_dir), output_dir=str(tmp_path), model_seed=1,
+                                  outputs=["samples", "attention_stats"], prompts=[PROMPTS[1]], sampling=SAMPLING))
+    assert json.loads((out / "evaluation.json").read_text())["not_produced"] == [
+        "qk_scale/seed1: checkpoints/best.ckpt does not load (Error(s) in loading state_dict for GPT); "
+        "left out of samples, heatmaps and attention statistics"]
+    samples = json.loads((out / "samples.json").read_text())["samples"]
+    assert {(s["variant"], s["seed"]) for s in samples} == {("baseline", 1)}
+    per_run = pd.read_csv(out / "tables" / "attention_stats_per_run.csv")
+    assert set(zip(per_run["variant"], per_run["seed"])) == {("baseline", 0), ("baseline", 1), ("qk_scale", 0)}

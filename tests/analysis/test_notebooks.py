@@ -23,6 +23,7 @@ def test_notebook_is_stored_without_outputs(path):
                for c in notebook.cells if c.cell_type == "code")
 
 
+@pytest.mark.slow  # two Jupyter kernels
 def test_notebooks_execute_against_a_finished_run(runs_dir, tmp_path, monkeypatch):
     # The kernels inherit this environment: the parameter cells read it (no papermill needed).
     monkeypatch.setenv("ATTNLAB_RUNS_DIR", str(runs_dir))

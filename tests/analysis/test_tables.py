@@ -53,16 +53,56 @@ def test_aggregate_is_mean_and_student_t_interval_over_seeds(experiment, tmp_pat
     assert r"$\pm$" in (tmp_path / "aggregate.tex").read_text()
 
 
-def test_baseline_test_is_welch_on_the_seed_values(experiment, tmp_path):
+def test_baseline_test_is_paired_by_seed_on_the_runs_values(experiment, tmp_path):
     write_tables(experiment, tmp_path)
     tests = pd.read_csv(tmp_path / "vs_baseline.csv")
     frame = experiment.frame
     row = tests[(tests["variant"] == "qk_scale") & (tests["metric"] == "final_val_loss")].iloc[0]
-    expected = stats.ttest_ind(frame.loc[frame["variant"] == "qk_scale", "final_val_loss"],
-                               frame.loc[frame["variant"] == "baseline", "final_val_loss"], equal_var=False)
+    variant = frame[frame["variant"] == "qk_scale"].set_index("seed")["final_val_loss"]
+    baseline = frame[frame["variant"] == "baseline"].set_index("seed")["final_val_loss"]
+    expected = stats.ttest_rel(variant.loc[list(SEEDS)], baseline.loc[list(SEEDS)])
+    assert (row["test"], row["n_pairs"], row["paired_seeds"]) == ("paired", len(SEEDS), " ".join(map(str, SEEDS)))
+    assert row["difference"] == pytest.approx((variant - baseline).mean())
     assert row["p_value"] == pytest.approx(expected.pvalue)
+    assert row["p_holm"] == pytest.approx(expected.pvalue)  # one variant compared: Holm changes nothing
     assert bool(row["significant"]) == (expected.pvalue < 0.05)
-    assert "p (Welch t)" in (tmp_path / "vs_baseline.md").read_text()
+    assert row["baseline_sd"] == pytest.approx(baseline.std(ddof=1))
+    text = (tmp_path / "vs_baseline.md").read_text()
+    assert f"paired t (n={len(SEEDS)} seeds)" in text and "p (Holm)" in text and "MDD (power 0.8)" in text
+    assert "MDD = (t_{1-alpha/2, n-1} + t_{power, n-1}) × sd_diff / sqrt(n)" in text
+    assert r"$\times$" in (tmp_path / "vs_baseline.tex").read_text()
+
+
+# Hand-made seed values: b's differences from baseline (-0.10, -0.15, -0.05) give a paired t of
+# -2 sqrt(3) on 2 degrees of freedom, p = 1 - sqrt(12/14) = 0.07418 (see test_stats); c shares no seed.
+HAND = pd.DataFrame(
+    [("baseline", s, v) for s, v in zip((0, 1, 2), (4.20, 4.15, 4.35))]
+    + [("b", s, v) for s, v in zip((0, 1, 2), (4.10, 4.00, 4.30))]
+    + [("c", s, v) for s, v in zip((5, 6), (4.00, 4.02))],
+    columns=["variant", "seed", "final_val_loss"])
+
+
+def test_comparison_table_pairs_welches_and_holm_corrects_hand_numbers():
+    table = baseline_tests_table(HAND, metrics=["final_val_loss"], resamples=2_000, bootstrap_seed=1)
+    rows = table.numbers.set_index("variant")
+    p_b = 1 - np.sqrt(12 / 14)
+    p_c = stats.ttest_ind([4.00, 4.02], [4.20, 4.15, 4.35], equal_var=False).pvalue
+    assert (rows.loc["b", "test"], rows.loc["c", "test"]) == ("paired", "welch")
+    assert rows.loc["b", "p_value"] == pytest.approx(p_b)
+    assert rows.loc["c", "p_value"] == pytest.approx(p_c)
+    # Holm over the two: p_c (0.0618) < p_b (0.0742), so c gets 2 p_c = 0.1236 and b max(2 p_c, p_b) = 0.1236.
+    assert p_c < p_b
+    assert rows.loc["c", "p_holm"] == pytest.approx(2 * p_c)
+    assert rows.loc["b", "p_holm"] == pytest.approx(2 * p_c)
+    assert not rows["significant"].any()
+    assert rows.loc["b", "mdd"] == pytest.approx(0.154826, rel=1e-5)  # (t_.975,2 + t_.8,2) * 0.05 / sqrt 3
+    assert bool(rows.loc["c", "sd_difference_assumed"]) and not bool(rows.loc["b", "sd_difference_assumed"])
+    text = table.to_markdown()
+    assert "| b | final val loss | paired t (n=3 seeds) | -0.1000 |" in text
+    assert "| c | final val loss | Welch t (n=2 / 3) |" in text and "(assumed sd)" in text
+    assert "Holm's step-down" in text and "assumed = baseline seed sd × sqrt(2)" in text
+    assert baseline_tests_table(HAND, metrics=["final_val_loss"], resamples=2_000,
+                                bootstrap_seed=1).numbers.equals(table.numbers)  # the bootstrap is seeded
 
 
 def test_a_single_seed_says_so_instead_of_an_interval(experiment):
@@ -73,13 +113,18 @@ def test_a_single_seed_says_so_instead_of_an_interval(experiment):
     assert "(n=1)" in text and "±" not in text.split("\n>")[0]
     assert "a single run has no interval" in text
     tests = baseline_tests_table(one).to_markdown()
-    assert "n/a (needs n>=2 per side, has 1 / 1)" in tests
+    assert "n/a (needs n>=2 per side, has 1 / 1)" in tests and "Welch t (n=1 / 1)" in tests
 
 
-def test_missing_baseline_is_an_error_naming_the_variants(experiment):
-    with pytest.raises(ValueError, match="baseline 'basline' has no finished runs in this experiment; "
-                                         "variants present: baseline, qk_scale"):
-        baseline_tests_table(experiment.frame, "basline")
+def test_without_baseline_runs_the_table_is_empty_and_says_why(experiment):
+    table = baseline_tests_table(experiment.frame, "basline")
+    assert table.numbers.empty and table.display.empty
+    assert table.notes[0] == ("No comparison: the reference variant 'basline' has no evaluable runs in this "
+                              "experiment (variants present: baseline, qk_scale); pass baseline=<variant> to "
+                              "compare against one of them.")
+    assert "No comparison" in table.to_markdown() and "No comparison" in table.to_latex()
+    alone = baseline_tests_table(experiment.frame[experiment.frame["variant"] == "qk_scale"], "qk_scale")
+    assert alone.numbers.empty and "'qk_scale' is the only variant" in alone.notes[0]
 
 
 def _copy_experiment(runs_dir, tmp_path, name):

@@ -292,6 +292,7 @@ def test_sentence_sample_is_seeded_uniform_and_sized():
     assert sample_sentences(iter(lines[:10]), 500, seed=0) == lines[:10]
 
 
+@pytest.mark.slow  # two subprocesses
 def test_two_processes_train_the_same_tokenizer_from_a_sample(tmp_path, docs):
     # sentencepiece's own sampling differs between processes; a fresh clone must get the
     # same tokenizer (and so the same tokens) as the machine that produced a result.
@@ -305,5 +306,6 @@ def test_two_processes_train_the_same_tokenizer_from_a_sample(tmp_path, docs):
         "print(p.tokenizer_sha256)\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     digests = [subprocess.run([sys.executable, "-c", script, str(tmp_path / f"cache{i}")], env=env,
-                              capture_output=True, text=True, check=True).stdout.strip() for i in (0, 1)]
+                              capture_output=True, text=True, check=True, timeout=300).stdout.strip()
+               for i in (0, 1)]
     assert digests[0] == digests[1] and len(digests[0]) == 64

@@ -1,0 +1,59 @@
+"""``attn_sink``: a learned per-head sink logit in the softmax denominator (as in gpt-oss).
+
+    w_ij = exp(s_ij) / (sum_{j' <= i} exp(s_ij') + exp(a_h)),   s_ij = q_i . k_j / sqrt(hs)
+
+a_h is one learned logit per head (init 0): the head can put mass exp(a_h) on "no key",
+so it need not dump attention on the first token when nothing is relevant (OpenAI 2025,
+"gpt-oss-120b & gpt-oss-20b Model Card"; Xiao et al. 2024 on attention sinks).
+``learned=false`` fixes a_h = 0: the "off-by-one" softmax (Miller 2023, "Attention Is Off
+By One"), with no parameter.
+
+Extra parameters: n_head per layer (none with ``learned=false``). SDPA runs it as one more
+key with logit a_h and value 0 (in its float mask); FlexAttention scales its output by
+sigmoid(lse - a_h). Analysis weights: the probabilities of the real keys; a row sums to
+1 - (the sink's share), less than one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.attention import AttentionSpec, KVCache, ScoreTerms
+from attnlab.config import ModelConfig
+from variants.baseline import BaselineAttention
+from variants.registry import register
+
+
+@register("attn_sink")
+class AttentionSinkAttention(BaselineAttention):
+    """A learned per-head logit adds exp(a_h) to the softmax denominator."""
+
+    paper = "OpenAI 2025, gpt-oss-120b & gpt-oss-20b Model Card (learned attention sinks)"
+    weights_are_distributions = False
+
+    @dataclass(frozen=True)
+    class Options:
+        learned: bool = True  # false: the fixed off-by-one softmax (a_h = 0)
+
+    @classmethod
+    def attention_spec(cls, config: ModelConfig) -> AttentionSpec:
+        return AttentionSpec(normaliser="softmax_sink")
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        if self.options(config).learned:
+            self.sink = nn.Parameter(torch.zeros(config.n_head))  # a_h
+        else:
+            self.register_buffer("sink", torch.zeros(config.n_head), persistent=False)
+
+    def init_parameter(self, name: str, param: Tensor, generator: torch.Generator) -> bool:
+        if name != "sink":
+            return False
+        param.zero_()  # start as the off-by-one softmax
+        return True
+
+    def score_terms(self, x: Tensor, q_offset: int, n_keys: int, kv_cache: KVCache | None) -> ScoreTerms:
+        return ScoreTerms(sink=self.sink)
