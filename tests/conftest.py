@@ -39,17 +39,21 @@ def corpus(tmp_path_factory):
 # all of them). `make test-fast` (-m "not slow") leaves them to `make test`; a name that is no
 # longer in its module is reported, so a rename cannot quietly move a slow test into the fast tier.
 SLOW_TESTS = {
-    "test_training.py": {  # each starts train.py in a fresh interpreter (torch and Hydra imports)
+    "test_training.py": {
+        # train.py in a fresh interpreter (torch and Hydra imports) per run
         "test_cli_sweep_of_every_variant_by_2_seeds_then_evaluation_over_all_of_them",
         "test_sweep_through_the_submitit_launcher_and_the_slurm_example_config",
         "test_cli_rejects_unknown_options_naming_them",
         "test_cli_reports_bad_values_in_one_line",
-    },
-    "test_loggers.py": {  # training runs that start W&B (offline) and MLflow
-        "test_wandb_offline_logs_the_metrics_beside_the_run_directory",
-        "test_mlflow_logs_metrics_and_parameters_to_a_local_file_store",
+        # in-process training runs (the fast tier still trains: tests/analysis/conftest.py's runs)
+        "test_every_variant_trains_and_leaves_a_complete_run_directory",
+        "test_same_seed_gives_identical_losses_and_data_order",
+        "test_existing_run_directory_is_never_overwritten_silently",
     },
     "test_export.py": None,  # trains a run per exportable variant, loads each into transformers
+    "test_loggers.py": None,  # training runs, one per logger
+    "test_resume.py": None,  # training runs, interrupted and resumed
+    "test_evaluate.py": None,  # evaluation end to end: tables, figures, heatmaps and samples of trained runs
 }
 
 
@@ -57,6 +61,10 @@ SLOW_TESTS = {
 def pytest_collection_modifyitems(config, items):
     modules = {}
     for item in items:
+        # A generic test's kernel="flex" case: FlexAttention on CPU runs unfused, up to a second a
+        # case. tests/test_flex_kernel.py still checks flex for every variant in the fast tier.
+        if getattr(item, "callspec", None) is not None and item.callspec.params.get("kernel") == "flex":
+            item.add_marker(pytest.mark.slow)
         if item.path.name not in SLOW_TESTS:
             continue
         names = SLOW_TESTS[item.path.name]

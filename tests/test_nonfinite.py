@@ -14,6 +14,8 @@ from attnlab.training.module import MAX_CONSECUTIVE_SKIPS, NonFiniteLossError
 from attnlab.training.run import train
 from test_training import compose_config, tiny_overrides
 
+pytestmark = pytest.mark.slow  # training runs
+
 
 class PoisonLoss(L.Callback):
     """Makes the model's output NaN for the batches of the given steps, as an overflow would,

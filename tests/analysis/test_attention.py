@@ -75,6 +75,7 @@ def test_heatmap_font_is_a_cjk_font_with_the_glyphs_we_draw():
     assert all(ord(ch) in cmap for ch in "彼女が子供の頃に住んでいた、海の見える小さな町は。␣¹²³"), path
 
 
+@pytest.mark.slow  # renders and saves figures
 def test_heatmaps_render_japanese_without_missing_glyphs(tmp_path):
     T = 4
     probs = np.tril(np.ones((1, T, T))) / np.arange(1, T + 1)[:, None]
