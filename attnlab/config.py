@@ -41,6 +41,9 @@ class ModelConfig:
     n_query_groups: int | None = None  # None -> n_head (MHA); 1 -> MQA; else GQA
     n_embd: int = 128
     intermediate_size: int = 512  # SwiGLU hidden width
+    # The MLP width that gives this variant baseline's parameter count, when a run asked for
+    # model.match_params=true (attnlab.params.match_parameters); None: intermediate_size.
+    matched_intermediate_size: int | None = None
     rotary_percentage: float = 1.0  # fraction of head_size that RoPE rotates (0: no RoPE)
     rope_base: int = 10_000
     norm_eps: float = 1e-6
@@ -61,6 +64,10 @@ class ModelConfig:
             value = getattr(self, attr)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"model.{attr} must be a positive integer, got {value!r}")
+        if self.matched_intermediate_size is not None and (
+                not isinstance(self.matched_intermediate_size, int) or self.matched_intermediate_size <= 0):
+            raise ValueError(f"matched_intermediate_size must be a positive integer or None, got "
+                             f"{self.matched_intermediate_size!r}")
         if self.n_query_groups is None:
             self.n_query_groups = self.n_head
         if self.n_embd % self.n_head != 0:
@@ -95,6 +102,11 @@ class ModelConfig:
             raise ValueError(f"variant options must be a mapping of option names to values, "
                              f"got {self.variant_options!r}")
 
+    @property
+    def mlp_hidden_size(self) -> int:
+        """The SwiGLU hidden width the model is built with."""
+        return self.matched_intermediate_size or self.intermediate_size
+
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> ModelConfig:
         if preset not in PRESETS:
@@ -125,4 +137,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (8 layers rather than 12: the untied 35k-row embedding and head already hold 54M).
     "gqa100m": dict(vocab_size=35_000, block_size=2048, n_layer=8, n_head=12, n_query_groups=4,
                     n_embd=768, intermediate_size=2048),
+    # The synthetic recall tasks on CPU (configs/experiment/recall.yaml): 2 layers (the least an
+    # induction circuit needs), 2 heads of 32 (every variant runs: diff_attn pairs heads,
+    # talking_heads mixes them), the task's vocabulary, block_size = the experiment's seq_len.
+    "recall": dict(vocab_size=256, block_size=128, n_layer=2, n_head=2, n_embd=64,
+                   intermediate_size=256),
 }

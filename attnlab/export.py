@@ -132,7 +132,7 @@ def _hf_config_kwargs(config: ModelConfig, tokenizer: Tokenizer) -> dict[str, An
     """The settings LlamaConfig and Qwen3Config share, from attnlab's ModelConfig."""
     return dict(
         vocab_size=tokenizer.vocab_size, hidden_size=config.n_embd,
-        intermediate_size=config.intermediate_size, num_hidden_layers=config.n_layer,
+        intermediate_size=config.mlp_hidden_size, num_hidden_layers=config.n_layer,
         num_attention_heads=config.n_head, num_key_value_heads=config.n_query_groups,
         head_dim=config.head_size, hidden_act="silu", max_position_embeddings=config.block_size,
         rms_norm_eps=config.norm_eps, rope_theta=float(config.rope_base),

@@ -40,9 +40,9 @@ class LLaMAMLP(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.fc_1 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
-        self.fc_2 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
-        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+        self.fc_1 = nn.Linear(config.n_embd, config.mlp_hidden_size, bias=config.bias)
+        self.fc_2 = nn.Linear(config.n_embd, config.mlp_hidden_size, bias=config.bias)
+        self.proj = nn.Linear(config.mlp_hidden_size, config.n_embd, bias=config.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))

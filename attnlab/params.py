@@ -12,6 +12,8 @@ from attnlab.model import GPT
 from variants import available_variants, get_variant
 
 PARTS = ("embedding", "attention", "mlp", "norms", "head")
+MATCH_TOLERANCE = 0.005  # |variant - baseline| / baseline after matching
+MATCH_MULTIPLES = (64, 32, 16, 8)  # MLP widths tried, coarsest first
 
 
 def baseline_twin(config: ModelConfig) -> ModelConfig:
@@ -20,7 +22,45 @@ def baseline_twin(config: ModelConfig) -> ModelConfig:
     is what the variant adds (``gelu_bias``'s MLP biases included)."""
     defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
     reset = {key: defaults[key] for key in get_variant(config.variant).model_settings}
-    return dataclasses.replace(config, variant="baseline", variant_options={}, **reset)
+    return dataclasses.replace(config, variant="baseline", variant_options={}, matched_intermediate_size=None,
+                               **reset)
+
+
+def total_parameters(config: ModelConfig) -> int:
+    with torch.device("meta"):  # shapes only, nothing allocated
+        return sum(p.numel() for p in GPT(config).parameters())
+
+
+def match_parameters(config: ModelConfig, tolerance: float = MATCH_TOLERANCE) -> ModelConfig:
+    """``config`` with the MLP width that brings its total parameters within ``tolerance`` of
+    its baseline twin's (``model.match_params=true``).
+
+    The width is a multiple of 64, 32, 16 or 8 (the coarsest that reaches the tolerance, so
+    the matmul shapes stay efficient); the current width is kept when it already matches. A
+    variant that cannot be matched this way is refused, saying how close the best width gets.
+    """
+    target = total_parameters(baseline_twin(config))
+    unmatched = dataclasses.replace(config, matched_intermediate_size=None)
+    width = unmatched.intermediate_size
+    at_width = total_parameters(unmatched)
+    if abs(at_width - target) <= tolerance * target:
+        return dataclasses.replace(config, matched_intermediate_size=width)
+    per_unit = total_parameters(dataclasses.replace(unmatched, matched_intermediate_size=width + 1)) - at_width
+    ideal = width + (target - at_width) / per_unit
+    best = None
+    for multiple in MATCH_MULTIPLES:
+        candidate = max(multiple, round(ideal / multiple) * multiple)
+        total = at_width + (candidate - width) * per_unit
+        gap = abs(total - target) / target
+        if best is None or gap < best[1]:
+            best = (candidate, gap)
+        if gap <= tolerance:
+            return dataclasses.replace(config, matched_intermediate_size=candidate)
+    raise ValueError(
+        f"model.match_params=true cannot match variant {config.variant!r} to baseline's {target:,} parameters "
+        f"by the MLP width alone: it adds {at_width - target:+,} parameters, and the closest width "
+        f"(intermediate_size={best[0]}) is {best[1]:.2%} away (allowed: {tolerance:.1%}); run it unmatched "
+        f"(model.match_params=false) and read its parameter count beside the results")
 
 
 def parameter_breakdown(config: ModelConfig) -> dict[str, int]:

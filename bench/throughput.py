@@ -96,7 +96,7 @@ def hf_llama(config: ModelConfig) -> nn.Module:
         raise SystemExit("HF Llama rotates the whole head; use rotary_percentage=1.0 or --no-hf")
     hf_config = LlamaConfig(
         vocab_size=config.padded_vocab_size, hidden_size=config.n_embd,
-        intermediate_size=config.intermediate_size, num_hidden_layers=config.n_layer,
+        intermediate_size=config.mlp_hidden_size, num_hidden_layers=config.n_layer,
         num_attention_heads=config.n_head, num_key_value_heads=config.n_query_groups,
         head_dim=config.head_size, max_position_embeddings=config.block_size,
         rms_norm_eps=config.norm_eps, rope_theta=float(config.rope_base), attention_bias=False,

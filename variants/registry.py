@@ -35,6 +35,7 @@ class AttentionBlock(nn.Module):
         ``weights_are_distributions``: whether the analysis weights of a query sum to one.
         ``kernels``: None (any kernel that can express ``attention_spec``), or the only
             kernels the block runs on (a block that computes its attention itself).
+        ``supports_kv_cache``: whether decoding with a KV cache equals the full forward.
 
     ``attention_spec(config)`` (classmethod): the description of the attention, from
     which the kernel is chosen. ``unsupported(config)`` (classmethod): why the variant
@@ -54,6 +55,7 @@ class AttentionBlock(nn.Module):
     paper: ClassVar[str] = ""
     weights_are_distributions: ClassVar[bool] = True
     kernels: ClassVar[tuple[str, ...] | None] = None
+    supports_kv_cache: ClassVar[bool] = True  # incremental decoding equals the full forward
     variant_name: ClassVar[str]
     layer_idx: int = 0  # 0-based depth of the block, set by the model that builds it
 

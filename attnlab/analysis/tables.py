@@ -95,6 +95,8 @@ def runs_frame(runs: Sequence[RunDir], baseline: str = "baseline") -> pd.DataFra
             "variant": run.variant, "seed": run.seed,
             "parameters": s["parameters"]["total"],
             "extra_parameters": s["parameters"].get("extra_vs_baseline"),
+            "params_matched": s.get("params_matched", False),
+            "flops_per_token": s.get("flops_per_token"),
             "steps": s.get("steps"), "tokens_seen": s.get("tokens_seen"),
             **{key: s.get(key) for key in METRICS},
             "data_source": data.get("source"), "tokenizer_sha256": data.get("tokenizer_sha256"),
@@ -122,6 +124,7 @@ def comparability_notes(frame: pd.DataFrame, allow_mixed_data: bool = False) -> 
                              f"trained on one dataset, or pass allow_mixed_data=true to tabulate "
                              f"them anyway with a warning")
         notes.append(f"WARNING: {message}; losses are not comparable across these groups.")
+    notes += parameter_notes(frame)
     for key in SETUP_KEYS:
         values = frame[key].dropna().unique()
         if len(values) > 1:
@@ -131,10 +134,37 @@ def comparability_notes(frame: pd.DataFrame, allow_mixed_data: bool = False) -> 
     return notes
 
 
+PARAMETER_GAP = 0.01  # unmatched runs further apart than this carry a note
+
+
+def parameter_notes(frame: pd.DataFrame) -> list[str]:
+    """A visible note when unmatched runs differ in size by more than ``PARAMETER_GAP``: a loss
+    difference between them may be the parameters, not the attention change."""
+    unmatched = frame[~frame["params_matched"].astype(bool)]
+    if unmatched.empty:
+        return []
+    sizes = unmatched.groupby("variant", sort=False)["parameters"].first()
+    smallest = sizes.min()
+    larger = {v: n for v, n in sizes.items() if (n - smallest) / smallest > PARAMETER_GAP}
+    if not larger:
+        return []
+    detail = ", ".join(f"{v} {n:,} (+{(n - smallest) / smallest:.1%})" for v, n in larger.items())
+    return [f"NOTE: unmatched parameter counts differ by more than {PARAMETER_GAP:.0%} (smallest "
+            f"{smallest:,}; {detail}); train with model.match_params=true to compare at equal size."]
+
+
 def _fmt(value, decimals: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:,.{decimals}f}"
+
+
+def _yes_no(value) -> str:
+    return "yes" if bool(value) else "no"
+
+
+def _mega(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value / 1e6
 
 
 def _fmt_difference(value: float) -> str:
@@ -143,10 +173,12 @@ def _fmt_difference(value: float) -> str:
 
 
 def per_run_table(frame: pd.DataFrame, notes: Sequence[str] = ()) -> Table:
-    columns = ["variant", "seed", "parameters", "tokens_seen", *METRICS]
+    columns = ["variant", "seed", "parameters", "params_matched", "flops_per_token", "tokens_seen", *METRICS]
     numbers = frame[columns].copy()
     display = pd.DataFrame({"variant": frame["variant"], "seed": frame["seed"],
                             "parameters": frame["parameters"].map(lambda v: _fmt(v, 0)),
+                            "matched": frame["params_matched"].map(_yes_no),
+                            "MFLOP/token": frame["flops_per_token"].map(lambda v: _fmt(_mega(v), 2)),
                             "tokens seen": frame["tokens_seen"].map(lambda v: _fmt(v, 0))})
     for key, (label, decimals) in METRICS.items():
         display[label] = frame[key].map(lambda v, d=decimals: _fmt(v, d))
@@ -159,8 +191,12 @@ def aggregate_table(frame: pd.DataFrame, confidence: float = 0.95, notes: Sequen
     single = False
     for variant, group in frame.groupby("variant", sort=False):
         numbers = {"variant": variant, "n": len(group), "seeds": " ".join(map(str, group["seed"])),
-                   "parameters": int(group["parameters"].iloc[0])}
-        display = {"variant": variant, "n": len(group), "parameters": _fmt(numbers["parameters"], 0)}
+                   "parameters": int(group["parameters"].iloc[0]),
+                   "params_matched": bool(group["params_matched"].iloc[0]),
+                   "flops_per_token": group["flops_per_token"].iloc[0]}
+        display = {"variant": variant, "n": len(group), "parameters": _fmt(numbers["parameters"], 0),
+                   "matched": _yes_no(numbers["params_matched"]),
+                   "MFLOP/token": _fmt(_mega(numbers["flops_per_token"]), 2)}
         for key, (label, decimals) in METRICS.items():
             interval = mean_ci(group[key], confidence)
             numbers[f"{key}_mean"] = interval.mean

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 
 from attnlab.config import PRESETS, ModelConfig
 from attnlab.data.config import DataConfig
+from attnlab.params import match_parameters
 from variants import available_variants, get_variant, resolve
 from variants.registry import option_fields
 
@@ -51,15 +52,19 @@ class ModelSection:
     rotary_percentage: Optional[float] = None
     rope_base: Optional[int] = None
     attn_kernel: str = "auto"  # auto: the fastest kernel that can run the variant here
+    # Adjust the MLP width so that the variant has baseline's parameter count (within 0.5%),
+    # or refuse the run if that cannot be done (attnlab.params.match_parameters).
+    match_params: bool = False
 
     def build(self, variant: VariantSection, vocab_size: int) -> ModelConfig:
         """The model configuration as the variant resolves it (its options checked and its
         model-wide settings applied), so run files show what is trained."""
-        overrides = {k: v for k, v in vars(self).items() if k != "preset" and v is not None}
+        overrides = {k: v for k, v in vars(self).items()
+                     if k not in ("preset", "match_params") and v is not None}
         overrides.setdefault("vocab_size", vocab_size)
-        config = ModelConfig.from_preset(self.preset, variant=variant.name,
-                                         variant_options=dict(variant.options), **overrides)
-        return resolve(config)[1]
+        config = resolve(ModelConfig.from_preset(self.preset, variant=variant.name,
+                                                 variant_options=dict(variant.options), **overrides))[1]
+        return match_parameters(config) if self.match_params else config
 
 
 @dataclass

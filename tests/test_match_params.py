@@ -1,0 +1,89 @@
+"""model.match_params: each variant at baseline's parameter count, or a clear refusal."""
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from attnlab.analysis.tables import parameter_notes
+from attnlab.config import ModelConfig
+from attnlab.params import MATCH_TOLERANCE, baseline_twin, match_parameters, total_parameters
+from conftest import tiny_config
+from variants import available_variants, get_variant, register, unregister
+from variants.baseline import BaselineAttention
+
+
+def _config(preset, variant):
+    config = ModelConfig.from_preset(preset, variant=variant)
+    if get_variant(variant).unsupported(config) is not None:  # one-head presets: two heads
+        config = ModelConfig.from_preset(preset, variant=variant, n_head=2)
+    return config
+
+
+@pytest.mark.parametrize("preset", ["tiny", "seed100m", "gqa100m"])
+@pytest.mark.parametrize("variant", available_variants())
+def test_every_variant_matches_baseline_within_the_tolerance(preset, variant):
+    config = _config(preset, variant)
+    matched = match_parameters(config)
+    target = total_parameters(baseline_twin(config))
+    assert abs(total_parameters(matched) - target) <= MATCH_TOLERANCE * target
+    assert matched.matched_intermediate_size % 8 == 0
+    # Nothing but the MLP width changes, and the twin is measured without it.
+    assert matched.intermediate_size == config.intermediate_size
+    assert baseline_twin(matched).mlp_hidden_size == config.intermediate_size
+
+
+def test_a_variant_that_already_matches_keeps_its_width_and_a_large_one_shrinks_its_mlp():
+    assert match_parameters(_config("tiny", "baseline")).mlp_hidden_size == 352
+    qk_scale = match_parameters(_config("seed100m", "qk_scale"))
+    assert qk_scale.mlp_hidden_size < 2400 and qk_scale.mlp_hidden_size % 64 == 0
+
+
+def test_a_variant_too_large_for_the_mlp_is_refused_saying_how_close_it_gets():
+    @register("throwaway_huge")
+    class Huge(BaselineAttention):
+        """Baseline plus a Linear larger than the whole MLP."""
+
+        def __init__(self, config):
+            super().__init__(config)
+            self.extra = nn.Linear(config.n_embd, 40 * config.intermediate_size, bias=False)
+
+    try:
+        with pytest.raises(ValueError, match=r"model.match_params=true cannot match variant 'throwaway_huge' "
+                                             r"to baseline's [\d,]+ parameters .* is [\d.]+% away \(allowed: 0.5%\)"):
+            match_parameters(tiny_config("throwaway_huge"))
+    finally:
+        unregister("throwaway_huge")
+
+
+def test_a_matched_model_builds_with_the_matched_width():
+    from attnlab.model import build_model
+
+    config = match_parameters(ModelConfig.from_preset("tiny", variant="gated_attn", vocab_size=100))
+    model = build_model(config)
+    assert model.blocks[0].mlp.fc_1.out_features == config.matched_intermediate_size
+    target = total_parameters(baseline_twin(config))
+    assert abs(sum(p.numel() for p in model.parameters()) - target) <= MATCH_TOLERANCE * target
+    assert torch.isfinite(model(torch.randint(0, 100, (1, 8)))).all()
+    with pytest.raises(ValueError, match="closest width .* away"):  # too small a model to match
+        match_parameters(tiny_config("gated_attn"))
+
+
+def test_unmatched_runs_that_differ_by_more_than_one_percent_carry_a_note():
+    frame = pd.DataFrame({"variant": ["baseline", "qk_scale", "qk_norm"], "parameters": [1000, 1100, 1001],
+                          "params_matched": [False, False, False]})
+    (note,) = parameter_notes(frame)
+    assert "qk_scale 1,100 (+10.0%)" in note and "qk_norm" not in note and "match_params=true" in note
+    assert parameter_notes(frame.assign(params_matched=True)) == []
+
+
+def test_a_matched_run_says_so_in_its_summary(tmp_path, corpus):
+    from attnlab.training.run import train
+    from test_training import compose_config, tiny_overrides
+
+    run = train(compose_config([*tiny_overrides(tmp_path, corpus), "variant=qk_norm", "model.match_params=true"]))
+    summary = run.load_summary()
+    assert summary["params_matched"] is True and summary["mlp_hidden_size"] == 64
+    assert summary["flops_per_token"] > 0
+    unmatched = train(compose_config([*tiny_overrides(tmp_path, corpus), "variant=qk_norm", "seed=1"]))
+    assert unmatched.load_summary()["params_matched"] is False
