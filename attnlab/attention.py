@@ -248,7 +248,8 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec =
         return out, None
     y, aux = out
     # softmax over keys and sink = softmax over keys * Z / (Z + exp(sink)), Z = exp(lse).
-    keep = torch.sigmoid(aux.lse.float() - terms.sink.float().view(1, H, 1))  # (B, H, T)
+    exact = torch.promote_types(y.dtype, torch.float32)
+    keep = torch.sigmoid(aux.lse.to(exact) - terms.sink.to(exact).view(1, H, 1))  # (B, H, T)
     return y * keep.unsqueeze(-1).to(y.dtype), None
 
 
