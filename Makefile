@@ -27,7 +27,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# All but the tests marked slow (subprocesses, compile, bench, training runs, evaluation): about a minute.
+# All but the tests marked slow (subprocesses, compile, bench, training runs, evaluation): under a minute.
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 

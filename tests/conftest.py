@@ -54,6 +54,8 @@ SLOW_TESTS = {
     "test_loggers.py": None,  # training runs, one per logger
     "test_resume.py": None,  # training runs, interrupted and resumed
     "test_evaluate.py": None,  # evaluation end to end: tables, figures, heatmaps and samples of trained runs
+    "test_head_scores_training.py": None,  # training runs with the head-score probe
+    "test_match_params.py": {"test_a_matched_run_says_so_in_its_summary"},  # a training run
 }
 
 

@@ -43,6 +43,7 @@ def test_flex_forward_matches_explicit_reference(variant, layout):
         torch.testing.assert_close(flex(idx), explicit(idx), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # implied in the fast tier: flex equals the explicit kernel, whose causality test_variants checks
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_flex_is_causal(variant):
     model = build_model(supported_config(variant, "flex")).eval()
