@@ -140,6 +140,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The synthetic recall tasks on CPU (configs/experiment/recall.yaml): 2 layers (the least an
     # induction circuit needs), 2 heads of 32 (every variant runs: diff_attn pairs heads,
     # talking_heads mixes them), the task's vocabulary, block_size = the experiment's seq_len.
-    "recall": dict(vocab_size=256, block_size=128, n_layer=2, n_head=2, n_embd=64,
-                   intermediate_size=256),
+    "recall": dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=64,
+                   intermediate_size=128),
 }

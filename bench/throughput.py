@@ -363,8 +363,9 @@ def summarise(case: Case, results: dict[str, Measurement], device: torch.device,
         }
         reference = results.get((references or {}).get(name.removesuffix(FLEX_SUFFIX), "baseline"), base)
         if reference is not None:
-            row["step_time_vs_baseline"] = statistics.median(
-                s / b for s, b in zip(m.step_s, reference.step_s))
+            per_round = [s / b for s, b in zip(m.step_s, reference.step_s)]
+            row["step_time_vs_baseline"] = statistics.median(per_round)
+            row["step_time_vs_baseline_range"] = [min(per_round), max(per_round)]  # the spread over rounds
             row["compared_with"] = reference.name
         rows[name] = row
     out = {"case": asdict(case), "precision": precision, "device": _device_name(device),
@@ -384,11 +385,13 @@ def format_table(summary: dict) -> str:
     lines = [f"preset {case['preset']}, T={case['seq_len']}, batch {case['batch_size']}, "
              f"{summary['precision']}, {summary['device']}, {case['rounds']} rounds x "
              f"{case['steps']} steps (median), {summary.get('clock', 'wall')} clock", "",
-             "| model | tokens/s | step (s) | step time vs baseline | data share | peak mem (MiB) "
+             "| model | tokens/s | step (s) | step time vs baseline [range over rounds] | data share | peak mem (MiB) "
              "| params (M) | GFLOP/token | TFLOP/s | MFU |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in summary["results"].items():
         vs = _fmt(r.get("step_time_vs_baseline"), "{:.3f}")
+        if "step_time_vs_baseline_range" in r and r.get("compared_with") != name:
+            vs += " [{:.2f}-{:.2f}]".format(*r["step_time_vs_baseline_range"])
         if r.get("compared_with", "baseline") != "baseline":
             vs += f" (vs {r['compared_with']})"
         cells = [name, f"{r['tokens_per_s']:,.0f}", f"{r['step_s']:.3f}", vs, f"{r['data_share']:.2%}",

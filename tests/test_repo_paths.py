@@ -51,7 +51,7 @@ MACHINE_LOCAL = re.compile(r"(?<![\w.~-])(/work/|/root/|/home/|/tmp/|/Users/|/pr
 def _git(*args: str, stdin: str | None = None) -> str:
     try:
         done = subprocess.run(["git", "-C", str(ROOT), *args], input=stdin, capture_output=True,
-                              text=True, check=False)
+                              text=True, check=False, timeout=120)
     except FileNotFoundError:
         pytest.skip("git is not installed")
     if done.returncode not in (0, 1):  # check-ignore exits 1 when nothing is ignored

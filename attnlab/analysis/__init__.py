@@ -7,23 +7,47 @@
     loss_curve_figure(validation_curves(exp.runs), exp.variants)   # figures
     maps = attention_maps(model, tokenizer, prompt, variant, seed) # attention_maps
     save_heatmaps([maps, ...], out / "heatmaps")           # heatmaps
+    model_head_scores(model, repeated_random_tokens(8, 32, vocab), 32)  # head_scores
+
+The names below are imported on first use (PEP 562), so that importing one light module
+(``attnlab.analysis.head_scores``, which the training callback uses) does not load
+matplotlib, scipy and the rest of the package.
 """
 
-from attnlab.analysis.maps import (AttentionMaps, attention_maps, attention_statistics,
-                                             summarize_statistics)
-from attnlab.analysis.config import EvaluateConfig
-from attnlab.analysis.figures import final_loss_figure, loss_curve_figure, throughput_figure, validation_curves
-from attnlab.analysis.heatmaps import heatmap_figure, save_heatmaps, variant_grid_figure
-from attnlab.analysis.pipeline import (Experiment, evaluate, load_experiment, load_run, representative_runs,
-                                       write_figures, write_tables)
-from attnlab.analysis.samples import DEFAULT_PROMPTS, sample_model, write_samples
-from attnlab.analysis.stats import mean_ci, welch_test
-from attnlab.analysis.style import save_figure, use_style
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_PROMPTS", "AttentionMaps", "EvaluateConfig", "Experiment", "attention_maps", "attention_statistics",
-    "evaluate", "final_loss_figure", "heatmap_figure", "load_experiment", "load_run", "loss_curve_figure",
-    "mean_ci", "representative_runs", "sample_model", "save_figure", "save_heatmaps", "summarize_statistics",
-    "throughput_figure", "use_style", "validation_curves", "variant_grid_figure", "welch_test", "write_figures",
-    "write_samples", "write_tables",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "attnlab.analysis.maps": ("AttentionMaps", "attention_maps", "attention_statistics", "summarize_statistics"),
+    "attnlab.analysis.config": ("EvaluateConfig",),
+    "attnlab.analysis.figures": ("final_loss_figure", "head_scores_figure", "induction_curve_figure",
+                                 "logged_curves", "loss_by_position_figure", "loss_curve_figure",
+                                 "throughput_figure", "validation_curves"),
+    "attnlab.analysis.head_scores": ("head_scores", "model_head_scores", "repeated_random_tokens"),
+    "attnlab.analysis.heatmaps": ("difference_figure", "heatmap_figure", "save_difference_heatmaps",
+                                  "save_heatmaps", "variant_grid_figure"),
+    "attnlab.analysis.pipeline": ("Experiment", "evaluate", "load_experiment", "load_run", "representative_runs",
+                                  "write_figures", "write_tables"),
+    "attnlab.analysis.position_loss": ("loss_by_position", "validation_windows"),
+    "attnlab.analysis.samples": ("DEFAULT_PROMPTS", "sample_model", "write_samples"),
+    "attnlab.analysis.stats": ("mean_ci", "welch_test"),
+    "attnlab.analysis.style": ("save_figure", "use_style"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

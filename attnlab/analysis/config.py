@@ -13,7 +13,7 @@ from attnlab.analysis.samples import DEFAULT_PROMPTS
 from attnlab.generate import SamplingConfig
 from attnlab.runs import CHECKPOINTS
 
-OUTPUTS = ("tables", "figures", "samples", "heatmaps", "attention_stats")
+OUTPUTS = ("tables", "figures", "samples", "heatmaps", "attention_stats", "head_scores", "loss_by_position")
 
 
 @dataclass
@@ -23,7 +23,7 @@ class EvaluateConfig:
     output_dir: Optional[str] = None  # None: <runs_dir>/../<experiment>, i.e. results/<experiment>
     outputs: list[str] = field(default_factory=lambda: list(OUTPUTS))
     baseline: str = "baseline"  # the reference variant every other one is compared with (no runs: no comparison)
-    checkpoint: str = "best"  # best or last, for samples, heatmaps and attention statistics
+    checkpoint: str = "best"  # best or last, for every output that needs a model
     model_seed: Optional[int] = None  # whose checkpoint gives samples/heatmaps; None: lowest seed
     confidence: float = 0.95
     alpha: float = 0.05  # significance level of the tests against the baseline (Holm-corrected)
@@ -35,6 +35,12 @@ class EvaluateConfig:
     heatmap_prompt: Optional[str] = None  # None: the first prompt
     heatmap_layers: Optional[list[int]] = None  # None: every layer
     device: str = "cpu"
+    # head_scores: random segments of distinct token ids (no special ids) repeated twice after <s>,
+    # drawn from their own seed (shortened to fit a model's block_size: [<s>] + 2 segments)
+    head_probe_sequences: int = 16
+    head_probe_segment_len: int = 32
+    head_probe_seed: int = 0
+    position_windows: int = 32  # loss_by_position: evenly spaced validation windows per run
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> None:
@@ -48,6 +54,9 @@ class EvaluateConfig:
             value = getattr(self, name)
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {value}")
+        for name, least in (("head_probe_sequences", 1), ("head_probe_segment_len", 2), ("position_windows", 1)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
         if self.bootstrap_resamples < 1:
             raise ValueError(f"bootstrap_resamples must be >= 1, got {self.bootstrap_resamples}")
         if not self.prompts or any(not p for p in self.prompts):

@@ -1,4 +1,4 @@
-"""Paper figures from finished runs: loss curves, final-loss bars and throughput.
+"""Paper figures from finished runs: loss curves, final-loss bars, throughput, head scores.
 
 Bands and error bars are the same Student-t 95% intervals over seeds as in the
 tables (``attnlab.analysis.stats.mean_ci``); with one seed there is no band and
@@ -19,55 +19,113 @@ from attnlab.runs import RunDir
 
 
 def validation_curves(runs: Sequence[RunDir]) -> pd.DataFrame:
-    """Long frame (variant, seed, step, tokens, val_loss) from each run's metrics.csv.
+    """Long frame (variant, seed, step, tokens, val_loss) from each run's metrics.csv."""
+    return logged_curves(runs, "val/loss", "val_loss")
 
-    Validation rows carry no token count of their own; tokens grow linearly with
-    the step (fixed batch), so they are placed on the line through the logged
-    ``train/tokens_seen`` points with the run's tokens per step.
+
+def logged_curves(runs: Sequence[RunDir], column: str, name: str) -> pd.DataFrame:
+    """Long frame (variant, seed, step, tokens, <name>) of one logged ``column`` of each
+    run's metrics.csv (runs that never logged it are left out).
+
+    Validation rows (``val/loss``, the ``heads/`` scores) carry no token count of their
+    own; tokens grow linearly with the step (fixed batch), so they are placed on the line
+    through the logged ``train/tokens_seen`` points with the run's tokens per step.
     """
     frames = []
     for run in runs:
         metrics = run.load_metrics()
-        summary = run.load_summary()
-        if "val/loss" not in metrics:
+        if column not in metrics:
             continue
+        summary = run.load_summary()
         tokens_per_step = summary["tokens_seen"] / max(summary["steps"], 1)
         logged = metrics.dropna(subset=["train/tokens_seen"]) if "train/tokens_seen" in metrics else None
         if logged is not None and len(logged):
             step0, tokens0 = logged["step"].iloc[0], logged["train/tokens_seen"].iloc[0]
         else:  # Lightning's CSV step is the optimizer step - 1
             step0, tokens0 = 0, tokens_per_step
-        val = metrics.dropna(subset=["val/loss"])
+        rows = metrics.dropna(subset=[column])
         frames.append(pd.DataFrame({
-            "variant": run.variant, "seed": run.seed, "step": val["step"].to_numpy(),
-            "tokens": tokens0 + (val["step"].to_numpy() - step0) * tokens_per_step,
-            "val_loss": val["val/loss"].to_numpy()}))
+            "variant": run.variant, "seed": run.seed, "step": rows["step"].to_numpy(),
+            "tokens": tokens0 + (rows["step"].to_numpy() - step0) * tokens_per_step,
+            name: rows[column].to_numpy()}))
     if not frames:
-        return pd.DataFrame(columns=["variant", "seed", "step", "tokens", "val_loss"])
+        return pd.DataFrame(columns=["variant", "seed", "step", "tokens", name])
     return pd.concat(frames, ignore_index=True)
 
 
-def loss_curve_figure(curves: pd.DataFrame, variants: Sequence[str], confidence: float = 0.95) -> Figure:
-    """Validation loss against tokens seen: mean over seeds with a confidence band."""
+def band_figure(frame: pd.DataFrame, variants: Sequence[str], x: str, y: str, xlabel: str, ylabel: str,
+                title: str, confidence: float = 0.95) -> Figure:
+    """One line per variant: the mean of ``y`` over seeds at each ``x``, with a confidence band
+    (where every point has >= 2 seeds)."""
     colors = variant_colors(variants)
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.add_subplot()
     for variant in variants:
-        group = curves[curves["variant"] == variant]
+        group = frame[frame["variant"] == variant]
         if group.empty:
             continue
-        points = [(tokens, mean_ci(g["val_loss"], confidence)) for tokens, g in group.groupby("tokens")]
-        x = np.array([t for t, _ in points])
+        points = [(at, mean_ci(g[y], confidence)) for at, g in group.groupby(x)]
+        xs = np.array([at for at, _ in points])
         mean = np.array([i.mean for _, i in points])
         n = group["seed"].nunique()
-        ax.plot(x, mean, color=colors[variant], label=f"{variant} (n={n})", marker="." if len(x) < 20 else None)
+        ax.plot(xs, mean, color=colors[variant], label=f"{variant} (n={n})", marker="." if len(xs) < 20 else None)
         if all(i.half_width is not None for _, i in points):
-            ax.fill_between(x, [i.low for _, i in points], [i.high for _, i in points],
+            ax.fill_between(xs, [i.low for _, i in points], [i.high for _, i in points],
                             color=colors[variant], alpha=0.2, linewidth=0)
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("validation loss")
-    ax.set_title(f"validation loss (mean over seeds, band: {confidence:.0%} CI)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend()
+    return fig
+
+
+def loss_curve_figure(curves: pd.DataFrame, variants: Sequence[str], confidence: float = 0.95) -> Figure:
+    """Validation loss against tokens seen: mean over seeds with a confidence band."""
+    return band_figure(curves, variants, "tokens", "val_loss", "tokens seen", "validation loss",
+                       f"validation loss (mean over seeds, band: {confidence:.0%} CI)", confidence)
+
+
+def induction_curve_figure(curves: pd.DataFrame, variants: Sequence[str], confidence: float = 0.95) -> Figure:
+    """The strongest head's induction score (``heads/induction_max``, logged at every validation
+    by ``HeadScoresCallback``) against tokens seen: mean over seeds with a confidence band."""
+    return band_figure(curves, variants, "tokens", "induction_max", "tokens seen",
+                       "induction score, strongest head",
+                       f"induction score vs tokens seen (mean over seeds, band: {confidence:.0%} CI)", confidence)
+
+
+def loss_by_position_figure(losses: pd.DataFrame, variants: Sequence[str], confidence: float = 0.95) -> Figure:
+    """Mean validation cross-entropy at each position of the window (columns variant, seed,
+    position, loss): how much each variant gains from context."""
+    return band_figure(losses, variants, "position", "loss", "position t in the window (predicted from t + 1 tokens)",
+                       "validation loss (nats)",
+                       f"loss by token position (mean over seeds, band: {confidence:.0%} CI)", confidence)
+
+
+HEAD_SCORE_PANELS = (("induction", "induction score"), ("prev_token", "previous-token score"),
+                     ("sink", "first-token (sink) weight"))
+
+
+def head_scores_figure(scores: pd.DataFrame, variants: Sequence[str]) -> Figure:
+    """Per score a panel: x the layer (variants side by side), one dot per head, its mean over
+    seeds (columns variant, seed, layer, head and the scores of ``attnlab.analysis.head_scores``)."""
+    colors = variant_colors(variants)
+    means = scores.groupby(["variant", "layer", "head"], sort=False)[[s for s, _ in HEAD_SCORE_PANELS]].mean()
+    fig = Figure(figsize=(4.2 * len(HEAD_SCORE_PANELS), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(HEAD_SCORE_PANELS), squeeze=False)[0]
+    present = [v for v in variants if v in means.index.get_level_values("variant")]
+    width = 0.8 / max(len(present), 1)
+    for ax, (score, label) in zip(axes, HEAD_SCORE_PANELS):
+        for k, variant in enumerate(present):
+            rows = means.loc[variant].reset_index()
+            ax.scatter(rows["layer"] - 0.4 + width * (k + 0.5), rows[score], color=colors[variant], s=14,
+                       label=variant)
+        layers = sorted(scores["layer"].unique())
+        ax.set_xticks(layers, [str(layer) for layer in layers])
+        ax.set_xlabel("layer")
+        ax.set_title(label)
+    axes[0].set_ylabel("mean over probe queries (and seeds)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("head scores on repeated random tokens (one dot per head)")
     return fig
 
 

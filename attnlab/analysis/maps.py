@@ -8,14 +8,18 @@ weights that need not sum to one; ``diff_attn``'s map difference per differentia
 head, which can be negative; ``talking_heads``' mixed weights).
 
 Statistics, per layer and head, averaged over query positions i >= 1 (query 0
-sees only itself, so every statistic there is trivially 1 or 0):
+sees only itself, so every statistic there is trivially 1 or 0), with the definitions
+of ``attnlab.analysis.head_scores`` for weights that are not a distribution:
 - ``entropy``: -sum_j p_ij log p_ij in nats; ``entropy_norm`` divides by log(i+1),
   the entropy of uniform attention over the i+1 visible keys (1 = uniform, 0 = one key);
 - ``distance``: sum_j p_ij (i - j), mean look-back in tokens;
-- ``sink``: p_i0, the mass on the first token (``<s>``; the "attention sink");
-- ``diagonal``: p_ii, attention to the query's own position;
-- ``punctuation``: mass on keys whose piece is punctuation (、 。 , . ...), NaN if the
-  prompt has none before the query.
+  (for both, p_ij = |w_ij| / sum_j |w_ij|: softmax rows as they are; sigmoid, sink,
+  mixed and differential rows each turned into a distribution by their absolute mass)
+- ``sink``: w_i0, the weight on the first token (``<s>``; the "attention sink");
+- ``diagonal``: w_ii, attention to the query's own position;
+- ``punctuation``: weight on keys whose piece is punctuation (、 。 , . ...), NaN if the
+  prompt has none before the query
+  (these three on the weights as returned: signed, unnormalised).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from attnlab.analysis.head_scores import query_scores
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.generate import check_fits_context
 from attnlab.model import GPT
@@ -47,7 +52,7 @@ class AttentionMaps:
     prompt: str
     token_ids: list[int]
     pieces: list[str]  # sentencepiece pieces, e.g. "<s>", "▁the", "、", "<0xE3>"
-    probs: list[np.ndarray]  # per layer, (H, T, T) float32, rows sum to 1, 0 above the diagonal
+    probs: list[np.ndarray]  # per layer, (H, T, T) float32, 0 above the diagonal (rows: see the module docstring)
 
     @property
     def labels(self) -> list[str]:
@@ -118,14 +123,14 @@ def head_statistics(probs: np.ndarray, pieces: Sequence[str]) -> dict[str, float
     query = np.arange(1, T)[:, None]
     key = np.arange(T)[None, :]
     visible = key <= query
-    entropy = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)).sum(axis=1)
+    scores = query_scores(torch.from_numpy(np.asarray(probs)))
     punct_keys = np.array([is_punctuation(piece) for piece in pieces])
     has_punct = (punct_keys[None, :] & visible).any(axis=1)
     punct_mass = (p * punct_keys[None, :]).sum(axis=1)
     return {
-        "entropy": float(entropy.mean()),
-        "entropy_norm": float((entropy / np.log(query[:, 0] + 1)).mean()),
-        "distance": float((p * (query - key) * visible).sum(axis=1).mean()),
+        "entropy": float(scores["entropy"]),
+        "entropy_norm": float(scores["entropy_norm"]),
+        "distance": float(scores["distance"]),
         "sink": float(p[:, 0].mean()),
         "diagonal": float(p[np.arange(T - 1), np.arange(1, T)].mean()),
         "punctuation": float(punct_mass[has_punct].mean()) if has_punct.any() else float("nan"),

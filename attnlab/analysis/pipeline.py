@@ -2,10 +2,14 @@
 
     results/<experiment>/
         tables/           per_run, aggregate, vs_baseline (.md .csv .tex), attention_stats_per_run.csv
-        figures/          val_loss_vs_tokens, final_val_loss, throughput (.png .pdf)
+        figures/          val_loss_vs_tokens, final_val_loss, throughput, induction_vs_tokens,
+                          head_scores, loss_by_position (.png .pdf)
         samples.md, samples.json
-        heatmaps/         <variant>/layer<l>_head<h>.{png,pdf}, grid_layer<l>.{png,pdf}
+        heatmaps/         <variant>/layer<l>_head<h>.{png,pdf}, grid_layer<l>.{png,pdf},
+                          diff_layer<l>.{png,pdf} (each variant minus the reference)
         attention_stats.csv, attention_stats.md
+        head_scores.csv, head_scores.md   induction, previous-token, sink, entropy, distance per head
+        loss_by_position.csv              validation loss at each position of the window, per run
         evaluation.json   the configuration, the runs this was computed from, the runs skipped and why
 
 Evaluation works with whatever exists: a run that is unfinished or unreadable (summary.json,
@@ -27,9 +31,14 @@ import pandas as pd
 
 from attnlab.analysis import maps as maps_lib
 from attnlab.analysis.config import EvaluateConfig
-from attnlab.analysis.figures import final_loss_figure, loss_curve_figure, throughput_figure, validation_curves
-from attnlab.analysis.heatmaps import save_heatmaps
+from attnlab.analysis.figures import (final_loss_figure, head_scores_figure, induction_curve_figure, logged_curves,
+                                      loss_by_position_figure, loss_curve_figure, throughput_figure,
+                                      validation_curves)
+from attnlab.analysis.head_scores import SCORES, SPECIAL_IDS, head_scores_frame, summarize_head_scores
+from attnlab.analysis.heatmaps import save_difference_heatmaps, save_heatmaps
+from attnlab.analysis.position_loss import loss_by_position, validation_windows
 from attnlab.analysis.samples import sample_model, write_samples
+from attnlab.analysis.stats import mean_ci
 from attnlab.analysis.style import save_figure
 from attnlab.analysis.tables import (Table, aggregate_table, baseline_tests_table, comparability_notes,
                                      comparison_skipped, markdown, per_run_table, runs_frame, variant_order)
@@ -39,7 +48,7 @@ from attnlab.model import GPT
 from attnlab.runs import RunDir, experiment_run_dirs, experiment_runs, latest_experiment
 
 log = logging.getLogger(__name__)
-MODEL_OUTPUTS = ("samples", "heatmaps", "attention_stats")  # the outputs that load checkpoints
+MODEL_OUTPUTS = ("samples", "heatmaps", "attention_stats", "head_scores", "loss_by_position")  # load checkpoints
 
 
 def run_name(run: RunDir) -> str:
@@ -124,23 +133,78 @@ def write_tables(exp: Experiment, out_dir: Path, baseline: str = "baseline", con
 
 
 def write_figures(exp: Experiment, out_dir: Path, confidence: float = 0.95) -> list[Path]:
+    """The loss, final-loss and throughput figures; ``induction_vs_tokens`` too when some run logged
+    ``heads/induction_max`` (``HeadScoresCallback``; runs trained before it did not)."""
     curves = validation_curves(exp.runs)
-    return [*save_figure(loss_curve_figure(curves, exp.variants, confidence), out_dir, "val_loss_vs_tokens"),
-            *save_figure(final_loss_figure(exp.frame, exp.variants, confidence), out_dir, "final_val_loss"),
-            *save_figure(throughput_figure(exp.frame, exp.variants, confidence), out_dir, "throughput")]
+    paths = [*save_figure(loss_curve_figure(curves, exp.variants, confidence), out_dir, "val_loss_vs_tokens"),
+             *save_figure(final_loss_figure(exp.frame, exp.variants, confidence), out_dir, "final_val_loss"),
+             *save_figure(throughput_figure(exp.frame, exp.variants, confidence), out_dir, "throughput")]
+    induction = logged_curves(exp.runs, "heads/induction_max", "induction_max")
+    if not induction.empty:
+        paths += save_figure(induction_curve_figure(induction, exp.variants, confidence), out_dir,
+                             "induction_vs_tokens")
+    return paths
 
 
-def attention_statistics_for(runs: Sequence[RunDir], prompts: Sequence[str], checkpoint: str = "best",
-                             device: str = "cpu", load: Callable = load_run) -> pd.DataFrame:
-    """Statistics of every run (every seed) on every prompt, one row per layer and head."""
-    maps = []
+Measure = Callable[[RunDir, GPT, Tokenizer], "pd.DataFrame | None"]
+
+
+def measure_runs(runs: Sequence[RunDir], measures: dict[str, Measure], checkpoint: str = "best",
+                 device: str = "cpu", load: Callable = load_run) -> dict[str, pd.DataFrame]:
+    """Each measure of every run (every seed), the model loaded once per run; per measure the
+    rows of all runs (a measure returning None leaves that run out of it)."""
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in measures}
     for run in runs:
         loaded = load(run, checkpoint, device)
         if loaded is None:  # a checkpoint that failed to load (``evaluate`` says which)
             continue
         model, tokenizer = loaded
-        maps += [maps_lib.attention_maps(model, tokenizer, p, run.variant, run.seed) for p in prompts]
-    return maps_lib.attention_statistics(maps)
+        for name, measure in measures.items():
+            frame = measure(run, model, tokenizer)
+            if frame is not None and not frame.empty:
+                frames[name].append(frame)
+    return {name: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame() for name, parts in frames.items()}
+
+
+def attention_statistics_for(runs: Sequence[RunDir], prompts: Sequence[str], checkpoint: str = "best",
+                             device: str = "cpu", load: Callable = load_run) -> pd.DataFrame:
+    """Statistics of every run (every seed) on every prompt, one row per layer and head."""
+    return measure_runs(runs, {"stats": _attention_statistics_measure(prompts)}, checkpoint, device, load)["stats"]
+
+
+def _attention_statistics_measure(prompts: Sequence[str]) -> Measure:
+    def measure(run: RunDir, model: GPT, tokenizer: Tokenizer) -> pd.DataFrame:
+        return maps_lib.attention_statistics(
+            [maps_lib.attention_maps(model, tokenizer, p, run.variant, run.seed) for p in prompts])
+    return measure
+
+
+def _head_scores_measure(cfg: EvaluateConfig, leave_out: Callable[[str], None]) -> Measure:
+    def measure(run: RunDir, model: GPT, tokenizer: Tokenizer) -> pd.DataFrame | None:
+        special = [i for i in (tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, *SPECIAL_IDS)
+                   if i >= 0]
+        try:
+            return head_scores_frame(model, run.variant, run.seed, tokenizer.vocab_size, cfg.head_probe_sequences,
+                                     cfg.head_probe_segment_len, cfg.head_probe_seed, tokenizer.bos_id, special)
+        except ValueError as err:  # a context or vocabulary too small for the probe
+            leave_out(f"head_scores: {run_name(run)}: {err}; left out")
+            return None
+    return measure
+
+
+def _loss_by_position_measure(cfg: EvaluateConfig, leave_out: Callable[[str], None]) -> Measure:
+    windows: dict = {}  # shared by the runs trained on the same data
+
+    def measure(run: RunDir, model: GPT, tokenizer: Tokenizer) -> pd.DataFrame | None:
+        try:
+            x, y = validation_windows(run, cfg.position_windows, windows)
+        except (OSError, ValueError, KeyError, TypeError) as err:  # DataError is a ValueError
+            leave_out(f"loss_by_position: {run_name(run)}: its validation data cannot be read ({err}); left out")
+            return None
+        losses = loss_by_position(model, x, y)
+        return pd.DataFrame({"variant": run.variant, "seed": run.seed, "position": range(len(losses)),
+                             "loss": losses, "windows": len(x)})
+    return measure
 
 
 def check_prompts_fit(runs: Sequence[RunDir], cfg: EvaluateConfig) -> None:
@@ -156,8 +220,24 @@ def check_prompts_fit(runs: Sequence[RunDir], cfg: EvaluateConfig) -> None:
                 raise ValueError(f"{run.variant}/seed{run.seed}, prompt {prompt!r}: {err}") from None
 
 
+def without_text_outputs(cfg: EvaluateConfig) -> tuple[EvaluateConfig, str | None]:
+    """An experiment trained on a synthetic task (data=mqar, data=induction) has no tokenizer, and
+    the outputs that load models encode text prompts: those are dropped, with the note saying why."""
+    name = cfg.experiment or latest_experiment(cfg.runs_dir)
+    runs = experiment_run_dirs(cfg.runs_dir, name)
+    dropped = [o for o in cfg.outputs if o in MODEL_OUTPUTS]
+    if not dropped or not runs or any(run.tokenizer.is_file() for run in runs):
+        return cfg, None
+    note = (f"{', '.join(dropped)}: the runs of {name!r} have no tokenizer.model (trained on a synthetic task, "
+            f"data=mqar or data=induction), and these outputs encode text prompts; the tables report the "
+            f"task's accuracy on its scored positions (final val acc) instead")
+    log.warning(note)
+    return dataclasses.replace(cfg, outputs=[o for o in cfg.outputs if o not in MODEL_OUTPUTS]), note
+
+
 def evaluate(cfg: EvaluateConfig) -> Path:
     cfg.validate()
+    cfg, no_tokenizer = without_text_outputs(cfg)
     needs_models = bool(set(MODEL_OUTPUTS) & set(cfg.outputs))
     exp = load_experiment(cfg.runs_dir, cfg.experiment, cfg.baseline, cfg.allow_mixed_data,
                           checkpoint=cfg.checkpoint if needs_models else None)
@@ -167,7 +247,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     log.info("evaluating experiment %r (%d runs, %d skipped) into %s", exp.name, len(exp.runs),
              len(exp.skipped), out)
-    not_produced: list[str] = []  # outputs (or parts) left out, and why
+    not_produced: list[str] = [no_tokenizer] if no_tokenizer else []  # outputs (or parts) left out, and why
 
     def leave_out(message: str) -> None:
         log.warning(message)
@@ -186,7 +266,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         write_tables(exp, out / "tables", cfg.baseline, cfg.confidence, cfg.alpha, cfg.power,
                      cfg.bootstrap_resamples, cfg.bootstrap_seed)
     if "figures" in cfg.outputs:
-        write_figures(exp, out / "figures", cfg.confidence)
+        if not any(p.stem == "induction_vs_tokens" for p in write_figures(exp, out / "figures", cfg.confidence)):
+            leave_out("figures/induction_vs_tokens: no run logged heads/induction_max (runs trained before "
+                      "HeadScoresCallback existed)")
     loaded: dict[Path, tuple[GPT, Tokenizer] | None] = {}
 
     def load(run: RunDir, checkpoint: str, device: str) -> tuple[GPT, Tokenizer] | None:
@@ -197,7 +279,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                 model_and_tokenizer = load_run(run, checkpoint, device)
             except (OSError, ValueError, RuntimeError) as err:
                 leave_out(f"{run_name(run)}: checkpoints/{checkpoint}.ckpt does not load ({err}); "
-                          f"left out of samples, heatmaps and attention statistics")
+                          f"left out of every output that needs its model")
                 model_and_tokenizer = None
             if run not in chosen and model_and_tokenizer is not None:
                 return model_and_tokenizer
@@ -216,16 +298,34 @@ def evaluate(cfg: EvaluateConfig) -> Path:
                 for run, (model, tokenizer) in _loaded(chosen, load, cfg)]
         if maps:
             save_heatmaps(maps, out / "heatmaps", cfg.heatmap_layers)
+            reason = comparison_skipped(exp.variants, cfg.baseline)
+            if reason is not None:  # no reference runs, or nothing besides it: no difference maps
+                leave_out(f"difference heatmaps: {reason}")
+            else:
+                for message in save_difference_heatmaps(maps, cfg.baseline, out / "heatmaps", cfg.heatmap_layers)[1]:
+                    leave_out(message)
         else:
             leave_out("heatmaps: no model could be loaded")
-    if "attention_stats" in cfg.outputs:
-        per_run = attention_statistics_for(exp.runs, cfg.prompts, cfg.checkpoint, cfg.device, load)
-        if per_run.empty:
-            leave_out("attention_stats: no model could be loaded")
-        else:
-            (out / "tables").mkdir(parents=True, exist_ok=True)
-            per_run.to_csv(out / "tables" / "attention_stats_per_run.csv", index=False)
-            write_attention_stats(maps_lib.summarize_statistics(per_run), out, cfg.prompts, exp.notes)
+    measures = {"attention_stats": _attention_statistics_measure(cfg.prompts),
+                "head_scores": _head_scores_measure(cfg, leave_out),
+                "loss_by_position": _loss_by_position_measure(cfg, leave_out)}
+    measures = {name: measure for name, measure in measures.items() if name in cfg.outputs}
+    measured = measure_runs(exp.runs, measures, cfg.checkpoint, cfg.device, load) if measures else {}
+    for name, frame in measured.items():
+        if frame.empty:
+            leave_out(f"{name}: no model could be loaded" + (" or no run's validation data could be read"
+                                                             if name == "loss_by_position" else ""))
+    if not measured.get("attention_stats", pd.DataFrame()).empty:
+        per_run = measured["attention_stats"]
+        (out / "tables").mkdir(parents=True, exist_ok=True)
+        per_run.to_csv(out / "tables" / "attention_stats_per_run.csv", index=False)
+        write_attention_stats(maps_lib.summarize_statistics(per_run), out, cfg.prompts, exp.notes)
+    if not measured.get("head_scores", pd.DataFrame()).empty:
+        write_head_scores(measured["head_scores"], out, exp.variants, cfg, exp.notes)
+    if not measured.get("loss_by_position", pd.DataFrame()).empty:
+        losses = measured["loss_by_position"]
+        losses.to_csv(out / "loss_by_position.csv", index=False)
+        save_figure(loss_by_position_figure(losses, exp.variants, cfg.confidence), out / "figures", "loss_by_position")
 
     record = {"experiment": exp.name, "config": dataclasses.asdict(cfg),
               "runs": [str(r.path) for r in exp.runs],
@@ -261,3 +361,46 @@ def write_attention_stats(summary: pd.DataFrame, out_dir: Path, prompts: Sequenc
     md_path.write_text("\n".join(header) + "\n" + markdown(shown) + "".join(f"\n> {n}\n" for n in notes),
                        encoding="utf-8")
     return [csv_path, md_path]
+
+
+def write_head_scores(frame: pd.DataFrame, out_dir: Path, variants: Sequence[str], cfg: EvaluateConfig,
+                      notes: Sequence[str] = ()) -> list[Path]:
+    """``head_scores.csv`` (every run, layer and head), ``head_scores.md`` (per variant: the run
+    summaries over seeds, then every layer and head averaged over seeds) and its figure."""
+    csv_path, md_path = out_dir / "head_scores.csv", out_dir / "head_scores.md"
+    frame.to_csv(csv_path, index=False)
+    per_run = summarize_head_scores(frame)
+    summary_rows = []
+    for variant in variants:
+        runs = per_run[per_run["variant"] == variant]
+        if runs.empty:
+            continue
+        row = {"variant": variant, "seeds": len(runs)}
+        for column in per_run.columns[2:]:
+            interval = mean_ci(runs[column], cfg.confidence)
+            spread = "" if interval.half_width is None else f" ± {interval.half_width:.3f}"
+            row[column] = f"{interval.mean:.3f}{spread}"
+        summary_rows.append(row)
+    grouped = frame.groupby(["variant", "layer", "head"], sort=False)
+    heads = grouped[list(SCORES)].mean()
+    heads.insert(0, "seeds", grouped["seed"].nunique())
+    heads = heads.reset_index()
+    for column in SCORES:
+        heads[column] = heads[column].map(lambda v: "–" if pd.isna(v) else f"{v:.3f}")
+    lengths = ", ".join(str(n) for n in sorted(frame["segment_len"].unique()))
+    header = ["# Head scores", "",
+              f"Probe: {cfg.head_probe_sequences} sequences of `<s>` + a segment of L = {lengths} distinct random "
+              f"token ids (no special ids; seed {cfg.head_probe_seed}) + the same segment again. Definitions, "
+              "including those for weights that are not softmax probabilities (sigmoid, sink, mixed, "
+              "differential): `attnlab/analysis/head_scores.py`.", "",
+              "induction: weight from each query of the second copy to the key after its token's first "
+              "occurrence (1 = a perfect induction head); prev_token: weight on the previous key; sink: weight "
+              "on `<s>`; entropy (nats), entropy_norm and distance (look-back in tokens) of each row normalised "
+              "by its absolute mass; row_mass / abs_mass: the row's sum of weights / of their absolute values "
+              "(1 for softmax). diff_attn's heads are its n_head / 2 differential heads.", "",
+              f"## Per variant (per run over every layer and head, then mean ± {cfg.confidence:.0%} CI over seeds)",
+              "", markdown(pd.DataFrame(summary_rows)),
+              "## Per layer and head (mean over seeds)", ""]
+    md_path.write_text("\n".join(header) + "\n" + markdown(heads) + "".join(f"\n> {n}\n" for n in notes),
+                       encoding="utf-8")
+    return [csv_path, md_path, *save_figure(head_scores_figure(frame, variants), out_dir / "figures", "head_scores")]

@@ -1,6 +1,6 @@
 """Typed configuration of the data pipeline: where the text comes from and how it is tokenised.
 
-Both dataclasses validate themselves once in ``__post_init__`` so that a typo in
+Every dataclass validates itself once in ``__post_init__`` so that a typo in
 a Hydra override fails with one line naming the bad value and the allowed ones.
 ``Optional[...]`` rather than ``X | None`` because OmegaConf builds its schema
 from these annotations.
@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-SOURCES = ("demo", "text", "hf")
+SYNTHETIC_SOURCES = ("mqar", "induction")  # generated from the seed (attnlab/data/synthetic.py): no files
+SOURCES = ("demo", "text", "hf", *SYNTHETIC_SOURCES)
 MODEL_TYPES = ("unigram", "bpe")
 DECODE_ERROR_MODES = ("fail", "replace")
 # 256 byte-fallback pieces + <unk> <s> </s> <pad>: the smallest vocabulary that
@@ -68,6 +69,52 @@ class TokenizerConfig:
                             f"got {self.input_sentence_size!r}")
 
 
+def _check_int(name: str, value: object, low: int, high: int, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise DataError(f"{name} must be an int in [{low}, {high}]{why}, got {value!r}")
+
+
+@dataclass
+class MQARConfig:
+    """``data=mqar``: multi-query associative recall (Arora et al. 2023, "Zoology").
+
+    A sequence is ``num_pairs`` key-value pairs, then a query region where ``num_queries``
+    of the keys come back, each followed by its value; only those values are scored.
+    Keys are drawn from the first half of the vocabulary, values (and the filler between
+    queries) from the second half, so every key in the query region is a query. The
+    sequence length is ``trainer.seq_len`` (checked against these options when training starts).
+    """
+
+    vocab_size: int = 256
+    num_pairs: int = 16
+    num_queries: Optional[int] = None  # None: every key is queried once
+
+    def __post_init__(self) -> None:
+        _check_int("data.mqar.vocab_size", self.vocab_size, 4, 2**31 - 1)
+        half = self.vocab_size // 2
+        _check_int("data.mqar.num_pairs", self.num_pairs, 1, half,
+                   f" (distinct keys and values, each from half of vocab_size={self.vocab_size})")
+        if self.num_queries is not None:
+            _check_int("data.mqar.num_queries", self.num_queries, 1, self.num_pairs,
+                       f" (distinct keys of num_pairs={self.num_pairs}; null: all of them)")
+
+
+@dataclass
+class InductionConfig:
+    """``data=induction``: a random segment of distinct tokens followed by its copy, at a random
+    place among random tokens; the copy's tokens after its first are scored (induction heads,
+    Olsson et al. 2022). The sequence length is ``trainer.seq_len``."""
+
+    vocab_size: int = 256
+    segment_len: Optional[int] = None  # None: as long as fits, (trainer.seq_len + 1) // 2
+
+    def __post_init__(self) -> None:
+        _check_int("data.induction.vocab_size", self.vocab_size, 2, 2**31 - 1)
+        if self.segment_len is not None:
+            _check_int("data.induction.segment_len", self.segment_len, 2, self.vocab_size,
+                       f" (distinct tokens of vocab_size={self.vocab_size}; null: as long as fits)")
+
+
 @dataclass
 class DataConfig:
     """Where the corpus comes from, how it is split, and where the cache lives.
@@ -77,7 +124,8 @@ class DataConfig:
     lines —, ``.jsonl`` with ``text_field``, or ``.parquet`` with column ``text_field``;
     ``.txt``/``.jsonl`` may be ``.gz``/``.xz`` compressed); ``hf`` streams a
     ``datasets`` dataset (``hf_name``, or a builder such as ``"parquet"`` /
-    ``"json"`` with ``paths`` as its data files).
+    ``"json"`` with ``paths`` as its data files); ``mqar`` and ``induction`` are
+    synthetic tasks generated from the seed (options in ``mqar`` / ``induction``).
     """
 
     source: str = "demo"
@@ -96,15 +144,20 @@ class DataConfig:
     shard_tokens: int = 2**27  # tokens per shard file (256 MiB at uint16)
     num_threads: int = 0  # sentencepiece threads for training and encoding; 0: all cores
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    # Options of the synthetic sources (used only by their source; no tokenizer, no files).
+    mqar: MQARConfig = field(default_factory=MQARConfig)
+    induction: InductionConfig = field(default_factory=InductionConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.tokenizer, dict) or hasattr(self.tokenizer, "keys"):
-            tok = dict(self.tokenizer)
-            unknown = sorted(set(tok) - {f.name for f in fields(TokenizerConfig)})
-            if unknown:
-                raise DataError(f"unknown data.tokenizer keys {unknown}; allowed: "
-                                f"{', '.join(f.name for f in fields(TokenizerConfig))}")
-            self.tokenizer = TokenizerConfig(**tok)
+        for name, cls in (("tokenizer", TokenizerConfig), ("mqar", MQARConfig), ("induction", InductionConfig)):
+            section = getattr(self, name)
+            if isinstance(section, dict) or hasattr(section, "keys"):
+                section = dict(section)
+                unknown = sorted(set(section) - {f.name for f in fields(cls)})
+                if unknown:
+                    raise DataError(f"unknown data.{name} keys {unknown}; allowed: "
+                                    f"{', '.join(f.name for f in fields(cls))}")
+                setattr(self, name, cls(**section))
         if self.source not in SOURCES:
             raise DataError(f"unknown data.source {self.source!r}; allowed: {', '.join(SOURCES)}")
         if isinstance(self.paths, str):
@@ -114,9 +167,9 @@ class DataConfig:
             raise DataError(f"data.paths must be a list of non-empty glob strings, got {self.paths!r}")
         if self.source == "text" and not self.paths:
             raise DataError("data.source='text' needs data.paths: globs of .txt, .jsonl or .parquet files")
-        if self.source == "demo" and self.paths:
+        if self.source in ("demo", *SYNTHETIC_SOURCES) and self.paths:
             raise DataError(f"data.paths={self.paths!r} is only used with data.source='text' or 'hf', "
-                            "not with 'demo'")
+                            f"not with {self.source!r}")
         if self.source == "hf" and not self.hf_name:
             raise DataError("data.source='hf' needs data.hf_name (a hub dataset, a local dataset "
                             "directory, or a builder such as 'parquet' with data.paths)")

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from attnlab.data.config import DataConfig, DataError
+from attnlab.data.config import SYNTHETIC_SOURCES, DataConfig, DataError
 from attnlab.data.shards import FORMAT, ShardIndex, ShardWriter, dtype_for_vocab
 from attnlab.data.sources import Corpus, resolve_source
+from attnlab.data.synthetic import SyntheticTask
 from attnlab.data.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -41,18 +42,22 @@ ENCODE_BATCH_CHARS = 4_000_000  # text per sentencepiece batch call: threads sta
 
 @dataclass(frozen=True)
 class PreparedData:
-    """What training needs: the tokenizer and the two shard indexes."""
+    """What training needs: the tokenizer and the two shard indexes; or, for a synthetic
+    source, the task (``task``; no tokenizer or shards: those fields are None)."""
 
-    tokenizer_path: Path
-    tokenizer_sha256: str
-    vocab_size: int  # the tokenizer's; the model's embedding may be padded beyond it
-    train: Path  # shard index JSON, for TokenWindowDataset
-    val: Path
-    train_tokens: int
-    val_tokens: int
+    tokenizer_path: Path | None
+    tokenizer_sha256: str | None
+    vocab_size: int  # the tokenizer's (the task's); the model's embedding may be padded beyond it
+    train: Path | None  # shard index JSON, for TokenWindowDataset
+    val: Path | None
+    train_tokens: int | None
+    val_tokens: int | None
     source: str
+    task: SyntheticTask | None = None
 
     def tokenizer(self) -> Tokenizer:
+        if self.tokenizer_path is None:
+            raise DataError(f"{self.source} is a synthetic task: it has no tokenizer")
         tok = Tokenizer(self.tokenizer_path)
         if tok.sha256 != self.tokenizer_sha256:
             raise DataError(f"{self.tokenizer_path} changed since prepare_data (sha256 {tok.sha256[:12]} != "
@@ -69,7 +74,11 @@ def is_val_document(text: str, seed: int, val_fraction: float) -> bool:
 
 
 def prepare_data(cfg: DataConfig) -> PreparedData:
-    """Train (or reuse) the tokenizer and build (or reuse) the shards for ``cfg``. Idempotent."""
+    """Train (or reuse) the tokenizer and build (or reuse) the shards for ``cfg``. Idempotent.
+    A synthetic source (``mqar``, ``induction``) needs neither: its task is returned at once."""
+    if cfg.source in SYNTHETIC_SOURCES:
+        task = SyntheticTask.from_config(cfg)
+        return PreparedData(None, None, task.vocab_size, None, None, None, None, task.description, task)
     cache = Path(cfg.cache_dir).expanduser().resolve()
     corpus = resolve_source(cfg, cache)
     source_key = _hash(corpus.fingerprint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import time
@@ -10,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import lightning.pytorch.strategies as pl_strategies
 from lightning.pytorch.callbacks import ThroughputMonitor
 
+from attnlab.analysis.head_scores import model_head_scores, probe_segment_len, repeated_random_tokens, summarize_heads
 from attnlab.atomic import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 class SummaryCallback(L.Callback):
@@ -25,6 +30,7 @@ class SummaryCallback(L.Callback):
         self.best_val_loss = math.inf
         self.last_val_loss = math.nan
         self.last_val_ppl = math.nan
+        self.last_val_acc: float | None = None  # runs that log val/acc (synthetic tasks) only
         self._last_train_loss: Any = None  # a tensor, or a float restored from a checkpoint
         self._fit_start = 0.0
 
@@ -36,6 +42,8 @@ class SummaryCallback(L.Callback):
             return
         self.last_val_loss = float(trainer.callback_metrics["val/loss"])
         self.last_val_ppl = float(trainer.callback_metrics.get("val/ppl", math.nan))
+        if "val/acc" in trainer.callback_metrics:
+            self.last_val_acc = float(trainer.callback_metrics["val/acc"])
         self.best_val_loss = min(self.best_val_loss, self.last_val_loss)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
@@ -61,6 +69,7 @@ class SummaryCallback(L.Callback):
             "final_val_loss": _finite_or_none(self.last_val_loss),
             "best_val_loss": _finite_or_none(self.best_val_loss),
             "final_val_ppl": _finite_or_none(self.last_val_ppl),
+            **({"final_val_acc": self.last_val_acc} if self.last_val_acc is not None else {}),
             "wall_time_s": round(self.train_seconds, 2),
             "tokens_per_s": round(tokens / self.train_seconds, 1) if self.train_seconds else None,
         }
@@ -73,13 +82,14 @@ class SummaryCallback(L.Callback):
         elapsed = time.perf_counter() - self._fit_start if self._fit_start else 0.0
         return {"train_seconds": self.train_seconds + elapsed, "best_val_loss": self.best_val_loss,
                 "last_val_loss": self.last_val_loss, "last_val_ppl": self.last_val_ppl,
-                "last_train_loss": self.last_train_loss}
+                "last_val_acc": self.last_val_acc, "last_train_loss": self.last_train_loss}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_seconds = state_dict["train_seconds"]
         self.best_val_loss = state_dict["best_val_loss"]
         self.last_val_loss = state_dict["last_val_loss"]
         self.last_val_ppl = state_dict.get("last_val_ppl", math.nan)
+        self.last_val_acc = state_dict.get("last_val_acc")
         self._last_train_loss = state_dict.get("last_train_loss")
 
 
@@ -129,6 +139,63 @@ class LastCheckpoint(L.Callback):
     def save(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.path)
         self.saved_step = trainer.global_step
+
+
+# Strategies whose parameters are sharded across ranks: one rank alone cannot run the model.
+SHARDED_STRATEGIES = tuple(getattr(pl_strategies, name) for name in
+                           ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+                           if hasattr(pl_strategies, name))
+
+
+class HeadScoresCallback(L.Callback):
+    """At every validation, ``heads/<summary>`` (``attnlab.analysis.head_scores.SUMMARIES``:
+    ``induction_max``, ``induction_mean``, ``prev_token_max``, ``sink_mean``, ``entropy_norm_mean``,
+    over every layer and head) on a fixed probe batch, logged to every logger (TensorBoard,
+    metrics.csv) beside ``val/loss``: when the induction heads form, per variant.
+
+    The probe: ``n_sequences`` times ``<s>`` + a segment of ``segment_len`` distinct random
+    non-special token ids + the same segment again (shortened to fit the model's block_size),
+    drawn once from a private generator, so the training RNG stream, and hence the run, is
+    the same with or without this callback. Rank zero only, under no_grad in eval mode, through
+    ``model.attention_probs`` (the explicit kernel); skipped, with a warning, under strategies
+    that shard the parameters (FSDP, DeepSpeed), where one rank cannot run the model alone.
+    """
+
+    def __init__(self, n_sequences: int = 4, segment_len: int = 32, seed: int = 0) -> None:
+        self.n_sequences = n_sequences
+        self.segment_len = segment_len
+        self.seed = seed
+        self._probe: tuple[Any, int] | None = None  # (tokens, segment length) once built
+        self._disabled: str | None = None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self._disabled is not None or not trainer.is_global_zero:
+            return
+        if isinstance(trainer.strategy, SHARDED_STRATEGIES):
+            self._disable(f"strategy {type(trainer.strategy).__name__} shards the model")
+            return
+        model = pl_module.model
+        if self._probe is None:
+            vocab = model.config.vocab_size
+            try:
+                length = probe_segment_len(self.segment_len, model.config.block_size, vocab)
+            except ValueError as err:
+                self._disable(str(err))
+                return
+            self._probe = repeated_random_tokens(self.n_sequences, length, vocab, self.seed), length
+        tokens, length = self._probe
+        was_training = model.training
+        model.eval()
+        try:
+            layers = model_head_scores(model, tokens, length)
+        finally:
+            model.train(was_training)
+        for name, value in summarize_heads(layers).items():
+            pl_module.log(f"heads/{name}", value, rank_zero_only=True)
+
+    def _disable(self, reason: str) -> None:
+        self._disabled = reason
+        log.warning("head scores (heads/* metrics) are not computed in this run: %s", reason)
 
 
 class TrainingInterrupted(RuntimeError):

@@ -1,4 +1,5 @@
-"""LightningDataModule over the packed token shards; the same data order for every variant."""
+"""LightningDataModule over the packed token shards, or a synthetic task's streams; the same
+data order for every variant."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from attnlab.data import PreparedData, TokenWindowDataset
+from attnlab.data.synthetic import SyntheticDataset
 
 
 class EpochPermutationSampler(Sampler[int]):
@@ -41,6 +43,38 @@ class EpochPermutationSampler(Sampler[int]):
         return self.n // _rank_and_world()[1]
 
 
+class StreamSampler(EpochPermutationSampler):
+    """The examples of a generated stream in order (they are random already): epoch e holds
+    stream indices e*n ... (e+1)*n - 1, so the stream never repeats; rank r of w takes every
+    w-th. Resumes part-way like ``EpochPermutationSampler`` (``epoch``, ``start``)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n, seed=0)
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = _rank_and_world()
+        first = self.epoch * self.n + rank
+        order = range(first + self.start * world, first + self.n // world * world, world)
+        self.start = 0
+        return iter(order)
+
+
+class RankStrideSampler(Sampler[int]):
+    """0 .. n-1 in order, rank r of w taking r, r+w, ... (equal shares), without building the
+    index list (a synthetic validation stream is long); no ``set_epoch``: every validation
+    sees the same examples."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = _rank_and_world()
+        return iter(range(rank, self.n // world * world, world))
+
+    def __len__(self) -> int:
+        return self.n // _rank_and_world()[1]
+
+
 def _rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -50,11 +84,10 @@ def _rank_and_world() -> tuple[int, int]:
 class ResumableDataLoader(DataLoader):
     """A DataLoader whose position (epoch, batches consumed) is saved in Lightning checkpoints."""
 
-    def __init__(self, dataset: TokenWindowDataset, batch_size: int, seed: int, num_workers: int,
-                 batches_processed: Callable[[], int]) -> None:
+    def __init__(self, dataset: TokenWindowDataset | SyntheticDataset, batch_size: int,
+                 sampler: EpochPermutationSampler, num_workers: int, batches_processed: Callable[[], int]) -> None:
         super().__init__(dataset, batch_size=batch_size, drop_last=True, num_workers=num_workers,
-                         sampler=EpochPermutationSampler(len(dataset), seed),
-                         persistent_workers=num_workers > 0)
+                         sampler=sampler, persistent_workers=num_workers > 0)
         # Asked of the training loop, not counted here: the loop and the workers fetch
         # batches ahead of the one being trained on.
         self.batches_processed = batches_processed
@@ -76,20 +109,32 @@ class TokenDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
+        self.task = prepared.task
+        if self.task is not None:  # options that do not fit seq_len fail here, before the run starts
+            self.task.check_seq_len(seq_len)
 
     def setup(self, stage: str | None = None) -> None:
+        if self.task is not None:
+            # Validation examples come from data.split_seed's stream: the same for every training seed.
+            self.train_set = self.task.dataset("train", self.seed, self.seq_len)
+            self.val_set = self.task.dataset("val", self.task.split_seed, self.seq_len)
+            return
         self.train_set = TokenWindowDataset(self.prepared.train, self.seq_len)
         self.val_set = TokenWindowDataset(self.prepared.val, self.seq_len)
 
     def train_dataloader(self) -> DataLoader:
         progress = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
-        return ResumableDataLoader(self.train_set, self.batch_size, self.seed, self.num_workers, progress)
+        sampler = (StreamSampler(len(self.train_set)) if self.task is not None
+                   else EpochPermutationSampler(len(self.train_set), self.seed))
+        return ResumableDataLoader(self.train_set, self.batch_size, sampler, self.num_workers, progress)
 
     def val_dataloader(self) -> DataLoader:
         # Under DDP rank r validates windows r, r+world, ...: together the ranks cover exactly
         # the windows one process with the same global batch would (metrics sync across ranks).
         sampler = None
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self.task is not None:
+            sampler = RankStrideSampler(len(self.val_set))
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
             sampler = DistributedSampler(self.val_set, shuffle=False, drop_last=True)
         return DataLoader(self.val_set, batch_size=self.batch_size, sampler=sampler,
                           num_workers=self.num_workers)

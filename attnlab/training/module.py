@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from attnlab.checkpoint import checkpoint_step
+from attnlab.data.synthetic import IGNORE_INDEX
 from attnlab.model import GPT
 from attnlab.training.callbacks import LastCheckpoint
 from attnlab.training.config import NONFINITE_POLICIES, OptimConfig
@@ -29,7 +31,8 @@ class NonFiniteLossError(FloatingPointError):
 
 class LanguageModelModule(L.LightningModule):
     def __init__(self, model: GPT, optim: OptimConfig, max_steps: int,
-                 flops_per_batch: float | None = None, nonfinite_loss: str = "stop") -> None:
+                 flops_per_batch: float | None = None, nonfinite_loss: str = "stop",
+                 log_accuracy: bool = False) -> None:
         super().__init__()
         if nonfinite_loss not in NONFINITE_POLICIES:
             raise ValueError(f"unknown nonfinite_loss policy {nonfinite_loss!r}; allowed: "
@@ -46,21 +49,29 @@ class LanguageModelModule(L.LightningModule):
         self.save_hyperparameters({"model_config": model.config.to_dict(),
                                    "optim": dataclasses.asdict(optim), "max_steps": max_steps})
         self.val_loss = MeanMetric()
-        self.val_ppl = Perplexity()
+        self.val_ppl = Perplexity(ignore_index=IGNORE_INDEX)
+        # train/acc, val/acc: argmax accuracy on the scored targets (a synthetic task's answers).
+        self.log_accuracy = log_accuracy
+        if log_accuracy:
+            self.train_acc, self.val_acc = (
+                MulticlassAccuracy(model.config.padded_vocab_size, average="micro", ignore_index=IGNORE_INDEX,
+                                   validate_args=False) for _ in range(2))
         self.tokens_seen = 0
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.model(idx)
 
     def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """The one step shared by training and validation: (logits, mean token loss)."""
+        """The one step shared by training and validation: (logits, mean loss over the scored
+        targets). Targets equal to IGNORE_INDEX are not scored: every token of text is, a
+        synthetic task's answers only."""
         x, y = batch
         logits = self.model(x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
-        _, loss = self.model_step(batch)
+        logits, loss = self.model_step(batch)
         self.tokens_seen += batch[0].numel() * self.trainer.world_size
         if not torch.isfinite(loss):
             return self._nonfinite_training_loss(loss)
@@ -68,6 +79,9 @@ class LanguageModelModule(L.LightningModule):
         # Under DDP, the mean over the global batch (what one process would log), not rank 0's share.
         self.log("train/loss", loss, prog_bar=True, sync_dist=self.trainer.world_size > 1)
         self.log("train/tokens_seen", float(self.tokens_seen))
+        if self.log_accuracy:
+            self.train_acc(logits.argmax(-1), batch[1])
+            self.log("train/acc", self.train_acc)
         return loss
 
     def _nonfinite_training_loss(self, loss: Tensor) -> None:
@@ -98,10 +112,13 @@ class LanguageModelModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         logits, loss = self.model_step(batch)
-        self.val_loss.update(loss, weight=batch[1].numel())
+        self.val_loss.update(loss, weight=(batch[1] != IGNORE_INDEX).sum())
         self.val_ppl.update(logits.float(), batch[1])
         self.log("val/loss", self.val_loss, prog_bar=True)
         self.log("val/ppl", self.val_ppl)
+        if self.log_accuracy:
+            self.val_acc.update(logits.argmax(-1), batch[1])
+            self.log("val/acc", self.val_acc, prog_bar=True)
 
     def configure_optimizers(self):
         o = self.optim

@@ -64,7 +64,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
     tokens_per_batch = t.batch_size * t.seq_len
     module = LanguageModelModule(model, cfg.optim, t.max_steps,
                                  flops_per_batch=flops_per_token(model_config, t.seq_len) * tokens_per_batch,
-                                 nonfinite_loss=t.nonfinite_loss)
+                                 nonfinite_loss=t.nonfinite_loss, log_accuracy=prepared.task is not None)
     datamodule = TokenDataModule(prepared, t.seq_len, t.batch_size, cfg.seed, t.num_workers)
 
     # 4. Fit; SummaryCallback writes summary.json when the last step is done.

@@ -86,8 +86,9 @@ def trim_metrics(run: RunDir, step: int) -> None:
 
 def write_run_files(run: RunDir, cfg: TrainConfig, model_config: ModelConfig,
                     prepared: PreparedData) -> None:
-    """``config.yaml`` (the resolved configuration) and the run's tokenizer."""
+    """``config.yaml`` (the resolved configuration) and the run's tokenizer (a synthetic task has none)."""
     run.path.mkdir(parents=True, exist_ok=True)
     resolved = {**dataclasses.asdict(cfg), "resolved_model": model_config.to_dict()}
     run.config.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-    shutil.copyfile(prepared.tokenizer_path, run.tokenizer)
+    if prepared.tokenizer_path is not None:
+        shutil.copyfile(prepared.tokenizer_path, run.tokenizer)

@@ -8,8 +8,8 @@ from lightning.pytorch.loggers import Logger
 
 from attnlab.flops import device_peak_flops
 from attnlab.runs import RunDir
-from attnlab.training.callbacks import (GracefulStop, LastCheckpoint, PeakFlopsThroughputMonitor,
-                                        SummaryCallback)
+from attnlab.training.callbacks import (GracefulStop, HeadScoresCallback, LastCheckpoint,
+                                        PeakFlopsThroughputMonitor, SummaryCallback)
 from attnlab.training.checkpoint_io import AtomicCheckpointIO
 from attnlab.training.config import TrainConfig
 from attnlab.training.hardware import root_device
@@ -33,6 +33,7 @@ def build_trainer(cfg: TrainConfig, run: RunDir, accelerator: str, precision: st
             peak_flops=t.peak_flops or device_peak_flops(root_device(accelerator), precision),
             batch_size_fn=lambda batch: batch[0].shape[0],
             length_fn=lambda batch: batch[0].numel(), window_size=max(2, min(50, t.log_every_n_steps))),
+        HeadScoresCallback(),  # heads/* at every validation: induction, previous-token, sink scores
         *extra_callbacks,
     ]
     if t.progress_bar:

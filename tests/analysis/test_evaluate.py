@@ -24,16 +24,20 @@ from .conftest import EXPERIMENT, PROMPTS, REPO, VARIANTS, compose_config, tiny_
 SAMPLING = SamplingConfig(max_new_tokens=8, seed=11)
 
 
-def expected_outputs(variants) -> list[str]:
-    """Every file evaluate writes with all outputs on and heatmap_layers=[1]."""
+def expected_outputs(variants, compared: bool = True) -> list[str]:
+    """Every file evaluate writes with all outputs on and heatmap_layers=[1] (``compared``: the
+    reference variant and another one have runs, so there are difference heatmaps)."""
     expected = [f"tables/{name}.{ext}" for name in ("per_run", "aggregate", "vs_baseline")
                 for ext in ("md", "csv", "tex")]
-    expected += [f"figures/{name}.{ext}" for name in ("val_loss_vs_tokens", "final_val_loss", "throughput")
+    expected += [f"figures/{name}.{ext}" for name in ("val_loss_vs_tokens", "final_val_loss", "throughput",
+                                                      "induction_vs_tokens", "head_scores", "loss_by_position")
                  for ext in ("png", "pdf")]
     expected += [f"heatmaps/{v}/layer1_head0.{ext}" for v in variants for ext in ("png", "pdf")]
     expected += [f"heatmaps/grid_layer1.{ext}" for ext in ("png", "pdf")]
+    expected += [f"heatmaps/diff_layer1.{ext}" for ext in ("png", "pdf") if compared]
     return expected + ["samples.md", "samples.json", "attention_stats.csv", "attention_stats.md",
-                       "tables/attention_stats_per_run.csv", "evaluation.json"]
+                       "tables/attention_stats_per_run.csv", "head_scores.csv", "head_scores.md",
+                       "loss_by_position.csv", "evaluation.json"]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +55,34 @@ def test_evaluate_writes_every_output_of_the_latest_experiment(evaluated, runs_d
     assert not list((evaluated / "heatmaps").rglob("*layer0*"))  # heatmap_layers=[1] (default: every layer)
     stats = pd.read_csv(evaluated / "attention_stats.csv")
     assert sorted(stats["variant"].unique()) == sorted(VARIANTS) and (stats["seeds"] == 2).all()
+
+
+def test_head_scores_have_a_row_per_run_layer_and_head_with_every_score(evaluated):
+    from attnlab.analysis.head_scores import SCORES
+
+    scores = pd.read_csv(evaluated / "head_scores.csv")
+    assert set(SCORES) <= set(scores.columns)
+    keys = set(zip(scores["variant"], scores["seed"], scores["layer"], scores["head"]))
+    assert keys == {(v, s, layer, 0) for v in VARIANTS for s in (0, 1) for layer in (0, 1)}  # 2 layers, 1 head
+    assert (scores["segment_len"] == 31).all()  # 32 shortened: <s> + 2 x 31 tokens fit block_size=64
+    assert scores[list(SCORES)].notna().all().all() and scores["row_mass"].round(4).eq(1.0).all()
+    text = (evaluated / "head_scores.md").read_text()
+    assert "## Per variant" in text and "induction_max" in text and "attnlab/analysis/head_scores.py" in text
+
+
+def test_loss_by_position_has_one_curve_per_run_over_the_validation_windows(evaluated):
+    losses = pd.read_csv(evaluated / "loss_by_position.csv")
+    assert set(zip(losses["variant"], losses["seed"])) == {(v, s) for v in VARIANTS for s in (0, 1)}
+    for _, run in losses.groupby(["variant", "seed"]):
+        assert run["position"].tolist() == list(range(16))  # the runs' trainer.seq_len
+        assert run["loss"].gt(0).all() and run["windows"].nunique() == 1
+    # the same windows for every run: two runs of one variant differ only by their model
+    assert losses["windows"].nunique() == 1
+
+
+def test_difference_heatmaps_are_drawn_against_the_reference(evaluated):
+    assert sorted(p.name for p in (evaluated / "heatmaps").glob("diff_layer*")) == \
+        ["diff_layer1.pdf", "diff_layer1.png"]
 
 
 def test_samples_use_one_seed_for_every_variant_and_both_modes(evaluated):
@@ -152,15 +184,19 @@ def test_an_experiment_without_baseline_runs_is_evaluated_and_says_the_compariso
                          sampling=SAMPLING, heatmap_layers=[1])
     with caplog.at_level(logging.WARNING, logger="attnlab.analysis.pipeline"):
         out = evaluate(cfg)
-    assert not [p for p in expected_outputs(["sep_qkv"]) if not (out / p).is_file()]
+    assert not [p for p in expected_outputs(["sep_qkv"], compared=False) if not (out / p).is_file()]
+    assert not list((out / "heatmaps").glob("diff_layer*"))  # no reference: no difference maps
     per_run = pd.read_csv(out / "tables" / "per_run.csv")
     assert list(zip(per_run["variant"], per_run["seed"])) == [("sep_qkv", 0), ("sep_qkv", 1)]
     reason = ("No comparison: the reference variant 'baseline' has no evaluable runs in this experiment "
               "(variants present: sep_qkv); pass baseline=<variant> to compare against one of them.")
     assert pd.read_csv(out / "tables" / "vs_baseline.csv").empty
     assert f"> {reason}" in (out / "tables" / "vs_baseline.md").read_text()
-    assert json.loads((out / "evaluation.json").read_text())["not_produced"] == [f"vs_baseline: {reason}"]
+    assert json.loads((out / "evaluation.json").read_text())["not_produced"] == [
+        f"vs_baseline: {reason}", f"difference heatmaps: {reason}"]
     assert f"vs_baseline: {reason}" in [r.getMessage() for r in caplog.records]
+    assert f"difference heatmaps: {reason}" in [r.getMessage() for r in caplog.records]
+    assert set(pd.read_csv(out / "head_scores.csv")["variant"]) == {"sep_qkv"}
     # baseline=<variant> chooses the reference; with one variant there is nothing to compare it with.
     alone = evaluate(EvaluateConfig(runs_dir=str(sep_qkv_only), output_dir=str(tmp_path / "alone"),
                                     outputs=["tables"], baseline="sep_qkv"))
@@ -234,7 +270,7 @@ def test_a_checkpoint_that_fails_to_load_leaves_out_only_that_run(runs_dir, tmp_
                                   outputs=["samples", "attention_stats"], prompts=[PROMPTS[1]], sampling=SAMPLING))
     assert json.loads((out / "evaluation.json").read_text())["not_produced"] == [
         "qk_scale/seed1: checkpoints/best.ckpt does not load (Error(s) in loading state_dict for GPT); "
-        "left out of samples, heatmaps and attention statistics"]
+        "left out of every output that needs its model"]
     samples = json.loads((out / "samples.json").read_text())["samples"]
     assert {(s["variant"], s["seed"]) for s in samples} == {("baseline", 1)}
     per_run = pd.read_csv(out / "tables" / "attention_stats_per_run.csv")

@@ -1,0 +1,66 @@
+"""A Hydra callback that says, before any training, how long a run or a sweep will take.
+
+Registered by an experiment (``configs/experiment/recall.yaml``)::
+
+    hydra:
+      callbacks:
+        estimate:
+          _target_: attnlab.training.estimate.TimeEstimate
+          experiment: recall
+          seconds_per_run: 45   # measured on the reference CPU
+
+prints ``recall: 42 runs x ~45 s ≈ 31.5 min`` when ``python train.py -m ...`` starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class TimeEstimate(Callback):
+    def __init__(self, experiment: str, seconds_per_run: float) -> None:
+        self.experiment = experiment
+        self.seconds_per_run = seconds_per_run
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        log.info(self.message(1))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        log.info(self.message(count_jobs(config)))
+
+    def message(self, runs: int | None) -> str:
+        if runs is None:  # a sweeper whose jobs are not a grid of the overrides
+            return f"{self.experiment}: ~{self.seconds_per_run:.0f} s per run"
+        total = runs * self.seconds_per_run
+        return (f"{self.experiment}: {runs} run{'s' if runs != 1 else ''} x ~{self.seconds_per_run:.0f} s "
+                f"≈ {total / 60:.1f} min")
+
+
+def count_jobs(config: DictConfig) -> int | None:
+    """The number of jobs Hydra's basic sweeper makes of the sweep overrides (``hydra.sweeper.params``,
+    then the command line's, which win), as the product of each key's number of values; None
+    for another sweeper or overrides that cannot be parsed here."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.sweeper
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    try:
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        counts = {}
+        for override in parser.parse_overrides([*params, *config.hydra.overrides.task]):
+            counts[override.get_key_element()] = (len(list(override.sweep_string_iterator()))
+                                                  if override.is_sweep_override() else 1)
+    except Exception as err:  # noqa: BLE001 (an estimate must never stop the sweep)
+        log.debug("cannot count the sweep's jobs: %s", err)
+        return None
+    return math.prod(counts.values())
