@@ -26,6 +26,8 @@ METRICS: dict[str, tuple[str, int]] = {
     "wall_time_s": ("wall time (s)", 1),
     "tokens_per_s": ("tokens/s", 0),
 }
+# Metrics only some runs have (final_val_acc: synthetic tasks); a column appears when a run has it.
+OPTIONAL_METRICS: dict[str, tuple[str, int]] = {"final_val_acc": ("final val acc", 4)}
 TESTED_METRICS = ("final_val_loss", "best_val_loss")
 # Settings that must be equal for a fair comparison; a difference is reported, not hidden.
 DATA_KEYS = ("data_source", "tokenizer_sha256")
@@ -99,6 +101,7 @@ def runs_frame(runs: Sequence[RunDir], baseline: str = "baseline") -> pd.DataFra
             "flops_per_token": s.get("flops_per_token"),
             "steps": s.get("steps"), "tokens_seen": s.get("tokens_seen"),
             **{key: s.get(key) for key in METRICS},
+            **{key: s[key] for key in OPTIONAL_METRICS if key in s},
             "data_source": data.get("source"), "tokenizer_sha256": data.get("tokenizer_sha256"),
             **{key: s.get(key) for key in SETUP_KEYS},
             "device": s.get("device"), "run_dir": str(run.path),
@@ -172,21 +175,31 @@ def _fmt_difference(value: float) -> str:
     return f"{value:+.2e}" if 0 < abs(value) < 5e-5 else f"{value:+.4f}"
 
 
+def table_metrics(frame: pd.DataFrame) -> dict[str, tuple[str, int]]:
+    """``METRICS``, plus (after val ppl) the ``OPTIONAL_METRICS`` that some run of ``frame`` has."""
+    present = [key for key in OPTIONAL_METRICS if key in frame and frame[key].notna().any()]
+    keys = list(METRICS)
+    at = keys.index("final_val_ppl") + 1
+    return {key: {**METRICS, **OPTIONAL_METRICS}[key] for key in keys[:at] + present + keys[at:]}
+
+
 def per_run_table(frame: pd.DataFrame, notes: Sequence[str] = ()) -> Table:
-    columns = ["variant", "seed", "parameters", "params_matched", "flops_per_token", "tokens_seen", *METRICS]
+    metrics = table_metrics(frame)
+    columns = ["variant", "seed", "parameters", "params_matched", "flops_per_token", "tokens_seen", *metrics]
     numbers = frame[columns].copy()
     display = pd.DataFrame({"variant": frame["variant"], "seed": frame["seed"],
                             "parameters": frame["parameters"].map(lambda v: _fmt(v, 0)),
                             "matched": frame["params_matched"].map(_yes_no),
                             "MFLOP/token": frame["flops_per_token"].map(lambda v: _fmt(_mega(v), 2)),
                             "tokens seen": frame["tokens_seen"].map(lambda v: _fmt(v, 0))})
-    for key, (label, decimals) in METRICS.items():
+    for key, (label, decimals) in metrics.items():
         display[label] = frame[key].map(lambda v, d=decimals: _fmt(v, d))
     return Table("per_run", numbers, display, list(notes))
 
 
 def aggregate_table(frame: pd.DataFrame, confidence: float = 0.95, notes: Sequence[str] = ()) -> Table:
     """Per variant: n and, for every metric, mean and Student-t interval half-width over seeds."""
+    metrics = table_metrics(frame)
     number_rows, display_rows = [], []
     single = False
     for variant, group in frame.groupby("variant", sort=False):
@@ -197,7 +210,7 @@ def aggregate_table(frame: pd.DataFrame, confidence: float = 0.95, notes: Sequen
         display = {"variant": variant, "n": len(group), "parameters": _fmt(numbers["parameters"], 0),
                    "matched": _yes_no(numbers["params_matched"]),
                    "MFLOP/token": _fmt(_mega(numbers["flops_per_token"]), 2)}
-        for key, (label, decimals) in METRICS.items():
+        for key, (label, decimals) in metrics.items():
             interval = mean_ci(group[key], confidence)
             numbers[f"{key}_mean"] = interval.mean
             numbers[f"{key}_ci"] = interval.half_width if interval.half_width is not None else math.nan

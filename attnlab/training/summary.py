@@ -32,10 +32,12 @@ def static_summary(cfg: TrainConfig, model_config: ModelConfig, prepared: Prepar
         "accumulate_grad_batches": cfg.trainer.accumulate_grad_batches,
         "max_steps": cfg.trainer.max_steps,
         "lr": cfg.optim.lr,
-        "data": {"source": cfg.data.source, "tokenizer_sha256": prepared.tokenizer_sha256,
+        # A synthetic task's source names its options: runs of other settings are not compared (tables).
+        "data": {"source": prepared.source if prepared.task else cfg.data.source,
+                 "tokenizer_sha256": prepared.tokenizer_sha256,
                  "tokenizer_vocab_size": prepared.vocab_size, "train_tokens": prepared.train_tokens,
                  "val_tokens": prepared.val_tokens,
-                 # A synthetic task has no corpus: its options (and chance accuracy) instead.
+                 # A synthetic task has no corpus: its options and chance accuracy instead.
                  "val_unigram_entropy_nats": None if prepared.task else round(unigram_entropy_nats(prepared.val), 4),
                  **({"task": prepared.task.settings()} if prepared.task else {})},
         "device": device_name(),
