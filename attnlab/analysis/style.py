@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # files only: evaluate.py and the tests run without a dis
 
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib_fontja  # noqa: E402,F401  (registers IPAexGothic with matplotlib)
+import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 # Font subsetting for every PDF logs a dozen INFO lines; Hydra's logging would show them all.
@@ -50,8 +51,10 @@ use_style()
 
 
 def variant_colors(variants: Sequence[str]) -> dict[str, str]:
-    """The same colour for a variant in every figure of one evaluation (order: variant_order)."""
-    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+    """The same colour for a variant in every figure of one evaluation (order: variant_order);
+    more variants than the palette holds get evenly spaced hues, so no two share a colour."""
+    colors = PALETTE if len(variants) <= len(PALETTE) else sns.color_palette("husl", len(variants)).as_hex()
+    return {v: colors[i] for i, v in enumerate(variants)}
 
 
 def save_figure(fig: Figure, out_dir: Path, name: str, formats: Sequence[str] = FORMATS) -> list[Path]:
