@@ -41,7 +41,7 @@ class QKScaleAttention(BaselineAttention):
         self.score = nn.Linear(config.n_embd, config.block_size, bias=True)
 
     def flops_per_token(self, seq_len: int) -> float:
-        # The score Linear only computes the rows of the seq_len keys (see logits_term).
+        # The score Linear only computes the rows of the seq_len keys (see score_terms).
         unused_rows = self.score.out_features - min(seq_len, self.score.out_features)
         return super().flops_per_token(seq_len) - 6.0 * self.score.in_features * unused_rows
 
