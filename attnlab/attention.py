@@ -69,7 +69,10 @@ class AttentionSpec:
     @property
     def plain_causal(self) -> bool:
         """Nothing but a causal softmax: what the flash kernels do best."""
-        return self == AttentionSpec()
+        return self == PLAIN_CAUSAL
+
+
+PLAIN_CAUSAL = AttentionSpec()  # built once: ``choose_kernel`` compares with it at every call
 
 
 class ScoreTerms(NamedTuple):

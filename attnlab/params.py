@@ -14,6 +14,7 @@ from variants import available_variants, get_variant
 PARTS = ("embedding", "attention", "mlp", "norms", "head")
 MATCH_TOLERANCE = 0.005  # |variant - baseline| / baseline after matching
 MATCH_MULTIPLES = (64, 32, 16, 8)  # MLP widths tried, coarsest first
+MULTI_HEAD = 2  # heads for a variant that cannot use a one-head preset (variant_at_preset)
 
 
 def baseline_twin(config: ModelConfig) -> ModelConfig:
@@ -87,16 +88,24 @@ def parameter_breakdown(config: ModelConfig) -> dict[str, int]:
     return counts
 
 
+def variant_at_preset(preset: str, variant: str) -> tuple[ModelConfig, str | None]:
+    """``variant`` at ``preset``, or with ``MULTI_HEAD`` heads when it cannot use the preset's
+    shape (``diff_attn`` and ``talking_heads`` at the one-head presets), and the reason why.
+    The listing, the parameter table and the bench all describe such variants this way."""
+    config = ModelConfig.from_preset(preset, variant=variant)
+    reason = get_variant(variant).unsupported(config)
+    if reason is None:
+        return config, None
+    return ModelConfig.from_preset(preset, variant=variant, n_head=MULTI_HEAD), reason
+
+
 def format_table(preset: str) -> str:
     header = ["variant", *PARTS, "total", "extra_vs_baseline", "total (M)"]
     rows, notes = [], []
     for variant in available_variants():
-        config = ModelConfig.from_preset(preset, variant=variant)
-        reason = get_variant(variant).unsupported(config)
-        if reason is not None:  # e.g. diff_attn at a one-head preset
-            rows.append([variant, *["-"] * (len(header) - 1)])
-            notes.append(f"{variant}: {reason}")
-            continue
+        config, reason = variant_at_preset(preset, variant)
+        if reason is not None:
+            notes.append(f"{variant}: counted with n_head={MULTI_HEAD} ({reason})")
         counts = parameter_breakdown(config)
         rows.append([variant, *(f"{counts[k]:,}" for k in (*PARTS, "total", "extra_vs_baseline")),
                      f"{counts['total'] / 1e6:.2f}"])

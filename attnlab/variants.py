@@ -13,11 +13,10 @@ import dataclasses
 
 from attnlab.attention import choose_kernel
 from attnlab.config import PRESETS, ModelConfig
-from attnlab.params import baseline_twin, match_parameters, total_parameters
+from attnlab.params import MULTI_HEAD, baseline_twin, match_parameters, total_parameters, variant_at_preset
 from variants import AttentionBlock, available_variants, get_variant
 from variants.registry import option_fields
 
-MULTI_HEAD = 2  # heads for a variant that cannot use a one-head preset
 COLUMNS = ["variant", "summary", "paper", "options (default)", "extra params", "matched MLP width",
            "trains on CPU", "trains on CUDA", "analysis weights", "head layouts", "KV cache"]
 
@@ -52,10 +51,8 @@ def list_variants(preset: str) -> Listing:
     rows, notes = [], []
     for name in available_variants():
         block = get_variant(name)
-        config = ModelConfig.from_preset(preset, variant=name)
-        reason = block.unsupported(config)
+        config, reason = variant_at_preset(preset, name)
         if reason is not None:
-            config = ModelConfig.from_preset(preset, variant=name, n_head=MULTI_HEAD)
             notes.append(f"{name}: counted with n_head={MULTI_HEAD} ({reason})")
         extra = total_parameters(config) - total_parameters(baseline_twin(config))
         try:

@@ -47,7 +47,8 @@ from attnlab.data import ShardIndex, TokenWindowDataset
 from attnlab.data.shards import ShardWriter, dtype_for_vocab
 from attnlab.flops import device_peak_flops, flops_per_token
 from attnlab.model import build_model
-from variants import available_variants, get_variant
+from attnlab.params import MULTI_HEAD, variant_at_preset
+from variants import available_variants
 
 HF_NAME = "hf_llama"
 FLEX_SUFFIX = "+flex"
@@ -55,7 +56,6 @@ FLEX_SUFFIX = "+flex"
 # step without the time other processes take from a shared machine (see RESULTS.md).
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
-MULTI_HEAD = 2  # heads for a variant that cannot use a one-head preset (see variant_configs)
 
 
 @dataclass
@@ -297,10 +297,9 @@ def variant_configs(preset: str, variants: list[str]) -> tuple[dict[str, ModelCo
     """
     configs, references = {}, {}
     for v in variants:
-        config = ModelConfig.from_preset(preset, variant=v)
+        config, reason = variant_at_preset(preset, v)
         references[v] = "baseline"
-        if get_variant(v).unsupported(config) is not None:
-            config = ModelConfig.from_preset(preset, variant=v, n_head=MULTI_HEAD)
+        if reason is not None:
             references[v] = f"baseline@{MULTI_HEAD}heads"
             configs.setdefault(references[v], ModelConfig.from_preset(preset, n_head=MULTI_HEAD))
             references[references[v]] = references[v]

@@ -7,17 +7,14 @@ from torch import nn
 
 from attnlab.analysis.tables import parameter_notes
 from attnlab.config import ModelConfig
-from attnlab.params import MATCH_TOLERANCE, baseline_twin, match_parameters, total_parameters
+from attnlab.params import MATCH_TOLERANCE, baseline_twin, match_parameters, total_parameters, variant_at_preset
 from conftest import tiny_config
-from variants import available_variants, get_variant, register, unregister
+from variants import available_variants, register, unregister
 from variants.baseline import BaselineAttention
 
 
 def _config(preset, variant):
-    config = ModelConfig.from_preset(preset, variant=variant)
-    if get_variant(variant).unsupported(config) is not None:  # one-head presets: two heads
-        config = ModelConfig.from_preset(preset, variant=variant, n_head=2)
-    return config
+    return variant_at_preset(preset, variant)[0]  # one-head presets: two heads where needed
 
 
 @pytest.mark.parametrize("preset", ["tiny", "seed100m", "gqa100m"])

@@ -20,6 +20,7 @@ loss and accuracy count the answer positions only. The sequence length is ``trai
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass
 
@@ -37,8 +38,9 @@ EXAMPLES_PER_EPOCH = 2**20
 
 
 @dataclass(frozen=True)
-class SyntheticTask:
-    """A task's options; ``sequence`` draws one example, ``dataset`` one split's stream."""
+class SyntheticTask(abc.ABC):
+    """A task's options; ``sequence`` draws one example, ``dataset`` one split's stream.
+    ``MQARTask`` and ``InductionTask`` implement the three abstract members."""
 
     source = "synthetic"
     options: MQARConfig | InductionConfig
@@ -65,18 +67,19 @@ class SyntheticTask:
         return {"task": self.source, **dataclasses.asdict(self.options), "chance_acc": self.chance_acc}
 
     @property
+    @abc.abstractmethod
     def chance_acc(self) -> float:
-        raise NotImplementedError
+        """The accuracy of guessing (what the task's tables are read against)."""
 
+    @abc.abstractmethod
     def check_seq_len(self, seq_len: int) -> None:
         """Raise a DataError naming the setting, its value and the allowed range if the
         options do not fit sequences of ``seq_len`` (+1 for the last target)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def sequence(self, rng: np.random.Generator, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         """``seq_len + 1`` tokens (int64) and the (seq_len,) mask of scored targets:
         ``scored[t]`` says whether token ``t + 1`` (the target at position t) is scored."""
-        raise NotImplementedError
 
     def example(self, seed: int, split: str, index: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Example ``index`` of ``split``'s stream under ``seed``: a pure function of them."""
