@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from attnlab.analysis.stats import mean_ci
@@ -53,6 +54,19 @@ def logged_curves(runs: Sequence[RunDir], column: str, name: str) -> pd.DataFram
     return pd.concat(frames, ignore_index=True)
 
 
+LEGEND_INSIDE_MAX = 6  # more entries than this cover the data: the legend moves outside, right
+
+
+def _legend(fig: Figure, ax: Axes, **kwargs) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if len(labels) > LEGEND_INSIDE_MAX:
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width + 2.0, height)  # room for the legend, the plot keeps its width
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    else:
+        ax.legend(**kwargs)
+
+
 def band_figure(frame: pd.DataFrame, variants: Sequence[str], x: str, y: str, xlabel: str, ylabel: str,
                 title: str, confidence: float = 0.95) -> Figure:
     """One line per variant: the mean of ``y`` over seeds at each ``x``, with a confidence band
@@ -75,7 +89,7 @@ def band_figure(frame: pd.DataFrame, variants: Sequence[str], x: str, y: str, xl
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend()
+    _legend(fig, ax)
     return fig
 
 
@@ -124,7 +138,7 @@ def head_scores_figure(scores: pd.DataFrame, variants: Sequence[str]) -> Figure:
         ax.set_xlabel("layer")
         ax.set_title(label)
     axes[0].set_ylabel("mean over probe queries (and seeds)")
-    axes[0].legend(fontsize=8)
+    _legend(fig, axes[0], fontsize=8)
     fig.suptitle("head scores on repeated random tokens (one dot per head)")
     return fig
 

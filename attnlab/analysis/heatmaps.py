@@ -25,6 +25,7 @@ import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 from attnlab.analysis.maps import AttentionMaps
 from attnlab.analysis.style import save_figure
@@ -72,23 +73,57 @@ def heatmap_figure(maps: AttentionMaps, layer: int, head: int) -> Figure:
     return fig
 
 
+MAX_COLUMNS = 5  # more variants than this wrap onto further rows, so a 14-variant grid stays readable
+
+
+def _variant_panels(fig: Figure, n_variants: int, rows_per_variant: int) -> np.ndarray:
+    """Axes indexed [variant, row]: variants fill at most ``MAX_COLUMNS`` columns, then wrap, each
+    variant's rows (heads) stacked in its column; unused slots are hidden."""
+    columns = min(n_variants, MAX_COLUMNS)
+    bands = -(-n_variants // columns)
+    grid = fig.subplots(bands * rows_per_variant, columns, squeeze=False)
+    panels = np.empty((n_variants, rows_per_variant), dtype=object)
+    for v in range(bands * columns):
+        for row in range(rows_per_variant):
+            ax = grid[(v // columns) * rows_per_variant + row, v % columns]
+            if v < n_variants:
+                panels[v, row] = ax
+            else:
+                ax.set_visible(False)
+    return panels
+
+
+def _grid_figsize(n_variants: int, rows_per_variant: int, n_tokens: int) -> tuple[float, float]:
+    side = float(np.clip(n_tokens * 0.22 + 1.5, 3, 9))
+    columns = min(n_variants, MAX_COLUMNS)
+    bands = -(-n_variants // columns)
+    return side * columns + 1.2, side * rows_per_variant * bands
+
+
 def variant_grid_figure(maps_by_variant: Sequence[AttentionMaps], layer: int) -> Figure:
-    """The same layer of every variant side by side (columns), one row per head."""
+    """The same layer of every variant side by side (columns, wrapping after ``MAX_COLUMNS``),
+    one row per head."""
     n_head = max(m.n_head for m in maps_by_variant)
     T = len(maps_by_variant[0].pieces)
-    side = float(np.clip(T * 0.22 + 1.5, 3, 9))
-    fig = Figure(figsize=(side * len(maps_by_variant) + 1.2, side * n_head), layout="constrained")
-    axes = fig.subplots(n_head, len(maps_by_variant), squeeze=False)
-    image = None
-    for col, maps in enumerate(maps_by_variant):
+    fig = Figure(figsize=_grid_figsize(len(maps_by_variant), n_head, T), layout="constrained")
+    panels = _variant_panels(fig, len(maps_by_variant), n_head)
+    # One colour bar per scale drawn: probabilities 0..1, and -1..1 for signed weights (diff_attn,
+    # talking_heads); a single bar would mislabel the panels drawn on the other scale.
+    by_scale: dict[bool, AxesImage] = {}
+    for v, maps in enumerate(maps_by_variant):
         for head in range(n_head):
-            ax = axes[head, col]
+            ax = panels[v, head]
             if head >= maps.n_head:
                 ax.set_visible(False)
                 continue
             title = f"{maps.variant}" + (f" head {head}" if n_head > 1 else "")
-            image = plot_attention(ax, maps.probs[layer][head], maps.labels, title, ylabels=col == 0)
-    fig.colorbar(image, ax=axes, fraction=0.02, pad=0.01, label="attention probability")
+            image = plot_attention(ax, maps.probs[layer][head], maps.labels, title,
+                                   ylabels=v % MAX_COLUMNS == 0)
+            by_scale.setdefault(bool(image.get_clim()[0] < 0), image)
+    drawn = [ax for ax in panels.flat if ax.get_visible()]
+    for signed, image in sorted(by_scale.items()):
+        fig.colorbar(image, ax=drawn, fraction=0.02, pad=0.01,
+                     label="signed weight (diverging scale)" if signed else "attention probability")
     fig.suptitle(f"layer {layer}: {maps_by_variant[0].prompt}")
     return fig
 
@@ -134,9 +169,9 @@ def _difference_panels(maps_by_variant: Sequence[AttentionMaps], reference: Atte
 
 def difference_figure(maps_by_variant: Sequence[AttentionMaps], reference: AttentionMaps, layer: int,
                       limit: float | None = None) -> Figure:
-    """Every other variant minus ``reference`` at ``layer``: one column per variant, one row per
-    head (a single head-mean panel where the head counts differ), one diverging scale
-    -limit..limit (default: the largest |difference| drawn here)."""
+    """Every other variant minus ``reference`` at ``layer``: one column per variant (wrapping
+    after ``MAX_COLUMNS``), one row per head (a single head-mean panel where the head counts
+    differ), one diverging scale -limit..limit (default: the largest |difference| drawn here)."""
     columns = _difference_panels(maps_by_variant, reference, layer)
     if not columns:
         raise ValueError(f"no variant besides the reference {reference.variant!r} to compare")
@@ -144,14 +179,12 @@ def difference_figure(maps_by_variant: Sequence[AttentionMaps], reference: Atten
         limit = max(float(np.abs(d).max()) for _, diffs, _ in columns for d in diffs)
     limit = limit or 1.0  # identical maps: any scale draws them white
     rows = max(len(diffs) for _, diffs, _ in columns)
-    T = len(reference.pieces)
-    side = float(np.clip(T * 0.22 + 1.5, 3, 9))
-    fig = Figure(figsize=(side * len(columns) + 1.2, side * rows), layout="constrained")
-    axes = fig.subplots(rows, len(columns), squeeze=False)
+    fig = Figure(figsize=_grid_figsize(len(columns), rows, len(reference.pieces)), layout="constrained")
+    panels = _variant_panels(fig, len(columns), rows)
     image = None
     for col, (maps, diffs, head_mean) in enumerate(columns):
         for row in range(rows):
-            ax = axes[row, col]
+            ax = panels[col, row]
             if row >= len(diffs):
                 ax.set_visible(False)
                 continue
@@ -160,8 +193,9 @@ def difference_figure(maps_by_variant: Sequence[AttentionMaps], reference: Atten
                 title += f"\nhead mean ({maps.n_head} vs {reference.n_head} heads)"
             elif rows > 1:
                 title += f" head {row}"
-            image = plot_attention(ax, diffs[row], reference.labels, title, ylabels=col == 0, limit=limit)
-    fig.colorbar(image, ax=axes, fraction=0.02, pad=0.01,
+            image = plot_attention(ax, diffs[row], reference.labels, title, ylabels=col % MAX_COLUMNS == 0,
+                                   limit=limit)
+    fig.colorbar(image, ax=[ax for ax in panels.flat if ax.get_visible()], fraction=0.02, pad=0.01,
                  label=f"weight difference (variant − {reference.variant})")
     fig.suptitle(f"layer {layer}: difference from {reference.variant} (seed {reference.seed}), "
                  f"scale ±{limit:.3g}: {reference.prompt}")

@@ -137,7 +137,8 @@ class LastCheckpoint(L.Callback):
             self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        # Full state (optimizer, loops): resume must be exact.
+        trainer.save_checkpoint(self.path, weights_only=False)
         self.saved_step = trainer.global_step
 
 
@@ -233,7 +234,7 @@ class GracefulStop(L.Callback):
         if self.received is None or self.saved_step is not None or \
                 trainer.fit_loop.epoch_loop._should_accumulate():
             return
-        trainer.save_checkpoint(self.last_checkpoint)
+        trainer.save_checkpoint(self.last_checkpoint, weights_only=False)
         self.saved_step = trainer.global_step
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:

@@ -9,7 +9,8 @@ import torch
 from attnlab.analysis.head_scores import (SCORES, SUMMARIES, entropy, head_scores, lookback_distance, model_head_scores,
                                           normalised, probe_segment_len, query_scores, repeated_random_tokens,
                                           summarize_heads)
-from attnlab.analysis.heatmaps import difference_maps, save_difference_heatmaps
+from attnlab.analysis.heatmaps import (MAX_COLUMNS, difference_figure, difference_maps, save_difference_heatmaps,
+                                       variant_grid_figure)
 from attnlab.analysis.maps import AttentionMaps, head_statistics
 from attnlab.model import build_model
 from conftest import supported_config
@@ -182,3 +183,24 @@ def test_no_difference_maps_without_the_reference_or_another_variant(tmp_path):
     paths, notes = save_difference_heatmaps([only], "sep_qkv", tmp_path)
     assert paths == [] and "no variant besides 'sep_qkv'" in notes[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_many_variants_wrap_onto_rows_of_at_most_max_columns_with_one_panel_per_head():
+    n_variants = MAX_COLUMNS + 2
+    maps = [_maps(f"v{i}", [np.stack([uniform_rows(3).numpy()] * 2)]) for i in range(n_variants)]
+    fig = variant_grid_figure(maps, 0)
+    drawn = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert len(drawn) == 2 * n_variants  # one panel per (variant, head), none lost to the wrap
+    assert {ax.get_title() for ax in drawn} == {f"v{i} head {h}" for i in range(n_variants) for h in (0, 1)}
+    columns = {round(ax.get_position().x0, 3) for ax in drawn}
+    assert len(columns) == MAX_COLUMNS
+    bars = {ax.get_ylabel() for ax in fig.axes if ax.get_visible() and not ax.get_title()}
+    assert bars == {"attention probability"}
+    signed = _maps("signed", [np.stack([uniform_rows(3).numpy() - 0.5] * 2)])
+    fig = variant_grid_figure([*maps, signed], 0)  # a panel on the -1..1 scale gets its own bar
+    bars = {ax.get_ylabel() for ax in fig.axes if ax.get_visible() and not ax.get_title()}
+    assert bars == {"attention probability", "signed weight (diverging scale)"}
+    fig = difference_figure(maps, maps[0], 0)
+    drawn = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert len(drawn) == 2 * (n_variants - 1)
+    assert len({round(ax.get_position().x0, 3) for ax in drawn}) == MAX_COLUMNS
