@@ -84,3 +84,40 @@ def test_a_matched_run_says_so_in_its_summary(tmp_path, corpus):
     assert summary["flops_per_token"] > 0
     unmatched = train(compose_config([*tiny_overrides(tmp_path, corpus), "variant=qk_norm", "seed=1"]))
     assert unmatched.load_summary()["params_matched"] is False
+
+
+DEMO_VOCAB = 8000  # the bundled corpus's tokenizer
+
+
+@pytest.mark.parametrize("variant", available_variants())
+def test_the_zoo_experiment_runs_every_variant_matched_with_the_demos_settings(variant):
+    from test_training import compose_config
+
+    zoo, demo = compose_config(["experiment=zoo", f"variant={variant}"]), compose_config(["experiment=demo"])
+    zoo.validate()
+    assert (zoo.experiment_name, zoo.model.preset, zoo.model.n_head, zoo.model.match_params) == ("zoo", "tiny", 2, True)
+    assert (zoo.data, zoo.trainer, zoo.optim) == (demo.data, demo.trainer, demo.optim)
+    model = zoo.model.build(zoo.variant, DEMO_VOCAB)
+    baseline = compose_config(["experiment=zoo", "variant=baseline"])
+    baseline = baseline.model.build(baseline.variant, DEMO_VOCAB)
+    assert total_parameters(baseline) == 2_851_968 and baseline.mlp_hidden_size == 352
+    assert abs(total_parameters(model) - 2_851_968) <= MATCH_TOLERANCE * 2_851_968
+    assert model.mlp_hidden_size == {"gated_attn": 304, "qk_scale": 272}.get(variant, 352)
+
+
+def test_the_zoo_sweep_is_every_variant_times_three_seeds_and_says_how_long_it_takes():
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from attnlab.training.estimate import TimeEstimate, count_jobs
+    from test_training import CONFIGS
+
+    zoo = OmegaConf.load(CONFIGS / "experiment" / "zoo.yaml").hydra
+    config = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper."
+                                                                   "BasicSweeper", **zoo.sweeper},
+                                         "overrides": {"task": ["experiment=zoo"]}}})
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):  # the variant group, for glob(*)
+        assert count_jobs(config) == 3 * len(available_variants())
+    estimate = zoo.callbacks.estimate
+    assert estimate._target_ == "attnlab.training.estimate.TimeEstimate"
+    assert TimeEstimate(estimate.experiment, estimate.seconds_per_run).message(42) == "zoo: 42 runs x ~80 s ≈ 56.0 min"
