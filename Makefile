@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU build of torch by default; GPU users: TORCH_SPEC="torch" TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# torch from your pip index (PyPI's Linux wheel is a CUDA build). CPU-only Linux machines:
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu; another CUDA: TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 # The demo's seeds: `make demo SEEDS=0,1,2` gives intervals and tests (about 3x the time).

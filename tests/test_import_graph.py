@@ -95,3 +95,26 @@ def test_the_readme_variant_example_is_complete_and_trains():
     prelude = "from variants import available_variants\nBEFORE = set(available_variants())\n"
     result = run_python(prelude + example + check)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_readme_variant_example_saved_as_a_file_passes_the_generic_variant_tests(tmp_path):
+    """"Write one file ... the tests are parametrised over it": a copy of the code and tests with
+    the example saved as variants/my_variant.py; every test that selects my_variant passes."""
+    import shutil
+
+    example = next(block for block in readme_python_blocks() if "@register(" in block)
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout: the tracked files to copy are unknown")
+    for path in tracked.stdout.splitlines():
+        if not path.startswith("reference/") and (ROOT / path).is_file():
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / path, tmp_path / path)
+    (tmp_path / "variants" / "my_variant.py").write_text(example, encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+                             "-k", "my_variant", "tests"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed and int(passed.group(1)) >= 20, result.stdout[-2000:]  # the generic tests ran over it
+    assert "variants/my_variant.py" not in result.stdout  # and nothing in it failed or errored

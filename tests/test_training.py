@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -122,8 +123,11 @@ def test_the_variant_config_group_is_derived_from_the_registry():
     (["model.attn_kernel=flash9"], "unknown attention kernel 'flash9' .*available: auto, sdpa, flex, explicit"),
     (["variant=sigmoid_attn", "model.attn_kernel=sdpa"],
      "attn_kernel='sdpa' cannot run variant 'sigmoid_attn'.*kernels that can: auto, explicit"),
+    (["variant=gated_attn", "variant.options.gates=2"],  # no "+": a misspelt option gets our message
+     "variant 'gated_attn' has no option\\(s\\) 'gates'; allowed: granularity"),
     (["variant=gated_attn", "+variant.options.gates=2"],
      "variant 'gated_attn' has no option\\(s\\) 'gates'; allowed: granularity"),
+    (["variant.options.window=8"], "variant 'baseline' has no option\\(s\\) 'window'"),
     (["variant=gated_attn", "variant.options.granularity=rowwise"],
      "variant.options.granularity='rowwise' is not valid .*one of elementwise\\|headwise"),
     (["variant=talking_heads"], "talking_heads mixes across heads, so it needs model.n_head >= 2; got 1"),
@@ -133,6 +137,13 @@ def test_invalid_values_fail_before_training(overrides, message, tmp_path, corpu
     with pytest.raises(ValueError, match=message):  # at composition or at train()'s checks
         train(compose_config([*tiny_overrides(tmp_path, corpus), *overrides]))
     assert not find_runs(tmp_path / "runs")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine whose torch sees no GPU")
+def test_a_gpu_run_on_a_machine_without_one_stops_before_writing_anything(tmp_path, corpus):
+    with pytest.raises(ValueError, match="trainer.accelerator='gpu' but no CUDA device is visible .*trainer=cpu"):
+        train(compose_config([*tiny_overrides(tmp_path, corpus), "trainer=gpu"]))
+    assert not (tmp_path / "runs").exists()  # no run directory to trip over when rerun
 
 
 def test_existing_run_directory_is_never_overwritten_silently(tmp_path, corpus):

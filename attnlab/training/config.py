@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from attnlab.config import PRESETS, ModelConfig
 from attnlab.data.config import DataConfig
@@ -249,4 +250,8 @@ def register_schema() -> None:
     store.store(name="train_schema", node=TrainConfig)
     for name in available_variants():
         options = {key: default for key, (_, default) in option_fields(get_variant(name)).items()}
-        store.store(group="variant", name=name, node={"name": name, "options": options})
+        node = OmegaConf.create({"name": name, "options": options})
+        # Open to unknown keys, so that a misspelt option reaches parse_options, whose error
+        # lists the allowed ones, instead of Hydra's "Key ... is not in struct".
+        OmegaConf.set_struct(node.options, False)
+        store.store(group="variant", name=name, node=node)

@@ -36,6 +36,19 @@ def root_device(accelerator: str) -> torch.device:
     return torch.device("cuda" if accelerator == "gpu" else "cpu")
 
 
+def check_accelerator_available(accelerator: str) -> None:
+    """Refuse an accelerator this machine does not have before anything is written (Lightning
+    would fail later, after the run directory exists)."""
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ValueError(f"trainer.accelerator='gpu' but no CUDA device is visible (torch {torch.__version__}, "
+                         f"{build}); on this machine use trainer=cpu or trainer.accelerator=auto, or install a "
+                         f"CUDA build of torch (README, \"GPUs, clusters, sweeps\")")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("trainer.accelerator='mps' but this machine has no Apple MPS device; "
+                         "use trainer=cpu or trainer.accelerator=auto")
+
+
 def check_kernel_can_train(kernel: str, accelerator: str) -> None:
     if kernel == "flex" and accelerator != "gpu":
         raise ValueError(f"model.attn_kernel=flex cannot train on accelerator={accelerator!r}: "

@@ -18,8 +18,8 @@ from attnlab.runs import RunDir
 from attnlab.training.callbacks import SummaryCallback, TrainingInterrupted
 from attnlab.training.config import TrainConfig
 from attnlab.training.datamodule import TokenDataModule
-from attnlab.training.hardware import (check_kernel_can_train, choose_accelerator, choose_precision,
-                                       should_compile)
+from attnlab.training.hardware import (check_accelerator_available, check_kernel_can_train, choose_accelerator,
+                                       choose_precision, should_compile)
 from attnlab.training.loggers import check_logger, run_loggers
 from attnlab.training.module import LanguageModelModule
 from attnlab.training.rundir import claim_run_dir, resume_checkpoint, trim_metrics, write_run_files
@@ -35,6 +35,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
     cfg.validate()
     check_logger(cfg.logger)
     accelerator = choose_accelerator(cfg.trainer.accelerator)
+    check_accelerator_available(accelerator)
     precision = choose_precision(cfg.trainer.precision, accelerator)
     check_kernel_can_train(cfg.model.attn_kernel, accelerator)
 
