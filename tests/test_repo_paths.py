@@ -12,8 +12,8 @@ Makefile, scripts; data files, binary files and ``.ci/`` are skipped):
   ``bench/``, ``train.py``, ...); it resolves against the repository root and must exist.
   Tokens with placeholders or globs (``<``, ``*``, ``{``, ``$``) are skipped, and so are
   generated outputs (``results/`` and anything else ``.gitignore`` excludes, such as
-  ``data/cache/``). A path into a shared/ folder, or naming a SEED.md file in any form,
-  always fails: such files live outside the repository.
+  ``data/cache/``). A path that leaves the repository (``../``, also written bare in prose)
+  or goes into a ``shared/`` folder always fails: a user of the repository cannot see it.
 
 A second test forbids machine-local absolute paths (home folders, ``/tmp``, ...) in any
 tracked text file, data files included (``.ci/`` and this file excepted).
@@ -43,7 +43,7 @@ FENCE = re.compile(r"^\s*(```|~~~)")
 CODE_SPAN = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)", re.DOTALL)
 LINK = re.compile(r"!?\[[^\]\n]*\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'][^)\n]*[\"'])?\s*\)")
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-BARE_OUTSIDE = re.compile(r"(?<![\w.-])((?:[\w.-]+/)*SEED\.md)\b")
+BARE_OUTSIDE = re.compile(r"(?<![\w./-])(\.\./[\w./-]*\w)")  # ../somewhere, without backticks
 MACHINE_LOCAL = re.compile(r"(?<![\w.~-])(/work/|/root/|/home/|/tmp/|/Users/|/private/var/)"
                            r"|[A-Za-z]:\\{1,2}Users\b", re.IGNORECASE)
 
@@ -110,7 +110,7 @@ def _paragraphs(text: str):
 
 
 def _always_outside(path: str) -> bool:
-    return path.startswith("shared/") or "../shared/" in path or path.endswith("SEED.md")
+    return path.startswith("shared/") or "/shared/" in path
 
 
 def _references(path: str, text: str, top_level: set[str]):
@@ -135,7 +135,7 @@ def _references(path: str, text: str, top_level: set[str]):
                         yield f"{label}:{line}", token, posixpath.normpath(token)
             for bare in BARE_OUTSIDE.finditer(paragraph):  # named without backticks or a link
                 line = start + paragraph.count("\n", 0, bare.start())
-                yield f"{label}:{line}", bare.group(1), bare.group(1)
+                yield f"{label}:{line}", bare.group(1), posixpath.normpath(posixpath.join(folder, bare.group(1)))
             if not markdown:
                 continue
             plain = CODE_SPAN.sub(lambda m: " " * len(m.group(0)), paragraph)

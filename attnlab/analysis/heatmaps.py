@@ -76,11 +76,13 @@ def heatmap_figure(maps: AttentionMaps, layer: int, head: int) -> Figure:
 MAX_COLUMNS = 5  # more variants than this wrap onto further rows, so a 14-variant grid stays readable
 
 
-def _variant_panels(fig: Figure, n_variants: int, rows_per_variant: int) -> np.ndarray:
-    """Axes indexed [variant, row]: variants fill at most ``MAX_COLUMNS`` columns, then wrap, each
-    variant's rows (heads) stacked in its column; unused slots are hidden."""
+def _variant_grid(n_variants: int, rows_per_variant: int, n_tokens: int) -> tuple[Figure, np.ndarray]:
+    """A figure and its axes indexed [variant, row]: variants fill at most ``MAX_COLUMNS``
+    columns, then wrap, each variant's rows (heads) stacked in its column; unused slots hidden."""
     columns = min(n_variants, MAX_COLUMNS)
     bands = -(-n_variants // columns)
+    side = float(np.clip(n_tokens * 0.22 + 1.5, 3, 9))
+    fig = Figure(figsize=(side * columns + 1.2, side * rows_per_variant * bands), layout="constrained")
     grid = fig.subplots(bands * rows_per_variant, columns, squeeze=False)
     panels = np.empty((n_variants, rows_per_variant), dtype=object)
     for v in range(bands * columns):
@@ -90,14 +92,7 @@ def _variant_panels(fig: Figure, n_variants: int, rows_per_variant: int) -> np.n
                 panels[v, row] = ax
             else:
                 ax.set_visible(False)
-    return panels
-
-
-def _grid_figsize(n_variants: int, rows_per_variant: int, n_tokens: int) -> tuple[float, float]:
-    side = float(np.clip(n_tokens * 0.22 + 1.5, 3, 9))
-    columns = min(n_variants, MAX_COLUMNS)
-    bands = -(-n_variants // columns)
-    return side * columns + 1.2, side * rows_per_variant * bands
+    return fig, panels
 
 
 def variant_grid_figure(maps_by_variant: Sequence[AttentionMaps], layer: int) -> Figure:
@@ -105,8 +100,7 @@ def variant_grid_figure(maps_by_variant: Sequence[AttentionMaps], layer: int) ->
     one row per head."""
     n_head = max(m.n_head for m in maps_by_variant)
     T = len(maps_by_variant[0].pieces)
-    fig = Figure(figsize=_grid_figsize(len(maps_by_variant), n_head, T), layout="constrained")
-    panels = _variant_panels(fig, len(maps_by_variant), n_head)
+    fig, panels = _variant_grid(len(maps_by_variant), n_head, T)
     # One colour bar per scale drawn: probabilities 0..1, and -1..1 for signed weights (diff_attn,
     # talking_heads); a single bar would mislabel the panels drawn on the other scale.
     by_scale: dict[bool, AxesImage] = {}
@@ -179,8 +173,7 @@ def difference_figure(maps_by_variant: Sequence[AttentionMaps], reference: Atten
         limit = max(float(np.abs(d).max()) for _, diffs, _ in columns for d in diffs)
     limit = limit or 1.0  # identical maps: any scale draws them white
     rows = max(len(diffs) for _, diffs, _ in columns)
-    fig = Figure(figsize=_grid_figsize(len(columns), rows, len(reference.pieces)), layout="constrained")
-    panels = _variant_panels(fig, len(columns), rows)
+    fig, panels = _variant_grid(len(columns), rows, len(reference.pieces))
     image = None
     for col, (maps, diffs, head_mean) in enumerate(columns):
         for row in range(rows):
