@@ -45,6 +45,9 @@ NORMALISERS = ("softmax", "softmax_sink", "sigmoid")
 class AttentionSpec:
     """A variant's attention as data: normaliser, logit modifications and mask.
 
+    ``window=w``: w keys, the query's own included (Hugging Face's Mistral and Gemma 2
+    ``sliding_window``; attention-gym's ``window_size=w`` is ``window=w + 1``).
+
     ``dense_terms`` / ``separable_terms`` / the sink declare which ``ScoreTerms`` the
     variant passes at each call, so that a kernel's fitness is known when the block is
     built, not at the first step.
@@ -53,7 +56,7 @@ class AttentionSpec:
     normaliser: str = "softmax"
     sigmoid_bias: float = 0.0  # "sigmoid" only: b in sigmoid(s + b)
     softcap: float | None = None  # logits -> softcap * tanh(logits / softcap)
-    window: int | None = None  # sliding window: the last ``window`` keys, the query's own included
+    window: int | None = None  # sliding window of w keys (see above); None: all earlier keys
     dense_terms: bool = False  # ScoreTerms.dense
     separable_terms: bool = False  # ScoreTerms.query / ScoreTerms.key
 

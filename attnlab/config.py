@@ -122,6 +122,16 @@ class ModelConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
 
 
+def ladder_rung(n_embd: int, n_layer: int, n_head: int, vocab_size: int, block_size: int,
+                mlp_multiple: int) -> dict[str, Any]:
+    """One rung of a scaling ladder with the study's shape rules (pre-norm LLaMA block, SwiGLU,
+    RoPE, vocabulary padded to 64): the SwiGLU width is 8/3 * n_embd rounded up to
+    ``mlp_multiple``, as LLaMA's ``multiple_of``. Rungs grow width and depth together."""
+    intermediate_size = -(-8 * n_embd // (3 * mlp_multiple)) * mlp_multiple
+    return dict(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=n_head,
+                n_embd=n_embd, intermediate_size=intermediate_size)
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -143,3 +153,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "recall": dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=64,
                    intermediate_size=128),
 }
+# Scaling ladders (configs/model/ladder/, configs/experiment/ladder.yaml): `python -m attnlab.params
+# --ladder` lists each rung's parameters and FLOPs per token.
+# CPU: width/depth 16 at every rung, two heads (diff_attn pairs them), the bundled corpus's vocabulary;
+# non-embedding parameters 26.6k -> 397k (15x).
+LADDERS: dict[str, tuple[str, ...]] = {
+    "cpu": ("ladder_c1", "ladder_c2", "ladder_c3", "ladder_c4"),
+    # GPU: heads of 64, the study's 35k vocabulary and 2,048-token context; 21M -> 367M parameters.
+    "gpu": ("ladder_g1", "ladder_g2", "ladder_g3", "ladder_g4", "ladder_g5"),
+}
+for _i, (_embd, _layers) in enumerate([(32, 2), (48, 3), (64, 4), (80, 5)], start=1):
+    PRESETS[f"ladder_c{_i}"] = ladder_rung(_embd, _layers, 2, 8000, 256, mlp_multiple=16)
+for _i, (_embd, _layers) in enumerate([(256, 4), (512, 8), (768, 12), (1024, 16), (1152, 18)], start=1):
+    PRESETS[f"ladder_g{_i}"] = ladder_rung(_embd, _layers, _embd // 64, 35_000, 2048, mlp_multiple=64)

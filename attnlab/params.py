@@ -1,4 +1,5 @@
-"""Parameter counts per variant for a preset: ``python -m attnlab.params seed100m``."""
+"""Parameter counts per variant for a preset: ``python -m attnlab.params seed100m``; a scaling
+ladder's rungs, with training FLOPs per token: ``python -m attnlab.params --ladder cpu``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import dataclasses
 
 import torch
 
-from attnlab.config import PRESETS, ModelConfig
+from attnlab.config import LADDERS, PRESETS, ModelConfig
 from attnlab.model import GPT
 from variants import available_variants, get_variant
 
@@ -115,10 +116,35 @@ def format_table(preset: str) -> str:
     return "\n".join(lines)
 
 
+def format_ladder(ladder: str, seq_len: int) -> str:
+    """Each rung of ``ladder`` (baseline block): shape, total and non-embedding parameters, and
+    training FLOPs per token at ``seq_len`` (attnlab.flops: attention included)."""
+    from attnlab.flops import flops_per_token
+
+    header = ["rung", "n_layer", "n_embd", "n_head", "mlp", "total", "non-embedding", f"MFLOP/token (T={seq_len})"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for rung in LADDERS[ladder]:
+        config = ModelConfig.from_preset(rung)
+        counts = parameter_breakdown(config)
+        cells = [rung, config.n_layer, config.n_embd, config.n_head, config.intermediate_size,
+                 f"{counts['total']:,}", f"{counts['total'] - counts['embedding'] - counts['head']:,}",
+                 f"{flops_per_token(config, min(seq_len, config.block_size)) / 1e6:.2f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("preset", nargs="?", default="seed100m", choices=sorted(PRESETS))
+    parser.add_argument("--ladder", choices=sorted(LADDERS), help="list a scaling ladder's rungs instead")
+    parser.add_argument("--seq-len", type=int, default=None,
+                        help="sequence length for --ladder's FLOPs (default: 128 cpu, 2048 gpu)")
     args = parser.parse_args(argv)
+    if args.ladder:
+        seq_len = args.seq_len or (128 if args.ladder == "cpu" else 2048)
+        print(f"Ladder {args.ladder!r} (baseline; variants: python -m attnlab.params <rung>):\n")
+        print(format_ladder(args.ladder, seq_len))
+        return
     print(f"Parameters per variant, preset {args.preset}:\n")
     print(format_table(args.preset))
 

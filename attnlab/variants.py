@@ -61,6 +61,8 @@ def list_variants(preset: str) -> Listing:
             matched = "cannot match"
             notes.append(f"{name}: {err}")
         options = ", ".join(f"{key} ({default!r})" for key, (_, default) in option_fields(block).items())
+        if block.attention_spec(config).window is not None:
+            notes.append(f"{name}: a window of w is w keys, the query's own included (AttentionSpec.window)")
         rows.append({
             "variant": name, "summary": summary_line(block), "paper": block.paper,
             "options (default)": options or "-", "extra params": f"{extra:+,}",

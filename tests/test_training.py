@@ -104,7 +104,7 @@ def test_the_variant_config_group_is_derived_from_the_registry():
     assert not (CONFIGS / "variant").exists()  # nothing to keep in sync by hand
     gated = compose_config(["variant=gated_attn", "variant.options.granularity=headwise"])
     assert (gated.variant.name, dict(gated.variant.options)) == ("gated_attn", {"granularity": "headwise"})
-    assert dict(compose_config(["variant=sigmoid_attn"]).variant.options) == {"seq_len": None}
+    assert dict(compose_config(["variant=sigmoid_attn"]).variant.options) == {"n": "seq_len", "qk_norm": True}
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -255,14 +255,14 @@ def sigmoid_reference(blk, x, cos, sin, n: int):
 
 
 @pytest.mark.parametrize("kernel", ["auto", "explicit"])
-@pytest.mark.parametrize("seq_len", [None, 16])
-def test_sigmoid_attn_is_unnormalised_sigmoid_with_bias_minus_log_n(seq_len, kernel):
-    """Ramapuram et al. 2024: b = -log n, n = option seq_len or the block_size; causal; rows do
-    not sum to one. Weights: the sigmoid weights."""
-    options = {} if seq_len is None else {"seq_len": seq_len}
-    model, blk = build("sigmoid_attn", attn_kernel=kernel, variant_options=options)
+@pytest.mark.parametrize("n_option", ["block_size", 16])
+def test_sigmoid_attn_is_unnormalised_sigmoid_with_bias_minus_log_n(n_option, kernel):
+    """Ramapuram et al. 2024: b = -log n, n = the option's number or the block_size; causal; rows
+    do not sum to one. Weights: the sigmoid weights. Without QK-norm (the conventions of
+    reference/zoo; the default's, QK-norm and n = seq_len: tests/test_variant_conventions.py)."""
+    model, blk = build("sigmoid_attn", attn_kernel=kernel, variant_options={"n": n_option, "qk_norm": False})
     x, cos, sin = block_input(model)
-    n = seq_len or model.config.block_size
+    n = model.config.block_size if n_option == "block_size" else n_option
     with torch.no_grad():
         expected, weights = sigmoid_reference(blk, x, cos, sin, n)
         other_n, _ = sigmoid_reference(blk, x, cos, sin, 16 if n == 32 else 32)
@@ -280,9 +280,10 @@ def test_sigmoid_attn_refuses_softmax_only_kernels(kernel):
 
 # ---------------------------------------------------------------- diff_attn
 
-def diff_reference(blk, x, cos, sin, layer: int, eps: float):
+def diff_reference(blk, x, cos, sin, layer: int, eps: float, key_heads=None):
     """Ye et al. 2024, with differential head i = baseline q heads (2i, 2i + 1), its key group
-    j's key heads (2j, 2j + 1) and value heads (2j, 2j + 1) concatenated."""
+    j's key heads (2j, 2j + 1) and value heads (2j, 2j + 1) concatenated; ``key_heads(i)``,
+    when given, names the two key heads of head i instead."""
     H, G, hs = blk.n_head, blk.n_query_groups, blk.head_size
     qs, ks, vs = heads(blk, x)
     qs = [rope(q, cos, sin) for q in qs]
@@ -296,7 +297,8 @@ def diff_reference(blk, x, cos, sin, layer: int, eps: float):
     outs, maps = [], []
     for i in range(n_diff):
         j = i // (n_diff // n_groups)
-        q1, q2, k1, k2 = qs[2 * i], qs[2 * i + 1], ks[2 * j], ks[2 * j + 1]
+        a1, a2 = (2 * j, 2 * j + 1) if key_heads is None else key_heads(i)
+        q1, q2, k1, k2 = qs[2 * i], qs[2 * i + 1], ks[a1], ks[a2]
         v = torch.cat([vs[2 * j], vs[2 * j + 1]], dim=-1)  # (B, T, 2 hs)
         a = (masked_softmax(q1 @ k1.transpose(-2, -1) * scale)
              - lam * masked_softmax(q2 @ k2.transpose(-2, -1) * scale))
@@ -315,8 +317,11 @@ DIFF_SHAPES = [dict(n_head=4, n_query_groups=2), dict(n_head=4, n_query_groups=4
 def test_diff_attn_is_the_differential_transformer_formula(shape, layer, kernel):
     """A_i = softmax(q1 k1^T / sqrt(hs)) - lambda softmax(q2 k2^T / sqrt(hs)),
     lambda = exp(lq1.lk1) - exp(lq2.lk2) + lambda_init, lambda_init = 0.8 - 0.6 exp(-0.3 (l - 1)),
-    head_i = (1 - lambda_init) RMSNorm(A_i v); weights: A_i, (B, H / 2, T, T)."""
-    model, blk = build("diff_attn", layer=layer, attn_kernel=kernel, n_layer=3, **shape)
+    head_i = (1 - lambda_init) RMSNorm(A_i v); weights: A_i, (B, H / 2, T, T). Each map with its
+    own key head and the model's norm_eps (the conventions of reference/zoo; the default's:
+    tests/test_variant_conventions.py)."""
+    model, blk = build("diff_attn", layer=layer, attn_kernel=kernel, n_layer=3,
+                       variant_options={"kv_pairing": "separate", "sub_norm_eps": None}, **shape)
     x, cos, sin = block_input(model)
     assert blk.sub_norm.weight.shape == (2 * blk.head_size,)
     with torch.no_grad():

@@ -216,6 +216,35 @@ def test_forgetting_gate_starts_as_the_authors():
         assert abs(gate.weight.std().item() - model.config.init_std) < 0.1 * model.config.init_std
 
 
+
+@pytest.mark.parametrize("options, expected", [
+    ({}, [0.0] * 4),
+    ({"gate_bias_init": "zero"}, [0.0] * 4),
+    ({"gate_bias_init": "constant", "gate_bias": 3.5}, [3.5] * 4),
+    # Decay times 2, 8, 32, 128 tokens: -1 / log sigmoid(b_h) = T_h, written out per head.
+    ({"gate_bias_init": "range", "decay_time_min": 2.0, "decay_time_max": 128.0},
+     [-math.log(math.expm1(1 / t)) for t in (2.0, 8.0, 32.0, 128.0)]),
+])
+def test_forgetting_gate_bias_init_options(options, expected):
+    model = build_model(config("forgetting", n_embd=64, n_head=4, variant_options=options), seed=0)
+    for block in model.blocks:
+        bias = block.attn.forget_gate.bias.data.double()
+        assert torch.allclose(bias, torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=1e-6)
+        if options.get("gate_bias_init") == "range":
+            decay = -1 / torch.nn.functional.logsigmoid(bias)
+            assert torch.allclose(decay, torch.tensor([2.0, 8.0, 32.0, 128.0], dtype=torch.float64), rtol=1e-5)
+        assert abs(block.attn.forget_gate.weight.std().item() - model.config.init_std) < 0.2 * model.config.init_std
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"gate_bias_init": "ones"}, "gate_bias_init must be one of zero, constant, range"),
+    ({"gate_bias": 1.0}, "gate_bias=1.0 is only used with gate_bias_init=constant"),
+    ({"gate_bias_init": "range", "decay_time_min": 8.0, "decay_time_max": 2.0}, "0 < min <= max"),
+])
+def test_forgetting_gate_bias_init_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(config("forgetting", n_embd=64, n_head=4, variant_options=options), seed=0)
+
 @pytest.mark.parametrize("kernel", ["sdpa", "flex", "explicit"])
 @pytest.mark.parametrize("options", FORGETTING_OPTIONS, ids=FORGETTING_IDS)
 def test_forgetting_decoding_token_by_token_is_the_full_forward(options, kernel):

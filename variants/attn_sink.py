@@ -8,6 +8,12 @@ so it need not dump attention on the first token when nothing is relevant (OpenA
 ``learned=false`` fixes a_h = 0: the "off-by-one" softmax (Miller 2023, "Attention Is Off
 By One"), with no parameter.
 
+Option ``sink_init``: ``trunc_normal`` (default) draws a learned a_h from N(0, std^2)
+truncated to [-2, 2], std = init_std / sqrt(2 * (l + 1)) for the layer at 0-based depth l,
+as torchtitan's gpt-oss does (there with init_std 0.02, its depth-scaled std of the block's
+weights; the model card gives no training init); ``zero`` starts every a_h at 0, the
+off-by-one softmax, as ``reference/zoo`` and ``reference/recall`` were trained.
+
 Extra parameters: n_head per layer (none with ``learned=false``). SDPA runs it as one more
 key with logit a_h and value 0 (in its float mask); FlexAttention scales its output by
 sigmoid(lse - a_h). Analysis weights: the probabilities of the real keys; a row sums to
@@ -16,7 +22,9 @@ sigmoid(lse - a_h). Analysis weights: the probabilities of the real keys; a row 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +45,7 @@ class AttentionSinkAttention(BaselineAttention):
     @dataclass(frozen=True)
     class Options:
         learned: bool = True  # false: the fixed off-by-one softmax (a_h = 0)
+        sink_init: Literal["trunc_normal", "zero"] = "trunc_normal"  # a learned a_h's start
 
     @classmethod
     def attention_spec(cls, config: ModelConfig) -> AttentionSpec:
@@ -44,6 +53,7 @@ class AttentionSinkAttention(BaselineAttention):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
+        self.sink_init, self.sink_init_std = self.options(config).sink_init, config.init_std
         if self.options(config).learned:
             self.sink = nn.Parameter(torch.zeros(config.n_head))  # a_h
         else:
@@ -52,7 +62,11 @@ class AttentionSinkAttention(BaselineAttention):
     def init_parameter(self, name: str, param: Tensor, generator: torch.Generator) -> bool:
         if name != "sink":
             return False
-        param.zero_()  # start as the off-by-one softmax
+        if self.sink_init == "zero":
+            param.zero_()  # start as the off-by-one softmax
+        else:
+            std = self.sink_init_std / math.sqrt(2 * (self.layer_idx + 1))
+            nn.init.trunc_normal_(param, std=std, a=-2.0, b=2.0, generator=generator)
         return True
 
     def score_terms(self, x: Tensor, q_offset: int, n_keys: int, kv_cache: KVCache | None) -> ScoreTerms:

@@ -12,10 +12,19 @@ of 2 * head_size channels:
 lq1, lk1, lq2, lk2 are learned vectors of head_size per layer (init N(0, 0.1)). The
 model has n_head / 2 differential heads, each twice the baseline's head size, so the
 q, k, v and output projections keep the baseline's shapes and parameter count (the
-fused Linear's head 2i is q1 of differential head i, head 2i + 1 its q2; the same for
-keys; value heads 2i and 2i + 1 together form its value). With GQA each key group is
-split the same way, so query pair i uses k1 and k2 of its group: the paper's formula
-(the authors' code instead repeats whole key heads, pairing both maps with one key).
+fused Linear's head 2i is q1 of differential head i, head 2i + 1 its q2; value heads
+2g and 2g + 1 together form the value of key group g, shared by the differential heads
+of that group).
+
+Options. ``kv_pairing``, which key heads the two maps use under GQA (r = n_head /
+n_query_groups differential heads per key group; the same with MHA, r = 1):
+``authors`` (default): as the authors' code (microsoft/unilm Diff-Transformer), whose key
+heads are repeated r times each and then taken in pairs like the queries, so map m of
+differential head i uses key head (2i + m) // r: with r even both maps share one key head.
+``separate``: map m of head i uses key head 2g + m of its group g = i // r, so the two maps
+always have their own keys, as the paper's formula (attnlab's form before, as
+``reference/zoo`` and ``reference/recall`` were trained). ``sub_norm_eps``: the RMSNorm's
+eps, 1e-5 (default) as the authors fix it; null: the model's ``norm_eps`` (as before).
 
 Each softmax map runs on the chosen kernel (fused SDPA/FlexAttention), so the cost is
 two attention calls. Needs an even ``n_head`` and ``n_query_groups`` (no MQA).
@@ -27,6 +36,8 @@ entries can be negative and a row sums to 1 - lambda.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +63,15 @@ class DiffAttention(BaselineAttention):
     paper = "Ye et al. 2024, Differential Transformer"
     weights_are_distributions = False
 
+    @dataclass(frozen=True)
+    class Options:
+        kv_pairing: Literal["authors", "separate"] = "authors"  # under GQA: see the module docstring
+        sub_norm_eps: float | None = 1e-5  # None: model.norm_eps
+
+        def __post_init__(self) -> None:
+            if self.sub_norm_eps is not None and not self.sub_norm_eps > 0:
+                raise ValueError(f"option sub_norm_eps must be positive or null, got {self.sub_norm_eps}")
+
     @classmethod
     def unsupported(cls, config: ModelConfig) -> str | None:
         if config.n_head % 2 or config.n_query_groups % 2:
@@ -65,7 +85,9 @@ class DiffAttention(BaselineAttention):
         hs = config.head_size
         self.lambda_q1, self.lambda_k1 = nn.Parameter(torch.zeros(hs)), nn.Parameter(torch.zeros(hs))
         self.lambda_q2, self.lambda_k2 = nn.Parameter(torch.zeros(hs)), nn.Parameter(torch.zeros(hs))
-        self.sub_norm = RMSNorm(2 * hs, eps=config.norm_eps)
+        options = self.options(config)
+        self.share_keys = options.kv_pairing == "authors"
+        self.sub_norm = RMSNorm(2 * hs, eps=options.sub_norm_eps or config.norm_eps)
 
     def init_parameter(self, name: str, param: Tensor, generator: torch.Generator) -> bool:
         if not name.startswith("lambda_"):
@@ -86,6 +108,10 @@ class DiffAttention(BaselineAttention):
                need_weights: bool) -> tuple[Tensor, Tensor | None]:
         B, G, S, hs = v.shape
         v_pair = v.reshape(B, G // 2, 2, S, hs).transpose(2, 3).reshape(B, G // 2, S, 2 * hs)
+        r = self.n_head // G  # differential heads per key group
+        if self.share_keys and r > 1:
+            # The authors' order: key head j serves query head j after each is repeated r times.
+            k, v_pair = k.repeat_interleave(r, dim=1), v_pair.repeat_interleave(r, dim=1)  # (B, H, S, hs)
         maps = [attend(q[:, half::2], k[:, half::2], v_pair, self.spec, terms, kernel=self.kernel,
                        scale=self.scale, q_offset=q_offset, need_weights=need_weights)
                 for half in (0, 1)]  # each y: (B, H/2, T, 2hs)

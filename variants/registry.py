@@ -70,6 +70,13 @@ class AttentionBlock(nn.Module):
         return None
 
     @classmethod
+    def bind_options(cls, options: Any, seq_len: int | None) -> Any:
+        """``options`` with any value that names the training run's sequence length replaced
+        by ``seq_len`` (the run's ``trainer.seq_len``; None outside a run), so that the saved
+        configuration rebuilds the same model without the run (``sigmoid_attn``'s n)."""
+        return options
+
+    @classmethod
     def options(cls, config: ModelConfig) -> Any:
         """The typed options of ``config`` (already checked by ``resolve``)."""
         return cls.Options(**config.variant_options)
@@ -133,16 +140,17 @@ def available_variants() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def resolve(config: ModelConfig) -> tuple[type[AttentionBlock], ModelConfig]:
+def resolve(config: ModelConfig, seq_len: int | None = None) -> tuple[type[AttentionBlock], ModelConfig]:
     """The variant's block class and the configuration it is built with.
 
-    Checks the options (filled in with their defaults), applies the variant's
+    Checks the options (filled in with their defaults, and bound to the training run's
+    ``seq_len`` where one is given: ``AttentionBlock.bind_options``), applies the variant's
     ``model_settings``, and refuses a model shape or a forced kernel the variant cannot
     use. Idempotent, so a resolved configuration (as saved in checkpoints) resolves to
     itself.
     """
     block = get_variant(config.variant)
-    options = parse_options(block, config.variant_options)
+    options = block.bind_options(parse_options(block, config.variant_options), seq_len)
     resolved = dataclasses.replace(config, **block.model_settings,
                                    variant_options=dataclasses.asdict(options))
     reason = block.unsupported(resolved)

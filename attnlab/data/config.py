@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-SYNTHETIC_SOURCES = ("mqar", "induction")  # generated from the seed (attnlab/data/synthetic.py): no files
+# Generated from the seed (attnlab/data/synthetic.py): no files; each has an options section in DataConfig.
+SYNTHETIC_SOURCES = ("mqar", "induction", "icr", "fuzzy_icr", "noisy_icr", "selective_copy", "compression",
+                     "memorization")
 SOURCES = ("demo", "text", "hf", *SYNTHETIC_SOURCES)
 MODEL_TYPES = ("unigram", "bpe")
 DECODE_ERROR_MODES = ("fail", "replace")
@@ -115,6 +117,108 @@ class InductionConfig:
                        f" (distinct tokens of vocab_size={self.vocab_size}; null: as long as fits)")
 
 
+def _check_fraction(name: str, value: object, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise DataError(f"{name} must be a number in [0, 1){why}, got {value!r}")
+
+
+# The MAD tasks (Poli et al. 2024, "Mechanistic Design and Scaling of Hybrid Architectures").
+# Defaults are MAD's baselines (configs/tasks/*.yml of github:athms/mad-lab); the token layouts
+# are in attnlab/data/synthetic.py.
+
+@dataclass
+class ICRConfig:
+    """``data=icr``: in-context recall (MAD). A sequence of key-value pairs in which a key keeps
+    its value within the sequence; a value is scored when its key came before (MAD's multi-query
+    form). Keys come from the first half of the vocabulary, values from the second."""
+
+    vocab_size: int = 16
+
+    def __post_init__(self) -> None:
+        _check_int("data.icr.vocab_size", self.vocab_size, 2, 2**31 - 1, " (a key and a value at least)")
+
+
+@dataclass
+class NoisyICRConfig:
+    """``data=noisy_icr``: in-context recall with noise (MAD): each pair slot is, with probability
+    ``frac_noise``, two tokens of a separate noise vocabulary instead (never scored)."""
+
+    vocab_size: int = 32  # keys, values and the noise tokens
+    noise_vocab_size: int = 16  # the last noise_vocab_size tokens are noise
+    frac_noise: float = 0.2  # share of pair slots that hold noise
+
+    def __post_init__(self) -> None:
+        _check_int("data.noisy_icr.vocab_size", self.vocab_size, 3, 2**31 - 1,
+                   " (a key, a value and a noise token at least)")
+        _check_int("data.noisy_icr.noise_vocab_size", self.noise_vocab_size, 1, self.vocab_size - 2,
+                   f" (vocab_size={self.vocab_size} keeps a key and a value)")
+        _check_fraction("data.noisy_icr.frac_noise", self.frac_noise)
+
+
+@dataclass
+class FuzzyICRConfig:
+    """``data=fuzzy_icr``: fuzzy in-context recall (MAD): keys are runs of 1..``key_len`` distinct
+    key tokens and values runs of 1..``value_len`` value tokens, so the model must find where a
+    key ends; every token of a value whose key came before is scored."""
+
+    vocab_size: int = 16  # keys, values and one pad token
+    key_len: int = 3  # MAD's k_motif_size: the longest key
+    value_len: int = 3  # MAD's v_motif_size: the longest value
+
+    def __post_init__(self) -> None:
+        _check_int("data.fuzzy_icr.vocab_size", self.vocab_size, 5, 2**31 - 1,
+                   " (two key tokens, two value tokens and the pad token at least)")
+        half = (self.vocab_size - 1) // 2
+        _check_int("data.fuzzy_icr.key_len", self.key_len, 1, half,
+                   f" (distinct tokens of the {half} key tokens of vocab_size={self.vocab_size})")
+        _check_int("data.fuzzy_icr.value_len", self.value_len, 1, self.vocab_size - 1 - half,
+                   f" (distinct tokens of the {self.vocab_size - 1 - half} value tokens of "
+                   f"vocab_size={self.vocab_size})")
+
+
+@dataclass
+class SelectiveCopyConfig:
+    """``data=selective_copy``: selective copying (MAD): ``num_tokens_to_copy`` tokens scattered
+    among blanks, then a copy token; the tokens are to be written out in order, with blanks as
+    the inputs meanwhile."""
+
+    vocab_size: int = 16  # data tokens and the blank and copy tokens
+    num_tokens_to_copy: int = 16
+
+    def __post_init__(self) -> None:
+        _check_int("data.selective_copy.vocab_size", self.vocab_size, 3, 2**31 - 1,
+                   " (a data token, the blank and the copy token at least)")
+        _check_int("data.selective_copy.num_tokens_to_copy", self.num_tokens_to_copy, 1, 2**31 - 1)
+
+
+@dataclass
+class CompressionConfig:
+    """``data=compression``: compression (MAD): random tokens, then a compression token; the
+    sequence is to be written out again with the compression token as every input meanwhile."""
+
+    vocab_size: int = 16  # data tokens and the compression token
+
+    def __post_init__(self) -> None:
+        _check_int("data.compression.vocab_size", self.vocab_size, 2, 2**31 - 1,
+                   " (a data token and the compression token at least)")
+
+
+@dataclass
+class MemorizationConfig:
+    """``data=memorization``: memorization (MAD): a fixed key -> value map, drawn from ``map_seed``
+    and shared by every sequence, split and training seed, is asked key by key; the value never
+    appears in the input, so it must be learned into the weights."""
+
+    vocab_size: int = 256  # keys, values and the insert token: (vocab_size - 1) // 2 facts
+    map_seed: int = 12345  # the map; keep it fixed across runs that should learn the same facts
+
+    def __post_init__(self) -> None:
+        _check_int("data.memorization.vocab_size", self.vocab_size, 3, 2**31 - 1,
+                   " (a key, a value and the insert token at least)")
+        if isinstance(self.map_seed, bool) or not isinstance(self.map_seed, int):
+            raise DataError(f"data.memorization.map_seed must be an int, got {self.map_seed!r}")
+
+
 @dataclass
 class DataConfig:
     """Where the corpus comes from, how it is split, and where the cache lives.
@@ -124,8 +228,9 @@ class DataConfig:
     lines —, ``.jsonl`` with ``text_field``, or ``.parquet`` with column ``text_field``;
     ``.txt``/``.jsonl`` may be ``.gz``/``.xz`` compressed); ``hf`` streams a
     ``datasets`` dataset (``hf_name``, or a builder such as ``"parquet"`` /
-    ``"json"`` with ``paths`` as its data files); ``mqar`` and ``induction`` are
-    synthetic tasks generated from the seed (options in ``mqar`` / ``induction``).
+    ``"json"`` with ``paths`` as its data files); ``mqar``, ``induction`` and the MAD tasks
+    (``icr``, ``fuzzy_icr``, ``noisy_icr``, ``selective_copy``, ``compression``, ``memorization``)
+    are synthetic tasks generated from the seed (options in the section of the same name).
     """
 
     source: str = "demo"
@@ -147,9 +252,18 @@ class DataConfig:
     # Options of the synthetic sources (used only by their source; no tokenizer, no files).
     mqar: MQARConfig = field(default_factory=MQARConfig)
     induction: InductionConfig = field(default_factory=InductionConfig)
+    icr: ICRConfig = field(default_factory=ICRConfig)
+    fuzzy_icr: FuzzyICRConfig = field(default_factory=FuzzyICRConfig)
+    noisy_icr: NoisyICRConfig = field(default_factory=NoisyICRConfig)
+    selective_copy: SelectiveCopyConfig = field(default_factory=SelectiveCopyConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
+    # A synthetic task's finite training set: None, an endless stream; n, training example i is
+    # example i mod n (the first n of the stream, cycled). Validation stays its own stream.
+    num_train_examples: Optional[int] = None
 
     def __post_init__(self) -> None:
-        for name, cls in (("tokenizer", TokenizerConfig), ("mqar", MQARConfig), ("induction", InductionConfig)):
+        for name, cls in _SECTIONS.items():
             section = getattr(self, name)
             if isinstance(section, dict) or hasattr(section, "keys"):
                 section = dict(section)
@@ -188,3 +302,14 @@ class DataConfig:
             raise DataError(f"data.shard_tokens must be an int >= 1024, got {self.shard_tokens!r}")
         if not isinstance(self.num_threads, int) or self.num_threads < 0:
             raise DataError(f"data.num_threads must be an int >= 0 (0: all cores), got {self.num_threads!r}")
+        if self.num_train_examples is not None:
+            _check_int("data.num_train_examples", self.num_train_examples, 1, 2**63 - 1,
+                       " (null: an endless stream)")
+            if self.source not in SYNTHETIC_SOURCES:
+                raise DataError(f"data.num_train_examples={self.num_train_examples} is only used with a "
+                                f"synthetic source ({', '.join(SYNTHETIC_SOURCES)}), not with {self.source!r}")
+
+
+_SECTIONS = {"tokenizer": TokenizerConfig, "mqar": MQARConfig, "induction": InductionConfig, "icr": ICRConfig,
+             "fuzzy_icr": FuzzyICRConfig, "noisy_icr": NoisyICRConfig, "selective_copy": SelectiveCopyConfig,
+             "compression": CompressionConfig, "memorization": MemorizationConfig}

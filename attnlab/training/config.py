@@ -20,7 +20,7 @@ from attnlab.config import PRESETS, ModelConfig
 from attnlab.data.config import DataConfig
 from attnlab.params import match_parameters
 from variants import available_variants, get_variant, resolve
-from variants.registry import option_fields
+from variants.registry import option_fields, parse_options
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -57,14 +57,16 @@ class ModelSection:
     # or refuse the run if that cannot be done (attnlab.params.match_parameters).
     match_params: bool = False
 
-    def build(self, variant: VariantSection, vocab_size: int) -> ModelConfig:
-        """The model configuration as the variant resolves it (its options checked and its
-        model-wide settings applied), so run files show what is trained."""
+    def build(self, variant: VariantSection, vocab_size: int, seq_len: int | None = None) -> ModelConfig:
+        """The model configuration as the variant resolves it (its options checked, bound to
+        the run's ``seq_len`` and its model-wide settings applied), so run files show what is
+        trained."""
         overrides = {k: v for k, v in vars(self).items()
                      if k not in ("preset", "match_params") and v is not None}
         overrides.setdefault("vocab_size", vocab_size)
         config = resolve(ModelConfig.from_preset(self.preset, variant=variant.name,
-                                                 variant_options=dict(variant.options), **overrides))[1]
+                                                 variant_options=dict(variant.options), **overrides),
+                         seq_len=seq_len)[1]
         return match_parameters(config) if self.match_params else config
 
 
@@ -108,6 +110,9 @@ class TrainerSection:
     num_workers: int = 0
     progress_bar: bool = True
     peak_flops: Optional[float] = None  # device peak FLOP/s for MFU; None: the known table
+    # torch's intra-op threads for this run; None: torch's default (all cores, or what the
+    # launcher's workers were given: hydra/launcher=joblib gives each of its N workers cores/N).
+    threads: Optional[int] = None
     # A NaN/Inf training loss: "stop" (raise, naming the step and the last good checkpoint)
     # or "skip" the batch (no update; still stops after 10 in a row).
     nonfinite_loss: str = "stop"
@@ -119,6 +124,8 @@ class TrainerSection:
         _check("trainer.checkpoint_every_n_steps", self.checkpoint_every_n_steps,
                "a positive integer or null (null: at each validation)", lambda v: v is None or _positive_int(v))
         _check("trainer.num_workers", self.num_workers, "an integer >= 0", _non_negative_int)
+        _check("trainer.threads", self.threads, "a positive integer or null (null: torch's default)",
+               lambda v: v is None or _positive_int(v))
         _check("trainer.peak_flops", self.peak_flops, "positive (FLOP/s) or null (null: the known table)",
                lambda v: v is None or _positive(v))
         _check("trainer.devices", self.devices,
@@ -132,6 +139,53 @@ class TrainerSection:
 
             _check_choice("trainer.strategy", self.strategy,
                           ("auto", *sorted(StrategyRegistry.available_strategies())))
+
+
+BUDGET_COUNTS = ("non_embedding", "total")
+LADDER_LR = ("given", "tuned")
+
+
+@dataclass
+class BudgetSection:
+    """A token budget tied to the model's size (scaling ladders): when ``tokens_per_param`` is
+    set, ``trainer.max_steps``, ``optim.warmup_steps`` and ``trainer.val_every_n_steps`` are
+    derived from it (attnlab/training/budget.py), so warm-up and the cosine schedule scale with
+    the budget. The parameter count is baseline's at the same shape, so every variant of a rung
+    trains on the same tokens."""
+
+    tokens_per_param: Optional[float] = None  # None: trainer.max_steps as given
+    count: str = "non_embedding"  # which parameters: non_embedding (not wte, not lm_head) or total
+    warmup_fraction: float = 0.1  # of the steps
+    validations: int = 5  # evenly spaced over the run (the last at the final step)
+    repeat_data: bool = False  # a budget beyond the training split: refuse (false) or repeat it, saying so
+
+    def validate(self) -> None:
+        _check("budget.tokens_per_param", self.tokens_per_param, "positive or null (null: trainer.max_steps)",
+               lambda v: v is None or _positive(v))
+        _check_choice("budget.count", self.count, BUDGET_COUNTS)
+        _check("budget.warmup_fraction", self.warmup_fraction, "in [0, 1)", _beta)
+        _check("budget.validations", self.validations, "a positive integer", _positive_int)
+
+
+@dataclass
+class LadderSection:
+    """A run as a member of a scaling ladder (configs/experiment/ladder.yaml): with ``name`` set
+    the run's experiment is ``<name>-<model preset>-lr<lr>`` (one per rung and learning rate)
+    and ``python evaluate.py experiment=<name>`` compares the whole ladder (attnlab/ladder.py).
+    ``lr=tuned`` takes ``optim.lr`` from the ladder's finished runs at ``selection_seeds``: per
+    variant and rung, the rate with the lowest mean final validation loss; those seeds are then
+    not allowed in the comparison, so the rate is never chosen on the runs it is reported with."""
+
+    name: Optional[str] = None  # None: not a ladder run
+    lr: str = "given"  # given: optim.lr; tuned: chosen on the selection seeds' runs
+    selection_seeds: list[int] = field(default_factory=lambda: [100])
+
+    def validate(self) -> None:
+        _check("ladder.name", self.name, "null or a non-empty name without '/' or '-'",
+               lambda v: v is None or (isinstance(v, str) and v != "" and "/" not in v and "-" not in v))
+        _check_choice("ladder.lr", self.lr, LADDER_LR)
+        _check("ladder.selection_seeds", self.selection_seeds, "a non-empty list of seeds",
+               lambda v: isinstance(v, list) and bool(v) and all(_non_negative_int(s) for s in v))
 
 
 @dataclass
@@ -168,6 +222,11 @@ class TrainConfig:
     trainer: TrainerSection = field(default_factory=TrainerSection)
     optim: OptimConfig = field(default_factory=OptimConfig)
     logger: LoggerSection = field(default_factory=LoggerSection)
+    budget: BudgetSection = field(default_factory=BudgetSection)
+    ladder: LadderSection = field(default_factory=LadderSection)
+    # Option values per variant name, applied under the command line's variant.options when
+    # that variant is selected (an experiment that sweeps every variant pins their conventions).
+    variant_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Fail fast, naming the bad value and what is allowed."""
@@ -176,11 +235,21 @@ class TrainConfig:
                              f"{', '.join(sorted(PRESETS))}")
         # The variant, its options, the model shape and the kernel, before any data is read
         # (the preset's vocabulary stands in for the tokenizer's).
-        self.model.build(self.variant, PRESETS[self.model.preset]["vocab_size"])
+        for name, values in self.variant_defaults.items():
+            try:
+                parse_options(get_variant(name), dict(values))
+            except ValueError as err:
+                raise ValueError(f"variant_defaults.{name}: {err}") from None
+        self.model.build(self.variant, PRESETS[self.model.preset]["vocab_size"], self.trainer.seq_len)
         _check("seed", self.seed, f"an integer in [0, {MAX_SEED}]", lambda v: _int(v) and 0 <= v <= MAX_SEED)
         self.trainer.validate()
         self.optim.validate()
         self.logger.validate()
+        self.budget.validate()
+        self.ladder.validate()
+        if self.ladder.lr == "tuned" and self.seed in self.ladder.selection_seeds:
+            raise ValueError(f"seed={self.seed} is one of ladder.selection_seeds={self.ladder.selection_seeds}, "
+                             f"which chose the learning rate: a ladder.lr=tuned run must use another seed")
         if not isinstance(self.experiment_name, str) or not self.experiment_name or "/" in self.experiment_name:
             raise ValueError(f"experiment_name must be a non-empty name without '/', "
                              f"got {self.experiment_name!r}")
@@ -245,13 +314,24 @@ def _valid_devices(value: Any) -> bool:
 def register_schema() -> None:
     """Make ``TrainConfig`` the schema ``configs/train.yaml`` composes into (``train_schema``),
     and derive the ``variant`` group from the registry: one entry per variant, holding its
-    name and its options' defaults."""
+    name and its options' defaults, each overridden by ``variant_defaults.<name>.<option>``
+    where the config sets one."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for name in available_variants():
-        options = {key: default for key, (_, default) in option_fields(get_variant(name)).items()}
+        options = {key: f"${{oc.select:variant_defaults.{name}.{key},{_grammar_literal(default)}}}"
+                   for key, (_, default) in option_fields(get_variant(name)).items()}
         node = OmegaConf.create({"name": name, "options": options})
         # Open to unknown keys, so that a misspelt option reaches parse_options, whose error
         # lists the allowed ones, instead of Hydra's "Key ... is not in struct".
         OmegaConf.set_struct(node.options, False)
         store.store(group="variant", name=name, node=node)
+
+
+def _grammar_literal(value: Any) -> str:
+    """An option's default as OmegaConf's interpolation grammar reads it back."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, str):
+        return f"'{value}'"
+    return repr(value)

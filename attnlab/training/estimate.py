@@ -33,14 +33,30 @@ class TimeEstimate(Callback):
         log.info(self.message(1))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        log.info(self.message(count_jobs(config)))
+        log.info(self.message(count_jobs(config), parallel_workers(config)))
 
-    def message(self, runs: int | None) -> str:
+    def message(self, runs: int | None, workers: int = 1) -> str:
         if runs is None:  # a sweeper whose jobs are not a grid of the overrides
             return f"{self.experiment}: ~{self.seconds_per_run:.0f} s per run"
-        total = runs * self.seconds_per_run
-        return (f"{self.experiment}: {runs} run{'s' if runs != 1 else ''} x ~{self.seconds_per_run:.0f} s "
+        # Runs of equal length in waves of `workers` (seconds_per_run is one run on one core).
+        total = math.ceil(runs / workers) * self.seconds_per_run
+        at_once = f" on {workers} parallel workers" if workers > 1 else ""
+        return (f"{self.experiment}: {runs} run{'s' if runs != 1 else ''} x ~{self.seconds_per_run:.0f} s{at_once} "
                 f"≈ {total / 60:.1f} min")
+
+
+def parallel_workers(config: DictConfig) -> int:
+    """How many runs the launcher runs at once: ``n_jobs`` of hydra/launcher=joblib (-1: every
+    core, as joblib counts them), else 1 (the basic launcher; Slurm's own queue decides there)."""
+    launcher = config.hydra.launcher
+    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        return 1
+    n_jobs = int(launcher.get("n_jobs") or 1)
+    if n_jobs < 0:
+        import joblib
+
+        n_jobs = max(1, joblib.cpu_count() + 1 + n_jobs)  # joblib's rule: -1 all, -2 all but one
+    return n_jobs
 
 
 def count_jobs(config: DictConfig) -> int | None:

@@ -8,13 +8,16 @@ and Lightning settings), ``summary`` (what summary.json records besides the loss
 from __future__ import annotations
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from attnlab.checkpoint import check_checkpoint_matches, checkpoint_step
 from attnlab.data import check_vocab_fits, prepare_data
 from attnlab.flops import flops_per_token
+from attnlab.ladder import member_name, tuned_lr
 from attnlab.model import build_model
 from attnlab.runs import RunDir
+from attnlab.training.budget import apply_budget
 from attnlab.training.callbacks import SummaryCallback, TrainingInterrupted
 from attnlab.training.config import TrainConfig
 from attnlab.training.datamodule import TokenDataModule
@@ -38,6 +41,13 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
     check_accelerator_available(accelerator)
     precision = choose_precision(cfg.trainer.precision, accelerator)
     check_kernel_can_train(cfg.model.attn_kernel, accelerator)
+    if cfg.trainer.threads is not None:
+        torch.set_num_threads(cfg.trainer.threads)
+    if cfg.ladder.name is not None:  # one experiment per rung and learning rate (attnlab/ladder.py)
+        if cfg.ladder.lr == "tuned":
+            cfg.optim.lr = tuned_lr(cfg.results_dir, cfg.ladder.name, cfg.variant.name, cfg.model.preset,
+                                    cfg.ladder.selection_seeds)
+        cfg.experiment_name = member_name(cfg.ladder.name, cfg.model.preset, cfg.optim.lr)
 
     # 2. Claim the run directory, or find the checkpoint to resume. DDP workers started by
     # Lightning (or torchrun) re-run this function: only rank 0 claims and writes the directory.
@@ -47,8 +57,9 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
 
     # 3. Data and model.
     prepared = prepare_data(cfg.data)
-    model_config = cfg.model.build(cfg.variant, prepared.vocab_size)
+    model_config = cfg.model.build(cfg.variant, prepared.vocab_size, cfg.trainer.seq_len)
     check_vocab_fits(prepared.vocab_size, model_config.vocab_size)
+    apply_budget(cfg, model_config, None if prepared.task else prepared.train_tokens)
     if cfg.trainer.seq_len > model_config.block_size:
         raise ValueError(f"trainer.seq_len={cfg.trainer.seq_len} exceeds model.block_size="
                          f"{model_config.block_size} of preset {model_config.name!r}; use "

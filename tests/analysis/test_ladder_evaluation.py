@@ -1,0 +1,81 @@
+"""``evaluate.py experiment=<ladder>``: learning-rate selection, per-rung comparisons, fits, figures.
+
+The run directories hold what training writes that the ladder's evaluation reads (summary.json,
+config.yaml), with losses from known curves, so the answers are known exactly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from attnlab.analysis.config import EvaluateConfig
+from attnlab.analysis.pipeline import evaluate
+from attnlab.ladder import member_name
+
+RUNGS = {"r1": 1e12, "r2": 4e12, "r3": 1.6e13, "r4": 6.4e13}  # compute of each rung
+E, A, ALPHA, K = 2.0, 2.0 * 1e12 ** 0.3, 0.3, 2.0  # the variant is baseline with 2x compute
+
+
+def true_loss(variant: str, compute: float) -> float:
+    return E + A * ((K if variant == "gated_attn" else 1.0) * compute) ** -ALPHA
+
+
+def write_run(runs_dir, variant, rung, lr, seed, loss) -> None:
+    path = runs_dir / member_name("lad", rung, lr) / variant / f"seed{seed}"
+    path.mkdir(parents=True)
+    tokens = 1_000_000
+    (path / "summary.json").write_text(json.dumps({
+        "variant": variant, "preset": rung, "lr": lr, "seed": seed, "steps": 10, "tokens_seen": tokens,
+        "flops_per_token": RUNGS[rung] / tokens, "final_val_loss": loss, "params_matched": True,
+        "parameters": {"total": 1000, "embedding": 100, "head": 100}}))
+    (path / "config.yaml").write_text(yaml.safe_dump({"ladder": {"name": "lad", "selection_seeds": [100]}}))
+
+
+def make_ladder(runs_dir, rungs=RUNGS) -> None:
+    noise = {0: 0.001, 1: -0.001, 2: 0.0}
+    for variant in ("baseline", "gated_attn"):
+        for rung, compute in rungs.items():
+            best = 4e-3 if variant == "gated_attn" else 2e-3
+            for lr in (2e-3, 4e-3):  # the selection seed: the better rate has the lower loss
+                write_run(runs_dir, variant, rung, lr, 100, true_loss(variant, compute) + (0 if lr == best else 0.1))
+            for seed, offset in noise.items():
+                write_run(runs_dir, variant, rung, best, seed, true_loss(variant, compute) + offset)
+            # a comparison-seed run at the rate not chosen, which must be left out
+            write_run(runs_dir, variant, rung, 8e-3, 0, 0.0)
+
+
+def test_the_ladder_evaluation_compares_at_the_chosen_rates_and_recovers_the_multiplier(tmp_path):
+    runs_dir = tmp_path / "runs"
+    make_ladder(runs_dir)
+    out = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=200))
+    assert out == tmp_path / "lad"
+    chosen = pd.read_csv(out / "tables" / "lr_selection.csv").set_index(["variant", "rung"])
+    assert (chosen.xs("baseline")["lr"] == 2e-3).all() and (chosen.xs("gated_attn")["lr"] == 4e-3).all()
+    per_rung = pd.read_csv(out / "tables" / "per_rung.csv")
+    assert (per_rung["n"] == 3).all()  # seeds 0, 1, 2 at the chosen rate; not seed 100, not lr 8e-3
+    assert per_rung["loss"].min() > 1.0
+    gated = per_rung[per_rung["variant"] == "gated_attn"]
+    assert gated["p_holm"].notna().all()
+    multipliers = pd.read_csv(out / "tables" / "multipliers.csv")
+    assert multipliers["multiplier"].tolist() == pytest.approx([K] * 4, rel=0.02)
+    assert abs(multipliers["slope"].iloc[0]) < 0.02
+    fits = pd.read_csv(out / "tables" / "fits.csv").set_index("variant")
+    assert fits.loc["baseline", "alpha"] == pytest.approx(ALPHA, rel=0.05)
+    assert "Chosen on the runs at seed(s) 100" in (out / "tables" / "lr_selection.md").read_text()
+    for name in ("loss_vs_compute", "multiplier"):
+        assert (out / "figures" / f"{name}.png").is_file() and (out / "figures" / f"{name}.pdf").is_file()
+    assert "lr0.008" not in json.dumps(json.loads((out / "evaluation.json").read_text())["runs"])
+
+
+def test_a_ladder_with_too_few_rungs_is_compared_per_rung_and_says_why_it_has_no_fit(tmp_path):
+    runs_dir = tmp_path / "runs"
+    make_ladder(runs_dir, {k: v for k, v in list(RUNGS.items())[:3]})
+    out = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=50))
+    text = (out / "tables" / "per_rung.md").read_text()
+    assert "No scaling fit" in text and "at least 4 distinct compute values (rungs)" in text and "got 3" in text
+    assert not (out / "tables" / "multipliers.csv").exists()
+    assert (out / "figures" / "loss_vs_compute.png").is_file()

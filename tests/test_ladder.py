@@ -1,0 +1,170 @@
+"""Scaling ladders: rungs, token budgets, learning-rate selection, the parallel launcher."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from attnlab.config import LADDERS, ModelConfig
+from attnlab.ladder import member_name, select_learning_rates, tuned_lr
+from attnlab.params import format_ladder, parameter_breakdown
+from attnlab.runs import find_runs
+from attnlab.training.budget import apply_budget, budget_parameters
+from attnlab.training.estimate import TimeEstimate
+from test_training import CONFIGS, REPO, compose_config, tiny_overrides
+
+
+def run_overrides(tmp_path, corpus) -> list[str]:
+    """The tiny test run without its model shape: the ladder's rungs give that."""
+    return [o for o in tiny_overrides(tmp_path, corpus) if not o.startswith("model.")]
+
+
+def non_embedding(config: ModelConfig) -> int:
+    counts = parameter_breakdown(config)
+    return counts["total"] - counts["embedding"] - counts["head"]
+
+
+def test_the_cpu_ladder_spans_ten_times_in_non_embedding_parameters_growing_width_and_depth():
+    rungs = [ModelConfig.from_preset(r) for r in LADDERS["cpu"]]
+    assert len(rungs) >= 4
+    sizes = [non_embedding(c) for c in rungs]
+    assert sizes == [26_784, 83_280, 201_280, 397_680]  # exact: 2 heads, SwiGLU 8/3 rounded up to 16
+    assert sizes[-1] / sizes[0] >= 10
+    for small, large in zip(rungs, rungs[1:]):
+        assert large.n_embd > small.n_embd and large.n_layer > small.n_layer
+    for c in rungs:
+        assert c.padded_vocab_size % 64 == 0 and c.rope_n_elem == c.head_size and c.n_head % 2 == 0
+    gpu = [parameter_breakdown(ModelConfig.from_preset(r))["total"] for r in LADDERS["gpu"]]
+    assert 15e6 < gpu[0] < 30e6 and 300e6 < gpu[-1] < 450e6
+    table = format_ladder("cpu", 128)
+    assert "| ladder_c4 | 5 | 80 | 2 | 224 | 1,677,680 | 397,680 | 6.84 |" in table
+
+
+def test_the_budget_sets_steps_warmup_and_validations_from_baselines_parameters(tmp_path, corpus):
+    cfgs = {v: compose_config([f"variant={v}", *run_overrides(tmp_path, corpus), "model=ladder/c1",
+                               "budget.tokens_per_param=2", "trainer.batch_size=8", "trainer.seq_len=128"])
+            for v in ("baseline", "diff_attn")}
+    for cfg in cfgs.values():
+        cfg.validate()
+        model = cfg.model.build(cfg.variant, 8000)
+        assert budget_parameters(model, "non_embedding") == 26_784  # baseline's, for every variant
+        apply_budget(cfg, model, train_tokens=10**6)
+        # 2 x 26,784 tokens / 1,024 per step = 52.3 -> 53 steps -> 5 validations of 11 steps.
+        assert (cfg.trainer.max_steps, cfg.trainer.val_every_n_steps, cfg.optim.warmup_steps) == (55, 11, 6)
+    total = compose_config([*run_overrides(tmp_path, corpus), "model=ladder/c1", "budget.tokens_per_param=1",
+                            "budget.count=total", "trainer.batch_size=8", "trainer.seq_len=128"])
+    apply_budget(total, total.model.build(total.variant, 8000), train_tokens=None)  # a generated task: no limit
+    assert total.trainer.max_steps == 530  # 538,784 / 1,024 = 526.2 -> 527 -> 5 x 106
+
+
+def test_a_budget_beyond_the_corpus_is_refused_or_repeats_it_visibly(tmp_path, corpus, caplog):
+    cfg = compose_config([*run_overrides(tmp_path, corpus), "model=ladder/c1", "budget.tokens_per_param=2"])
+    model = cfg.model.build(cfg.variant, 8000)
+    with pytest.raises(ValueError, match=r"exceeds the 1,000-token training split .*budget.repeat_data=true"):
+        apply_budget(cfg, model, train_tokens=1000)
+    cfg.budget.repeat_data = True
+    with caplog.at_level("INFO", logger="attnlab.training.budget"):
+        apply_budget(cfg, model, train_tokens=1000)
+    assert "passes over the 1,000-token training split" in caplog.text
+
+
+@pytest.mark.parametrize("override, message", [
+    ("budget.tokens_per_param=-1", "budget.tokens_per_param must be positive"),
+    ("budget.count=embedding", "unknown budget.count 'embedding'; allowed: non_embedding, total"),
+    ("ladder.lr=best", "unknown ladder.lr 'best'; allowed: given, tuned"),
+    ("trainer.threads=0", "trainer.threads must be a positive integer or null"),
+])
+def test_bad_budget_and_ladder_settings_are_refused_by_name(override, message, tmp_path, corpus):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compose_config([*tiny_overrides(tmp_path, corpus), override]).validate()
+
+
+def test_a_tuned_run_cannot_use_a_seed_that_chose_its_learning_rate(tmp_path, corpus):
+    cfg = compose_config([*tiny_overrides(tmp_path, corpus), "ladder.name=lad", "ladder.lr=tuned", "seed=100"])
+    with pytest.raises(ValueError, match=r"seed=100 is one of ladder.selection_seeds=\[100\]"):
+        cfg.validate()
+    with pytest.raises(ValueError, match="tune first, e.g. python train.py -m experiment=lad_tune"):
+        tuned_lr(tmp_path, "lad", "baseline", "ladder_c1", [100])
+
+
+def test_the_learning_rate_is_chosen_on_the_selection_seeds_only_and_a_choice_at_the_edge_is_flagged():
+    rows = [("baseline", "c1", lr, seed, loss) for lr, seed, loss in [
+        (1e-3, 100, 5.0), (2e-3, 100, 4.8), (4e-3, 100, 4.9),  # selection: 2e-3 inside the grid
+        (1e-3, 0, 1.0)]]  # a comparison seed's run must not decide
+    rows += [("diff_attn", "c1", lr, 100, loss) for lr, loss in [(1e-3, 5.0), (2e-3, 4.9), (4e-3, 4.7)]]
+    frame = pd.DataFrame(rows, columns=["variant", "rung", "lr", "seed", "loss"])
+    chosen = select_learning_rates(frame, [100]).set_index("variant")
+    assert chosen.loc["baseline", "lr"] == 2e-3 and not chosen.loc["baseline", "at_edge"]
+    assert chosen.loc["diff_attn", "lr"] == 4e-3 and chosen.loc["diff_attn", "at_edge"]
+    assert chosen.loc["baseline", "grid"] == "0.001, 0.002, 0.004"
+
+
+def test_the_ladder_experiments_compose_and_count_their_runs():
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from attnlab.training.estimate import count_jobs, parallel_workers
+
+    for name, lr in (("ladder", "tuned"), ("ladder_tune", "given")):
+        cfg = compose_config([f"experiment={name}"])
+        cfg.validate()
+        assert (cfg.ladder.name, cfg.ladder.lr, cfg.budget.tokens_per_param, cfg.trainer.threads) == \
+            ("ladder", lr, 2.0, 1)
+    tune = OmegaConf.load(CONFIGS / "experiment" / "ladder_tune.yaml").hydra
+    base = OmegaConf.load(CONFIGS / "experiment" / "ladder.yaml").hydra
+    params = {**base.sweeper.params, **tune.sweeper.params}
+    config = OmegaConf.create({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": params},
+        "launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2},
+        "overrides": {"task": ["experiment=ladder_tune"]}}})
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        assert count_jobs(config) == 4 * 6 * 3  # rungs x variants x learning rates (one selection seed)
+    assert parallel_workers(config) == 2
+    assert TimeEstimate("ladder", 76).message(72, 2) == "ladder: 72 runs x ~76 s on 2 parallel workers ≈ 45.6 min"
+    assert member_name("ladder", "ladder_c2", 0.004) == "ladder-ladder_c2-lr0.004"
+
+
+def _train_cli(args: list[str], cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_the_joblib_launcher_gives_bitwise_the_runs_of_the_sequential_sweep(tmp_path, corpus):
+    sweep = ["-m", "variant=baseline,gated_attn", *tiny_overrides(tmp_path, corpus), "trainer.threads=1"]
+    for launcher in ("basic", "joblib"):
+        result = _train_cli([*sweep, f"experiment_name={launcher}", f"hydra/launcher={launcher}",
+                             *(["hydra.launcher.n_jobs=2"] if launcher == "joblib" else [])], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+    for variant in ("baseline", "gated_attn"):
+        runs = {launcher: next(r for r in find_runs(tmp_path / "runs", launcher) if r.variant == variant)
+                for launcher in ("basic", "joblib")}
+        summaries = {k: r.load_summary() for k, r in runs.items()}
+        assert summaries["basic"]["final_val_loss"] == summaries["joblib"]["final_val_loss"]
+        assert summaries["joblib"]["device"].endswith("1 threads)")
+        weights = {k: torch.load(r.last_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+                   for k, r in runs.items()}
+        assert weights["basic"].keys() == weights["joblib"].keys()
+        assert all(torch.equal(weights["basic"][key], weights["joblib"][key]) for key in weights["basic"])
+
+
+@pytest.mark.slow
+def test_a_tuned_ladder_run_trains_at_the_rate_its_selection_seed_chose(tmp_path, corpus):
+    common = [*tiny_overrides(tmp_path, corpus), "ladder.name=lad", "model.preset=ladder_c1",
+              "model.block_size=32", "trainer.threads=1"]
+    tune = _train_cli(["-m", *common, "optim.lr=1e-4,3e-3", "seed=100", "hydra/launcher=joblib",
+                       "hydra.launcher.n_jobs=2"], cwd=tmp_path)
+    assert tune.returncode == 0, tune.stderr[-3000:]
+    losses = {r.path.parent.parent.name: r.load_summary()["final_val_loss"] for r in find_runs(tmp_path / "runs")}
+    assert sorted(losses) == ["lad-ladder_c1-lr0.0001", "lad-ladder_c1-lr0.003"]
+    best = min(losses, key=losses.get)
+    compare = _train_cli([*common, "ladder.lr=tuned", "seed=0"], cwd=tmp_path)
+    assert compare.returncode == 0, compare.stderr[-3000:]
+    run = next(r for r in find_runs(tmp_path / "runs", best) if r.seed == 0)
+    assert run.load_summary()["lr"] == float(best.removeprefix("lad-ladder_c1-lr"))
