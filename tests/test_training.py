@@ -225,7 +225,7 @@ def test_unwritable_results_dir_fails_before_any_work(tmp_path, corpus):
 @pytest.mark.parametrize("args, message", [
     (["variant=nope"], "Could not find 'variant/nope'\n\nAvailable options in 'variant':\n"),
     (["model=huge"], "Could not find 'model/huge'\n\nAvailable options in 'model':\n\tgqa100m"),
-    (["data=web"], "Could not find 'data/web'\n\nAvailable options in 'data':\n\tdemo"),
+    (["data=web"], "Could not find 'data/web'\n\nAvailable options in 'data':\n\tcompression\n\tdemo"),
     (["trainer=tpu"], "Could not find 'trainer/tpu'\n\nAvailable options in 'trainer':\n\tcpu"),
     (["trainer.max_step=3"], "Key 'max_step' not in 'TrainerSection'"),
 ])
