@@ -12,10 +12,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from attnlab.checkpoint import check_checkpoint_matches, checkpoint_step
+from attnlab.config import PRESETS
 from attnlab.data import check_vocab_fits, prepare_data
 from attnlab.flops import flops_per_token
 from attnlab.ladder import member_name, tuned_lr
 from attnlab.model import build_model
+from attnlab.plan import check_fits_device
 from attnlab.runs import RunDir
 from attnlab.training.budget import apply_budget
 from attnlab.training.callbacks import SummaryCallback, TrainingInterrupted
@@ -48,6 +50,13 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
             cfg.optim.lr = tuned_lr(cfg.results_dir, cfg.ladder.name, cfg.variant.name, cfg.model.preset,
                                     cfg.ladder.selection_seeds)
         cfg.experiment_name = member_name(cfg.ladder.name, cfg.model.preset, cfg.optim.lr)
+
+    # Refuse a run whose estimated peak exceeds the GPU's memory before anything is written
+    # (attnlab/plan.py); the preset's vocabulary stands in for the tokenizer's, not known yet.
+    if accelerator == "gpu" and torch.cuda.is_available():
+        planned = cfg.model.build(cfg.variant, PRESETS[cfg.model.preset]["vocab_size"], cfg.trainer.seq_len)
+        check_fits_device(planned, cfg.trainer, torch.cuda.get_device_name(0),
+                          memory_bytes=torch.cuda.get_device_properties(0).total_memory, precision=precision)
 
     # 2. Claim the run directory, or find the checkpoint to resume. DDP workers started by
     # Lightning (or torchrun) re-run this function: only rank 0 claims and writes the directory.

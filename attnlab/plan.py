@@ -1,0 +1,319 @@
+"""What a training run will do on a device, before it runs: ``python -m attnlab.plan --preset seed100m
+--seq-len 512 --batch-size 8 --device h100``.
+
+Per variant: the kernel every attention call uses (``model.attn_kernel=auto`` resolved as the
+model resolves it, ``attnlab.variants.training_kernel``) and, on SDPA, which of its backends runs
+and why; the tensors a layer materialises beyond the flash path, with their bytes; and an
+estimate of peak training memory (``estimate_peak_bytes``). ``check_fits_device`` refuses a run
+whose estimate exceeds the device's memory, naming settings that fit.
+
+The estimate, in bytes, with P parameters, N = B * T tokens per micro-batch, L layers, h = n_embd,
+f = SwiGLU width, H query heads, G key/value groups, hs = head_size, V = padded vocabulary and
+a = 2 (bf16-mixed) or 4 (32-true) bytes per matmul activation:
+
+    static = 16 P            fp32 weights 4P (Lightning keeps them fp32 under bf16-mixed: they
+                             are the master weights), fp32 gradients 4P, AdamW's two fp32 moments 8P
+           + 2 P             bf16-mixed only: autocast's bf16 copy of each weight in the forward
+    layer  = N * (16 h + 2 a h + a hs (4 H + 3 G) + 4 a f)  + extra tensors (kernel_plan)
+    head   = N * ((8 + a) h + (8 + a) V)
+    peak   = static + L * layer + head + transient
+
+``layer`` is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+Models", sbh(34 + 5as/h) for GPT) redone for this block: no dropout, pre-norm RMSNorm computed
+in fp32 (each norm keeps its fp32 input and normalised output, 8h, plus the a-byte copy its
+Linear saves, a h), the qkv output (H + 2G) hs (v is a view of it) plus the roped q and k (H +
+G) hs, the attention output and its contiguous copy for the projection 2 H hs (flash keeps no
+(T, S) map; its log-sum-exp is negligible), and SwiGLU's four f-wide tensors (fc_1 and fc_2
+outputs, the silu output and the product). ``head``: the final norm, the logits in a bytes,
+their fp32 copy and log-softmax (8 V). ``transient``: 3 fp32 (B, H, T, S) maps where a kernel
+materialises such maps (the gradients alive in one layer's attention backward), else 0.
+Gradients are counted whole while all activations are alive, so the estimate is an upper bound
+of the step's peak less allocator fragmentation; tests/test_plan.py compares it with a measured
+step. Variant-specific activations (qk_norm's norms, gates) are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from attnlab.config import PRESETS, ModelConfig
+from attnlab.params import total_parameters, variant_at_preset
+from attnlab.variants import training_kernel
+from variants import available_variants, get_variant, resolve
+
+GiB = 2 ** 30
+# Marketed memory per GPU (NVIDIA datasheets: H100 SXM/PCIe 80 GB, H200 141 GB, A100 40/80 GB,
+# L4 24 GB, RTX 4090 24 GB, A10 24 GB, V100 16/32 GB, T4 16 GB). HBM "GB" is close to GiB
+# (an H100 80GB reports 81,559 MiB); a CUDA run uses total_memory as measured instead.
+DEVICE_MEMORY: dict[str, int] = {
+    "h100": 80 * GiB, "h200": 141 * GiB, "a100": 80 * GiB, "a100-40": 40 * GiB, "a100-80": 80 * GiB,
+    "l4": 24 * GiB, "rtx4090": 24 * GiB, "a10": 24 * GiB, "v100": 32 * GiB, "v100-16": 16 * GiB,
+    "t4": 16 * GiB,
+}
+FLASH_MAX_HEAD_SIZE = 256  # FlashAttention-2 / SDPA's flash backend
+TRANSIENT_MAPS = 3  # see KernelPlan.transient_bytes
+
+
+def device_memory(name: str) -> int:
+    """Bytes of memory of a device named in ``DEVICE_MEMORY``, or ``cpu``: the machine's RAM."""
+    key = name.lower().replace(" ", "").replace("_", "-")
+    if key == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if key not in DEVICE_MEMORY:
+        raise ValueError(f"unknown device {name!r}; known: cpu, {', '.join(sorted(DEVICE_MEMORY))}")
+    return DEVICE_MEMORY[key]
+
+
+def activation_bytes(precision: str) -> int:
+    if precision not in ("bf16-mixed", "16-mixed", "32-true", "32"):
+        raise ValueError(f"precision must be bf16-mixed, 16-mixed or 32-true, got {precision!r}")
+    return 2 if precision.endswith("mixed") else 4
+
+
+@dataclass(frozen=True)
+class Tensor_:
+    """One tensor a layer keeps (or builds) beyond the flash path."""
+
+    what: str
+    shape: tuple[int, ...]
+    bytes_per_element: int
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.bytes_per_element
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    kernel: str  # sdpa, flex or explicit
+    backend: str  # flash, memory-efficient, math, cpu-flash, fused (flex), explicit
+    why: str
+    extra: tuple[Tensor_, ...]  # per layer
+
+    @property
+    def extra_bytes(self) -> int:
+        return sum(t.nbytes for t in self.extra)
+
+    @property
+    def transient_bytes(self) -> int:
+        """Once per step: the backward of one layer's materialised (B, H, T, S) maps holds the
+        gradients of the maps and of their inputs at once (TRANSIENT_MAPS fp32 maps)."""
+        maps = [t for t in self.extra if len(t.shape) == 4]
+        return TRANSIENT_MAPS * 4 * max((math.prod(t.shape) for t in maps), default=0)
+
+
+def _term_shapes(config: ModelConfig, B: int, T: int) -> tuple[dict[str, tuple[int, ...]], bool]:
+    """Shapes of the ``ScoreTerms`` the block passes at a training call, found by calling its
+    ``score_terms`` on the meta device (nothing allocated), and whether any needs a gradient."""
+    block, resolved = resolve(config)
+    with torch.device("meta"):
+        attn = block(resolved)
+        attn.layer_idx = 0
+        terms = attn.score_terms(torch.empty(B, T, resolved.n_embd), 0, T, None)
+    shapes = {name: tuple(t.shape) for name, t in terms._asdict().items() if t is not None}
+    return shapes, any(t is not None and t.requires_grad for t in terms)
+
+
+def _mask_shape(shapes: dict[str, tuple[int, ...]], B: int, H: int, T: int, S: int) -> tuple[int, ...]:
+    """The broadcast shape of SDPA's float mask (attnlab.attention.sdpa_attention)."""
+    parts = [(T, S)]
+    if "dense" in shapes:
+        parts.append(shapes["dense"])
+    if "query" in shapes:
+        parts.append((*shapes["query"], 1))
+    if "key" in shapes:
+        parts.append((*shapes["key"][:-1], 1, shapes["key"][-1]))
+    shape = tuple(torch.broadcast_shapes(*parts))
+    if "sink" in shapes:
+        shape = (B, H, T, S + 1)
+    return shape
+
+
+def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: str, device_type: str,
+                kernel: str | None = None) -> KernelPlan:
+    """The kernel one attention call of ``config`` trains on, why, and the tensors it materialises.
+
+    ``kernel``: None for the configuration's ``attn_kernel`` (``auto`` resolved by the rule the
+    model uses). SDPA's backend on CUDA follows torch's ``sdp_utils``: flash needs no mask and
+    head_size <= 256 (a multiple of 8, else torch pads); memory-efficient takes a mask but needs
+    head_size divisible by 8 in bf16/fp16 (4 in fp32) on sm80+; else math, which materialises the
+    (B, H, T, S) scores and probabilities.
+    """
+    block, resolved = resolve(config)
+    spec = block.attention_spec(resolved)
+    name = kernel or resolved.attn_kernel
+    if name == "auto":
+        name = training_kernel(block, resolved, device_type)
+    B, T, S = batch_size, seq_len, seq_len
+    H, hs = resolved.n_head, resolved.head_size
+    a = activation_bytes(precision)
+    bhts = (B, H, T, S)
+    shapes, terms_grad = _term_shapes(resolved, B, T)
+    extra: list[Tensor_] = [Tensor_(f"ScoreTerms.{k} (the variant's own)", s, a) for k, s in shapes.items()
+                            if k != "sink"]
+    if block.kernels is not None and "attend" in vars(block):
+        # The block computes its attention itself (e.g. talking_heads): it keeps the fp32
+        # logits, the normalised maps and the mixed weights that multiply the values.
+        extra += [Tensor_("normalised maps (fp32, saved for the mix)", bhts, 4),
+                  Tensor_("mixed weights (saved for weights @ v)", bhts, a)]
+        return KernelPlan(name, "explicit", f"{config.variant} computes its attention itself "
+                          f"(kernels={block.kernels})", tuple(extra))
+    if name == "explicit":
+        why = ("no fused kernel expresses it" if kernel is None and resolved.attn_kernel == "auto"
+               else "model.attn_kernel=explicit")
+        extra.append(Tensor_("softmax/sigmoid weights (fp32, saved)", bhts, 4))
+        if spec.normaliser == "sigmoid":
+            extra.append(Tensor_("masked sigmoid weights (saved for weights @ v)", bhts, a))
+        elif a != 4:
+            extra.append(Tensor_("weights cast for weights @ v", bhts, a))
+        if spec.softcap is not None:
+            extra.append(Tensor_("tanh-capped logits (fp32)", bhts, 4))
+        extra.append(Tensor_("boolean mask", (T, S), 1))
+        return KernelPlan(name, "explicit", why, tuple(extra))
+    if name == "flex":
+        return KernelPlan(name, "fused (flex)", "FlexAttention reads the terms, cap and sink in a score_mod "
+                          "and skips masked tiles: no (T, S) tensor", tuple(extra))
+    # SDPA
+    float_mask = bool(shapes) or spec.normaliser == "softmax_sink"
+    bool_mask = not float_mask and spec.window is not None
+    mask: list[Tensor_] = []
+    if float_mask:
+        mshape = _mask_shape(shapes, B, H, T, S)
+        mask.append(Tensor_("float mask (-inf and the terms)", mshape, a))
+        if terms_grad or "sink" in shapes:
+            mask.append(Tensor_("gradient of the float mask (backward)", mshape, a))
+    elif bool_mask:
+        mask.append(Tensor_("boolean window mask", (T, S), 1))
+    math_maps = [Tensor_("math backend: scores", bhts, a if device_type == "cuda" else 4),
+                 Tensor_("math backend: probabilities (saved)", bhts, a if device_type == "cuda" else 4)]
+    if device_type != "cuda":
+        if float_mask and (terms_grad or "sink" in shapes):
+            return KernelPlan(name, "math", "CPU: the float mask needs a gradient, which only SDPA's math "
+                              "backend gives", tuple(extra + mask + math_maps))
+        return KernelPlan(name, "cpu-flash", "CPU: SDPA's flash kernel for CPU (any head size)",
+                          tuple(extra + mask))
+    alignment = 8 if a == 2 else 4
+    flash_ok = hs <= FLASH_MAX_HEAD_SIZE
+    meff_ok = hs % alignment == 0
+    if not float_mask and not bool_mask and flash_ok:
+        return KernelPlan(name, "flash", f"plain causal softmax, head_size={hs} <= {FLASH_MAX_HEAD_SIZE}",
+                          tuple(extra))
+    head_note = "" if flash_ok else (f"head_size={hs} is not flash-able (flash takes head_size <= "
+                                     f"{FLASH_MAX_HEAD_SIZE}, a multiple of 8)")
+    reason = head_note or "flash takes no attention mask"
+    if meff_ok:
+        return KernelPlan(name, "memory-efficient", f"{reason}; memory-efficient takes head_size % "
+                          f"{alignment} == 0", tuple(extra + mask))
+    return KernelPlan(name, "math", f"{reason}; memory-efficient needs head_size % {alignment} == 0 at "
+                      f"{precision} (head_size={hs})", tuple(extra + mask + math_maps))
+
+
+def estimate_peak_bytes(model_config: ModelConfig, seq_len: int, batch_size: int, precision: str,
+                        kernel: KernelPlan | str | None = None, device_type: str = "cuda") -> int:
+    """Peak bytes of one training step (forward, backward, AdamW), the module docstring's formula.
+
+    ``kernel``: a ``KernelPlan``, a kernel name, or None for the configuration's (``auto``
+    resolved for ``device_type``)."""
+    _, c = resolve(model_config)
+    if not isinstance(kernel, KernelPlan):
+        kernel = kernel_plan(c, seq_len, batch_size, precision, device_type, kernel)
+    a = activation_bytes(precision)
+    P = total_parameters(c)
+    static = 16 * P + (2 * P if a == 2 else 0)
+    N = batch_size * seq_len
+    h, f, H, G, hs = c.n_embd, c.mlp_hidden_size, c.n_head, c.n_query_groups, c.head_size
+    layer = N * (16 * h + 2 * a * h + a * hs * (4 * H + 3 * G) + 4 * a * f) + kernel.extra_bytes
+    head = N * ((8 + a) * h + (8 + a) * c.padded_vocab_size)
+    return static + c.n_layer * layer + head + kernel.transient_bytes
+
+
+def _fmt(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2 ** 20:.1f} MiB"
+
+
+def _resolve_precision(precision: str, device_type: str) -> str:
+    if precision == "auto":
+        return "bf16-mixed" if device_type == "cuda" else "32-true"
+    return precision
+
+
+def check_fits_device(model_config: ModelConfig, trainer: Any, device_name: str | None = None,
+                      memory_bytes: int | None = None, precision: str | None = None) -> None:
+    """Refuse a run whose estimated peak exceeds the device's memory, naming what would fit.
+
+    ``trainer``: the ``TrainConfig.trainer`` section (batch_size, accumulate_grad_batches,
+    seq_len, precision). ``memory_bytes`` (measured, or injected by tests) overrides the
+    ``DEVICE_MEMORY`` entry of ``device_name``; ``precision`` (resolved) overrides
+    ``trainer.precision``."""
+    memory = memory_bytes if memory_bytes is not None else device_memory(device_name or "cpu")
+    device_type = "cpu" if (device_name or "").lower() == "cpu" else "cuda"
+    precision = _resolve_precision(precision or trainer.precision, device_type)
+    b, T, acc = trainer.batch_size, trainer.seq_len, trainer.accumulate_grad_batches
+
+    def est(batch: int, seq: int) -> int:
+        return estimate_peak_bytes(model_config, seq, batch, precision, device_type=device_type)
+
+    need = est(b, T)
+    if need <= memory:
+        return
+    global_batch = b * acc
+    fits = []
+    micro = next((m for m in range(b - 1, 0, -1) if global_batch % m == 0 and est(m, T) <= memory), None)
+    if micro is not None:
+        fits.append(f"trainer.batch_size={micro} trainer.accumulate_grad_batches={global_batch // micro} "
+                    f"(same global batch of {global_batch}; ~{_fmt(est(micro, T))})")
+    seq = T // 2
+    while seq >= 16 and est(b, seq) > memory:
+        seq //= 2
+    if seq >= 16:
+        fits.append(f"trainer.seq_len={seq} (~{_fmt(est(b, seq))})")
+    where = device_name or "the device"
+    raise ValueError(
+        f"estimated peak training memory {_fmt(need)} ({need:,} bytes; variant {model_config.variant!r}, "
+        f"trainer.batch_size={b}, trainer.seq_len={T}, {precision}; attnlab.plan) exceeds {where}'s "
+        f"{_fmt(memory)} ({memory:,} bytes); settings that fit: "
+        f"{'; or '.join(fits) if fits else 'none at this model size'}")
+
+
+def format_plan(preset: str, seq_len: int, batch_size: int, device: str, precision: str,
+                variants: list[str] | None = None) -> str:
+    device_type = "cpu" if device.lower() == "cpu" else "cuda"
+    precision = _resolve_precision(precision, device_type)
+    memory = device_memory(device)
+    lines = [f"Plan: preset {preset}, seq_len={seq_len}, batch_size={batch_size}, {precision}, "
+             f"device {device} ({_fmt(memory)})", ""]
+    for name in variants or available_variants():
+        get_variant(name)  # an unknown name: the registry's error
+        config, reason = variant_at_preset(preset, name)
+        plan = kernel_plan(config, seq_len, batch_size, precision, device_type)
+        peak = estimate_peak_bytes(config, seq_len, batch_size, precision, plan, device_type)
+        shape = f" (n_head={config.n_head}: {reason})" if reason else ""
+        lines.append(f"{name}{shape}: kernel {plan.kernel}, backend {plan.backend}: {plan.why}")
+        for t in plan.extra:
+            dims = "x".join(str(d) for d in t.shape)
+            lines.append(f"    per layer: {t.what} ({dims}, {t.bytes_per_element} B each) = {_fmt(t.nbytes)}")
+        verdict = "fits" if peak <= memory else "DOES NOT FIT"
+        lines.append(f"    peak estimate {_fmt(peak)} of {_fmt(memory)}: {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="seed100m", choices=sorted(PRESETS))
+    parser.add_argument("--seq-len", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--device", default="h100", help=f"cpu or one of {', '.join(sorted(DEVICE_MEMORY))}")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16-mixed", "32-true"])
+    parser.add_argument("--variant", nargs="+", default=None, help="default: every registered variant")
+    args = parser.parse_args(argv)
+    print(format_plan(args.preset, args.seq_len, args.batch_size, args.device, args.precision, args.variant))
+
+
+if __name__ == "__main__":
+    main()

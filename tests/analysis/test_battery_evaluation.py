@@ -1,0 +1,124 @@
+"""``evaluate.py experiment=<battery>``: per-cell, per-task and overall accuracies, the uninformative-cell
+rule, Holm, figures; and ``experiment=battery`` composes into the grid it says.
+
+The run directories hold what training writes that the battery's evaluation reads (summary.json), with
+known accuracies, so the answers are known exactly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from attnlab.analysis.battery import is_battery
+from attnlab.analysis.config import EvaluateConfig
+from attnlab.analysis.pipeline import evaluate
+from attnlab.analysis.stats import holm
+
+CHANCE = {"icr": 0.125, "compression": 0.0625}
+SEED_OFFSET = {"baseline": {0: -0.01, 1: 0.01, 2: 0.0}, "gated_attn": {0: 0.0, 1: 0.0, 2: 0.03},
+               "qk_norm": {0: 0.0, 1: 0.005, 2: -0.005}}
+
+
+def write_run(runs_dir, task, size, variant, seed, acc) -> None:
+    path = runs_dir / f"bat-{task}-n{size}" / variant / f"seed{seed}"
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps({
+        "variant": variant, "seed": seed, "final_val_acc": acc,
+        "data": {"source": task, "task": {"task": task, "vocab_size": 16, "num_train_examples": size,
+                                          "chance_acc": CHANCE[task]}}}))
+
+
+def cell_accuracy(task, size, variant) -> float:
+    if task == "icr":
+        if size == 16:  # every variant at chance (<= 1.5 x 0.125): uninformative
+            return 0.15
+        if variant == "qk_norm":  # at chance in every informative cell
+            return 0.13
+        return {256: 0.5, 1024: 0.6, 4096: 0.7}[size] + (0.1 if variant == "gated_attn" else 0.0)
+    if size == 256:  # every variant solved: uninformative
+        return 1.0
+    return {"baseline": 0.8, "gated_attn": 0.85, "qk_norm": 0.7}[variant]
+
+
+def make_battery(runs_dir) -> None:
+    grid = {"icr": (16, 256, 1024, 4096), "compression": (256, 1024)}
+    for task, sizes in grid.items():
+        for size in sizes:
+            for variant, offsets in SEED_OFFSET.items():
+                for seed, offset in offsets.items():
+                    write_run(runs_dir, task, size, variant, seed, cell_accuracy(task, size, variant) + offset)
+
+
+def test_the_battery_evaluation_averages_informative_cells_and_tests_against_the_reference(tmp_path):
+    runs_dir = tmp_path / "runs"
+    make_battery(runs_dir)
+    assert is_battery(runs_dir, "bat") and not is_battery(runs_dir, "bat-icr-n256")
+    out = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=200))
+    assert out == tmp_path / "bat"
+
+    cells = pd.read_csv(out / "tables" / "cells.csv").drop_duplicates(["task", "cell"]).set_index(["task", "cell"])
+    assert cells.loc[("icr", "n16"), "status"] == "at chance"
+    assert cells.loc[("compression", "n256"), "status"] == "solved"
+    assert (cells.drop([("icr", "n16"), ("compression", "n256")])["status"] == "informative").all()
+    assert cells.loc[("icr", "n256"), "difficulty"] == "num_train_examples=256"  # the knob, from summary.json
+
+    per_task = pd.read_csv(out / "tables" / "per_task.csv").set_index(["task", "variant"])
+    # icr: the mean over n256, n1024, n4096 only (n16 left out); per seed, then over seeds.
+    assert per_task.loc[("icr", "baseline"), "acc"] == pytest.approx(0.6)
+    assert per_task.loc[("icr", "gated_attn"), "acc"] == pytest.approx(0.71)
+    assert per_task.loc[("icr", "gated_attn"), "difference"] == pytest.approx(0.11)  # paired: 0.11, 0.09, 0.13
+    assert per_task.loc[("icr", "gated_attn"), "cells"] == 3 and per_task.loc[("icr", "baseline"), "n"] == 3
+    assert per_task.loc[("compression", "gated_attn"), "acc"] == pytest.approx(0.86)  # n1024 only
+    assert per_task.loc[("compression", "gated_attn"), "difference"] == pytest.approx(0.06)
+    assert per_task.loc[("icr", "qk_norm"), "note"] == "at chance in every informative cell"
+    assert per_task["note"].drop(("icr", "qk_norm")).isna().all()
+    # Holm over every (variant, task): 2 variants x 2 tasks.
+    tested = per_task.dropna(subset=["p"])
+    assert len(tested) == 4 and per_task.loc[[("icr", "baseline"), ("compression", "baseline")], "p_holm"].isna().all()
+    assert list(tested["p_holm"]) == pytest.approx(holm(list(tested["p"])))
+    assert (tested["p_holm"] >= tested["p"]).all()
+    markdown = (out / "tables" / "per_task.md").read_text()
+    assert "p (Holm)" in markdown and "icr: cell(s) n16 (at chance) uninformative, left out." in markdown
+    assert "compression: cell(s) n256 (solved) uninformative, left out." in markdown
+
+    overall = pd.read_csv(out / "tables" / "overall.csv").set_index("variant")
+    assert overall.loc["baseline", "score"] == pytest.approx((0.6 + 0.8) / 2)
+    assert overall.loc["gated_attn", "difference"] == pytest.approx((0.11 + 0.06) / 2)
+    assert overall["tasks"].eq(2).all() and overall["p_holm"].notna().sum() == 2
+
+    for figure in ("accuracy_heatmap", "accuracy_vs_difficulty"):
+        for ext in ("png", "pdf"):
+            assert (out / "figures" / f"{figure}.{ext}").stat().st_size > 0
+    for table in ("cells", "per_task", "overall"):
+        assert all((out / "tables" / f"{table}.{ext}").exists() for ext in ("csv", "md", "tex"))
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert sorted(evaluation["uninformative_cells"]) == ["compression/n256 (solved)", "icr/n16 (at chance)"]
+    assert evaluation["difficulty_keys"] == {"icr": ["num_train_examples"], "compression": ["num_train_examples"]}
+
+
+def test_the_battery_experiment_composes_into_one_experiment_per_task_and_cell():
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from attnlab.training.estimate import count_jobs
+    from test_training import CONFIGS, compose_config
+
+    base = OmegaConf.load(CONFIGS / "experiment" / "battery.yaml").hydra
+    tasks = base.sweeper.params["data"].split(",")
+    assert tasks == ["icr", "fuzzy_icr", "noisy_icr", "selective_copy", "compression", "memorization"]
+    for task in tasks:  # every task's MAD baseline fits the recall preset's 32 tokens
+        cfg = compose_config(["experiment=battery", f"data={task}", "data.num_train_examples=256"])
+        cfg.validate()
+        assert (cfg.experiment_name, cfg.model.preset, cfg.trainer.threads, cfg.trainer.progress_bar) == \
+            (f"battery-{task}-n256", "recall", 1, False)
+    config = OmegaConf.create({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "params": base.sweeper.params},
+        "launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2},
+        "overrides": {"task": ["experiment=battery"]}}})
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        assert count_jobs(config) == 6 * 3 * 9 * 3  # tasks x cells x variants x seeds
+    assert base.callbacks.estimate.experiment == "battery"
