@@ -281,6 +281,19 @@ def check_fits_device(model_config: ModelConfig, trainer: Any, device_name: str 
         f"{'; or '.join(fits) if fits else 'none at this model size'}")
 
 
+def slow_kernel_warning(model_config: ModelConfig, seq_len: int, batch_size: int, precision: str) -> str | None:
+    """On CUDA: why a run's attention falls back to SDPA's math backend (it materialises the
+    (B, H, T, S) maps in memory; e.g. the study's head size 620 at bf16), or None."""
+    plan = kernel_plan(model_config, seq_len, batch_size, precision, "cuda")
+    if plan.backend != "math":
+        return None
+    maps = sum(t.nbytes for t in plan.extra if len(t.shape) == 4)
+    return (f"variant {model_config.variant!r} attends on SDPA's math backend ({plan.why}): it materialises "
+            f"{_fmt(maps)} of (B, H, T, S) maps per layer and is several times slower than a fused kernel; "
+            f"a head_size that is a multiple of 8 and <= {FLASH_MAX_HEAD_SIZE} (model.n_head), or "
+            f"model.attn_kernel=flex, avoids it (python -m attnlab.plan shows every variant's kernel)")
+
+
 def format_plan(preset: str, seq_len: int, batch_size: int, device: str, precision: str,
                 variants: list[str] | None = None) -> str:
     device_type = "cpu" if device.lower() == "cpu" else "cuda"

@@ -16,7 +16,7 @@ from attnlab.params import format_ladder, parameter_breakdown
 from attnlab.runs import find_runs
 from attnlab.training.budget import apply_budget, budget_parameters
 from attnlab.training.estimate import TimeEstimate
-from test_training import CONFIGS, REPO, compose_config, tiny_overrides
+from test_training import CONFIGS, REPO, compose_config, register_schema, tiny_overrides
 
 
 def run_overrides(tmp_path, corpus) -> list[str]:
@@ -168,3 +168,34 @@ def test_a_tuned_ladder_run_trains_at_the_rate_its_selection_seed_chose(tmp_path
     assert compare.returncode == 0, compare.stderr[-3000:]
     run = next(r for r in find_runs(tmp_path / "runs", best) if r.seed == 0)
     assert run.load_summary()["lr"] == float(best.removeprefix("lad-ladder_c1-lr"))
+
+
+@pytest.mark.slow
+def test_the_optuna_sweeper_searches_the_learning_rate_on_the_loss_train_py_returns(tmp_path, corpus):
+    # As the ladder's wider search: each trial's rate is its own experiment (ladder.name), so trials
+    # at different rates never claim the same run directory.
+    result = _train_cli(["-m", *tiny_overrides(tmp_path, corpus), "trainer.threads=1", "hydra/sweeper=optuna",
+                         "ladder.name=lad", "model.preset=ladder_c1", "model.block_size=32",
+                         "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=0",
+                         "optim.lr=tag(log,interval(1e-4,1e-2))",
+                         f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [r.load_summary() for r in find_runs(tmp_path / "runs")]
+    rates = sorted(s["lr"] for s in summaries)
+    assert len(set(rates)) == 3 and 1e-4 <= rates[0] and rates[-1] <= 1e-2
+    # The study's result names the trial whose returned loss was lowest.
+    best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    lowest = min(summaries, key=lambda s: s["best_val_loss"])
+    assert f"optim.lr: {lowest['lr']}" in best, best
+
+
+@pytest.mark.parametrize("experiment", ["ladder", "ladder_tune", "battery"])
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_the_parallel_experiments_compose_under_either_launcher(experiment, launcher):
+    from hydra import compose, initialize_config_dir
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        cfg = compose(config_name="train", overrides=[f"experiment={experiment}", f"hydra/launcher={launcher}"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("BasicLauncher" if launcher == "basic" else "JoblibLauncher")

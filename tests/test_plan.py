@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from attnlab.config import ModelConfig
-from attnlab.plan import (check_fits_device, device_memory, estimate_peak_bytes, format_plan, kernel_plan,
-                          main)
+from attnlab.plan import (check_fits_device, device_memory, estimate_peak_bytes, format_plan, kernel_plan, main,
+                          slow_kernel_warning)
 from attnlab.params import total_parameters
 from attnlab.training.config import TrainerSection
 
@@ -162,3 +162,11 @@ def test_check_fits_device_refuses_naming_estimate_memory_and_settings_that_fit(
     assert 16 % micro == 0 and estimate_peak_bytes(config, 256, micro, "bf16-mixed") <= small
     seq = int(fits.split("trainer.seq_len=")[1].split()[0])
     assert estimate_peak_bytes(config, seq, 8, "bf16-mixed") <= small
+
+
+def test_a_head_size_no_fused_kernel_takes_is_warned_about_and_a_flashable_one_is_not():
+    study = ModelConfig.from_preset("seed100m")  # one head of 620 per layer
+    warning = slow_kernel_warning(study, 512, 8, "bf16-mixed")
+    assert warning is not None and "head_size=620 is not flash-able" in warning
+    assert "math backend" in warning and "model.attn_kernel=flex" in warning
+    assert slow_kernel_warning(ModelConfig.from_preset("tiny"), 128, 8, "bf16-mixed") is None

@@ -7,6 +7,8 @@ and Lightning settings), ``summary`` (what summary.json records besides the loss
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
@@ -17,7 +19,7 @@ from attnlab.data import check_vocab_fits, prepare_data
 from attnlab.flops import flops_per_token
 from attnlab.ladder import member_name, tuned_lr
 from attnlab.model import build_model
-from attnlab.plan import check_fits_device
+from attnlab.plan import check_fits_device, slow_kernel_warning
 from attnlab.runs import RunDir
 from attnlab.training.budget import apply_budget
 from attnlab.training.callbacks import SummaryCallback, TrainingInterrupted
@@ -31,6 +33,7 @@ from attnlab.training.rundir import claim_run_dir, resume_checkpoint, trim_metri
 from attnlab.training.summary import static_summary
 from attnlab.training.trainer import build_trainer
 
+log = logging.getLogger(__name__)
 __all__ = ["TrainingInterrupted", "check_checkpoint_matches", "train"]  # imported from here
 
 
@@ -51,10 +54,14 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
                                     cfg.ladder.selection_seeds)
         cfg.experiment_name = member_name(cfg.ladder.name, cfg.model.preset, cfg.optim.lr)
 
-    # Refuse a run whose estimated peak exceeds the GPU's memory before anything is written
-    # (attnlab/plan.py); the preset's vocabulary stands in for the tokenizer's, not known yet.
+    # Refuse a run whose estimated peak exceeds the GPU's memory before anything is written, and
+    # say when its attention cannot be fused (attnlab/plan.py); the preset's vocabulary stands in
+    # for the tokenizer's, not known yet.
     if accelerator == "gpu" and torch.cuda.is_available():
         planned = cfg.model.build(cfg.variant, PRESETS[cfg.model.preset]["vocab_size"], cfg.trainer.seq_len)
+        slow = slow_kernel_warning(planned, cfg.trainer.seq_len, cfg.trainer.batch_size, precision)
+        if slow is not None:
+            log.warning(slow)
         check_fits_device(planned, cfg.trainer, torch.cuda.get_device_name(0),
                           memory_bytes=torch.cuda.get_device_properties(0).total_memory, precision=precision)
 
