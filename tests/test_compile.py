@@ -91,3 +91,36 @@ def test_inductor_compiled_flex_block_matches_eager():
         expected = attn(x, model.rope_cos[:T], model.rope_sin[:T]).output
         actual = torch.compile(attn, fullgraph=True)(x, model.rope_cos[:T], model.rope_sin[:T]).output
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_training_validation_and_generation_shapes_compile_a_bounded_number_of_times(variant):
+    """Dynamo's frame count (one per compile) as a compiled run uses the model: training steps,
+    validation at another batch size, then KV-cache generation at several prompt lengths. After
+    each kind of call has compiled once (and once more, where Dynamo then marks the changed
+    sizes dynamic), no further call recompiles."""
+    from torch._dynamo.testing import CompileCounter
+
+    from attnlab.generate import SamplingConfig, generate
+
+    model = build_model(supported_config(variant, block_size=64))
+    counter = CompileCounter()
+    model.compile(backend=counter)
+    for _ in range(3):
+        model(torch.randint(0, 100, (4, 32))).sum().backward()
+    assert counter.frame_count == 1
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randint(0, 100, (8, 32)))
+    assert counter.frame_count <= 2
+    model.eval()
+    with torch.no_grad():
+        for prompt, new in (([1, 2, 3, 4], 20), ([5, 6, 7], 20)):
+            generate(model, prompt, 100, SamplingConfig(max_new_tokens=new, greedy=True))
+        warm = counter.frame_count
+        assert warm <= 6  # not one per generated token (40 here)
+        for prompt, new in (([5, 6, 7, 8, 9], 10), ([5, 6], 30)):
+            generate(model, prompt, 100, SamplingConfig(max_new_tokens=new, greedy=True))
+    model.train()
+    model(torch.randint(0, 100, (4, 32))).sum().backward()
+    assert counter.frame_count == warm
