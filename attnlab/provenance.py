@@ -25,7 +25,9 @@ def git_commit() -> str | None:
 
 def versions() -> dict[str, str]:
     import lightning
+    import sentencepiece
     import torch
 
+    # sentencepiece: another version trains another tokenizer from the same corpus.
     return {"torch": torch.__version__, "lightning": lightning.__version__,
-            "python": platform.python_version()}
+            "sentencepiece": sentencepiece.__version__, "python": platform.python_version()}
