@@ -55,3 +55,32 @@ def test_throughput_writes_the_ratios_scripts_read(tmp_path, capsys):
 def test_flex_rows_are_refused_on_cpu_with_the_reason():
     with pytest.raises(SystemExit, match="--flex qk_scale: FlexAttention has no CPU backward"):
         throughput.main([*QUICK, "--no-hf", "--flex", "qk_scale"])
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path):
+    import gpu_check
+
+    args = ["--device", "cpu", "--presets", "tiny", "--seq-lens", "64", "--tokens-per-step", "128", "--steps", "1",
+            "--no-compile", "--precision", "32-true", "--no-pytest", "--variants", "baseline", "qk_scale",
+            "talking_heads", "--out", str(tmp_path)]
+    report = gpu_check.main(args)
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["steps"] == json.loads(json.dumps(report["steps"]))
+    assert [r["variant"] for r in report["steps"]] == ["baseline", "qk_scale", "talking_heads"]
+    assert all(_positive(r["tokens_per_s"]) and "error" not in r for r in report["steps"])
+    assert {r["backend"] for r in report["steps"]} == {"cpu-flash", "math", "explicit"}
+    # sdpa against the explicit kernel; talking_heads has only the explicit one (flex: CUDA only).
+    assert [(e["variant"], e["kernel"], e["ok"]) for e in report["equality"]] == [("baseline", "sdpa", True),
+                                                                                  ("qk_scale", "sdpa", True)]
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "| tiny | 64 | qk_scale | sdpa (math) |" in table and "Fused = explicit (2 variant-kernel pairs" in table
+
+
+def test_the_gpu_check_refuses_cuda_without_a_gpu_naming_the_smoke_run(capsys):
+    import gpu_check
+
+    if gpu_check.torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args([])
+    assert "no CUDA device is visible" in capsys.readouterr().err

@@ -61,3 +61,19 @@ def test_demo_pipeline_and_report(tmp_path):
         assert all(tok.decode(tok.encode(t)) == t for t in texts)
     report = format_report(tok, samples)
     assert EXAMPLE in report and "round trip exact: True" in report and "tok/char" in report
+
+
+@pytest.mark.slow  # trains the demo's 8,000-piece tokenizer (seconds)
+def test_the_demo_trains_the_tokenizer_the_reference_results_were_made_with(tmp_path):
+    """The reference results (demo, zoo, recall, ladder) depend on this exact tokenizer: another
+    sentencepiece version trains another one from the same corpus (0.2.3 does), and every loss
+    then moves. pyproject.toml pins the version; this guards the pin."""
+    import hashlib
+
+    from test_training import compose_config
+
+    cfg = compose_config(["experiment=demo", f"data.cache_dir={tmp_path}"])
+    prepared = prepare_data(cfg.data)
+    model = next(tmp_path.glob("tokenizers/*/tokenizer.model"))
+    assert prepared.vocab_size == 8000
+    assert hashlib.md5(model.read_bytes()).hexdigest() == "b019d749674583687d839ff5bcec66ee"
