@@ -7,6 +7,9 @@
                               interval over seeds, the paired difference against the reference (Holm over
                               every (variant, task))
                    overall    per variant: the mean of its task scores, the paired difference (Holm over variants)
+                   ladder_agreement   where a ladder (``ladder=``, default ``ladder``) has runs: Spearman
+                              between the overall score and the ladder's top-rung compute multiplier
+                              (attnlab/analysis/agreement.py)
         figures/   accuracy_heatmap (variants x tasks), accuracy_vs_difficulty (one panel per task) (.png .pdf)
         evaluation.json       the runs used, the cells left out and why, the rule
 
@@ -32,7 +35,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from attnlab.analysis.agreement import agreement_table, battery_ladder_agreement
 from attnlab.analysis.config import EvaluateConfig
+from attnlab.analysis.ladder import is_ladder, ladder_comparison
 from attnlab.analysis.stats import compare, holm, mean_ci
 from attnlab.analysis.style import save_figure, variant_colors
 from attnlab.analysis.tables import Table, variant_order
@@ -178,7 +183,7 @@ def per_task_table(frame: pd.DataFrame, statuses: pd.DataFrame, reference: str, 
 
 
 def overall_table(scores: dict[tuple[str, str], pd.Series], reference: str, variants: list[str],
-                  cfg: EvaluateConfig, notes: list[str]) -> Table:
+                  cfg: EvaluateConfig, notes: list[str]) -> tuple[Table, dict[str, pd.Series]]:
     tasks = sorted({t for (_, t), s in scores.items() if len(s)})
     # Tasks every variant has a score on, so each overall score averages the same tasks.
     shared = [t for t in tasks if all(len(scores.get((v, t), ())) for v in variants)]
@@ -202,7 +207,34 @@ def overall_table(scores: dict[tuple[str, str], pd.Series], reference: str, vari
     left = sorted(set(tasks) - set(shared))
     if left:
         explain.append(f"Left out of the overall score (a variant has no score there): {', '.join(left)}.")
-    return Table("overall", numbers, display, explain + notes)
+    return Table("overall", numbers, display, explain + notes), per_seed
+
+
+def ladder_agreement_table(cfg: EvaluateConfig, per_seed: dict[str, pd.Series]) -> tuple[Table | None, dict]:
+    """Spearman between the overall score and the ladder's top-rung multiplier, where the ladder
+    ``cfg.ladder`` has runs (attnlab/analysis/agreement.py); else None and why."""
+    runs_dir = cfg.ladder_runs_dir or cfg.runs_dir
+    if cfg.ladder is None or not is_ladder(runs_dir, cfg.ladder):
+        return None, {"reason": f"no ladder {cfg.ladder!r} under {runs_dir}"}
+    _, _, chosen, compared, _, scaling, fit_problem = ladder_comparison(runs_dir, cfg.ladder, cfg)
+    if scaling is None:
+        return None, {"reason": fit_problem}
+    result = battery_ladder_agreement(per_seed, scaling)
+    if "reason" in result:
+        return None, result
+    numbers = agreement_table(result)
+    display = pd.DataFrame({
+        "variant": numbers["variant"], "battery score": numbers["battery_score"].map(lambda v: f"{v:.4f}"),
+        "battery rank": numbers["battery_rank"].map(lambda v: f"{v:g}"),
+        f"multiplier at {scaling.multipliers['rung'].iloc[-1] if len(scaling.multipliers) else 'top rung'}":
+            numbers["top_rung_multiplier"].map(lambda v: f"{v:.3g}"),
+        "ladder rank": numbers["ladder_rank"].map(lambda v: f"{v:g}")})
+    explain = [f"Spearman's rho between the battery's overall score and ladder {cfg.ladder!r}'s compute multiplier "
+               f"at its largest rung ({cfg.baseline} = 1), over {len(numbers)} variants: "
+               f"{result['rho']:+.3f}, {result['confidence']:.0%} bootstrap interval over seeds "
+               f"[{result['rho_low']:+.3f}, {result['rho_high']:+.3f}] ({result['resamples']} resamples). With "
+               f"{len(numbers)} variants rho takes few values: read the interval, not the point."]
+    return Table("ladder_agreement", numbers, display, explain), result
 
 
 def _measure(name: str, per_seed: pd.Series, reference: pd.Series | None, cfg: EvaluateConfig) -> dict:
@@ -316,8 +348,9 @@ def evaluate_battery(cfg: EvaluateConfig, name: str) -> Path:
     cells = cells_table(frame, variants, keys, cfg.confidence)
     statuses = cells.numbers.drop_duplicates(["task", "cell"])[["task", "cell", "status"]]
     per_task, scores = per_task_table(frame, statuses, cfg.baseline, variants, cfg, notes)
-    overall = overall_table(scores, cfg.baseline, variants, cfg, [])
-    for table in (cells, per_task, overall):
+    overall, per_seed = overall_table(scores, cfg.baseline, variants, cfg, [])
+    agreement, agreement_result = ladder_agreement_table(cfg, per_seed)
+    for table in (cells, per_task, overall, *([agreement] if agreement else [])):
         table.write(out / "tables")
     save_figure(heatmap_figure(per_task.numbers, variants), out / "figures", "accuracy_heatmap")
     save_figure(difficulty_figure(cells.numbers, frame, keys, variants), out / "figures", "accuracy_vs_difficulty")
@@ -326,7 +359,7 @@ def evaluate_battery(cfg: EvaluateConfig, name: str) -> Path:
         "difficulty_keys": keys, "runs": sorted(frame["run_dir"]),
         "uninformative_cells": [f"{t}/{c} ({s})" for t, c, s in statuses.itertuples(index=False)
                                 if s != "informative"],
-        "notes": notes}, indent=2, default=_json_default), encoding="utf-8")
+        "notes": notes, "ladder_agreement": agreement_result}, indent=2, default=_json_default), encoding="utf-8")
     return out
 
 

@@ -41,6 +41,10 @@ class EvaluateConfig:
     head_probe_segment_len: int = 32
     head_probe_seed: int = 0
     position_windows: int = 32  # loss_by_position: evenly spaced validation windows per run
+    # A battery's evaluation ranks its variants against this ladder's compute multipliers where its
+    # runs exist (under ladder_runs_dir; None: runs_dir); null: no comparison.
+    ladder: Optional[str] = "ladder"
+    ladder_runs_dir: Optional[str] = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> None:

@@ -214,10 +214,10 @@ def multiplier_figure(scaling: ScalingComparison, variants: list[str]):
     return fig
 
 
-def evaluate_ladder(cfg: EvaluateConfig, name: str) -> Path:
-    runs = ladder_runs(cfg.runs_dir, name)
-    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.runs_dir).parent / name
-    out.mkdir(parents=True, exist_ok=True)
+def ladder_comparison(runs_dir: str | Path, name: str, cfg: EvaluateConfig):
+    """The ladder's runs, the chosen rates, the compared runs (seeds outside the selection, at the
+    chosen rates), notes, and the scaling fit or why there is none."""
+    runs = ladder_runs(runs_dir, name)
     frame = ladder_frame(runs)
     seeds = selection_seeds(runs)
     chosen = select_learning_rates(frame, seeds)
@@ -225,7 +225,6 @@ def evaluate_ladder(cfg: EvaluateConfig, name: str) -> Path:
     if compared.empty:
         raise ValueError(f"ladder {name!r} has no run outside its selection seeds {seeds} at a chosen rate; "
                          f"train the comparison, e.g. python train.py -m experiment={name}")
-    variants = variant_order(compared["variant"].unique(), cfg.baseline)
     scaling, fit_problem = None, None
     try:
         scaling = scaling_comparison(compared[["variant", "rung", "seed", "compute", "loss"]], cfg.baseline,
@@ -233,8 +232,17 @@ def evaluate_ladder(cfg: EvaluateConfig, name: str) -> Path:
                                      confidence=cfg.confidence)
     except (FitError, ValueError) as err:
         fit_problem = f"No scaling fit: {err}."
-        log.warning(fit_problem)
         notes.append(fit_problem)
+    return frame, seeds, chosen, compared, notes, scaling, fit_problem
+
+
+def evaluate_ladder(cfg: EvaluateConfig, name: str) -> Path:
+    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.runs_dir).parent / name
+    out.mkdir(parents=True, exist_ok=True)
+    frame, seeds, chosen, compared, notes, scaling, fit_problem = ladder_comparison(cfg.runs_dir, name, cfg)
+    if fit_problem:
+        log.warning(fit_problem)
+    variants = variant_order(compared["variant"].unique(), cfg.baseline)
     tables = [lr_selection_table(chosen, seeds),
               per_rung_table(compared, scaling, cfg.baseline, variants, cfg, chosen, notes)]
     if scaling is not None:

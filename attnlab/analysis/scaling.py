@@ -22,7 +22,7 @@ fit is a weighted least-squares fit; the point estimate is the fit with every we
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -233,6 +233,11 @@ class ScalingComparison:
     resamples: int
     reference: str
     confidence: float
+    # Per variant (the reference too, at 1): the multiplier at its largest-compute rung in the point
+    # estimate (index 0) and every resample (NaN where the resample failed), and the seeds each
+    # resample drew (``seed_draws[r]``: seed values): what another seed-paired statistic reuses.
+    top_multipliers: dict = field(default_factory=dict, compare=False)
+    seed_draws: np.ndarray | None = field(default=None, compare=False)
 
 
 def _weighted_mean(weights, values):
@@ -268,7 +273,7 @@ def scaling_comparison(frame: pd.DataFrame, reference: str = "baseline", resampl
 
     seeds, seed_index = np.unique(frame["seed"].to_numpy(), return_inverse=True)
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, seeds.size, size=(resamples, seeds.size))
+    draws = rng.integers(0, seeds.size, size=(resamples, seeds.size))  # indices into seeds
     counts = np.zeros((resamples, seeds.size))
     np.add.at(counts, (np.arange(resamples)[:, None], draws), 1.0)
     seed_weight = np.vstack([np.ones(seeds.size), counts])  # row 0: the point estimate
@@ -312,6 +317,7 @@ def scaling_comparison(frame: pd.DataFrame, reference: str = "baseline", resampl
     ref_span = (float(frame.loc[frame["variant"] == reference, "compute"].min()),
                 float(frame.loc[frame["variant"] == reference, "compute"].max()))
     multiplier_rows, trend_rows = [], []
+    top = {reference: np.where(np.concatenate([[True], ~failed]), 1.0, np.nan)}
     for variant in variants[1:]:
         E, A, alpha = fit[variant][:3]
         log_compute, log_multiplier = [], []
@@ -332,6 +338,7 @@ def scaling_comparison(frame: pd.DataFrame, reference: str = "baseline", resampl
             log_compute.append(np.log(compute))
             with np.errstate(divide="ignore"):
                 log_multiplier.append(np.log(multiplier))
+            top[variant] = np.where(np.concatenate([[True], ~failed]), multiplier, np.nan)  # rungs by compute
         slope = _slope(np.stack(log_compute, 1), np.stack(log_multiplier, 1))
         low, high = interval(slope)
         trend_rows.append(dict(variant=variant, n_rungs=int(np.isfinite(np.stack(log_multiplier, 1)[0]).sum()),
@@ -340,4 +347,5 @@ def scaling_comparison(frame: pd.DataFrame, reference: str = "baseline", resampl
 
     return ScalingComparison(fits=pd.DataFrame(fit_rows), multipliers=pd.DataFrame(multiplier_rows),
                              trends=pd.DataFrame(trend_rows), failed_resamples=int(failed.sum()),
-                             resamples=resamples, reference=reference, confidence=confidence)
+                             resamples=resamples, reference=reference, confidence=confidence,
+                             top_multipliers=top, seed_draws=seeds[draws])

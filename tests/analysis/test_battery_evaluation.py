@@ -122,3 +122,28 @@ def test_the_battery_experiment_composes_into_one_experiment_per_task_and_cell()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
         assert count_jobs(config) == 6 * 3 * 9 * 3  # tasks x cells x variants x seeds
     assert base.callbacks.estimate.experiment == "battery"
+
+
+def test_with_a_ladder_beside_it_the_battery_reports_the_rank_correlation(tmp_path):
+    from . import test_ladder_evaluation as lad
+
+    runs_dir = tmp_path / "runs"
+    make_battery(runs_dir)
+    lad.make_ladder(runs_dir)  # baseline and gated_attn (2x compute), ladder "lad"
+    for rung, compute in lad.RUNGS.items():  # qk_norm: baseline with half the compute
+        for seed, lr in ((100, 2e-3), (0, 2e-3), (1, 2e-3), (2, 2e-3)):
+            lad.write_run(runs_dir, "qk_norm", rung, lr, seed, lad.E + lad.A * (0.5 * compute) ** -lad.ALPHA)
+    out = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=200, ladder="lad"))
+    table = pd.read_csv(out / "tables" / "ladder_agreement.csv").set_index("variant")
+    assert table["top_rung_multiplier"].to_dict() == pytest.approx({"baseline": 1.0, "gated_attn": 2.0,
+                                                                    "qk_norm": 0.5}, rel=1e-2)
+    # Battery overall: gated_attn > baseline > qk_norm, the ladder's order too.
+    assert table["battery_rank"].to_dict() == {"gated_attn": 1, "baseline": 2, "qk_norm": 3}
+    agreement = json.loads((out / "evaluation.json").read_text())["ladder_agreement"]
+    assert agreement["rho"] == pytest.approx(1.0)
+    assert "Spearman's rho" in (out / "tables" / "ladder_agreement.md").read_text()
+    # No ladder of that name: the battery is evaluated alone, saying why there is no agreement.
+    out = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=200,
+                                  ladder="nope", output_dir=str(tmp_path / "alone")))
+    assert not (out / "tables" / "ladder_agreement.csv").exists()
+    assert "no ladder 'nope'" in json.loads((out / "evaluation.json").read_text())["ladder_agreement"]["reason"]
