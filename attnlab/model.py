@@ -28,6 +28,7 @@ import zlib
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from attnlab.attention import KVCache, build_rope_cache
 from attnlab.config import ModelConfig
@@ -77,6 +78,9 @@ class GPT(nn.Module):
         cos, sin = build_rope_cache(config.block_size, config.rope_n_elem, config.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # Training only (trainer.activation_checkpointing): each block keeps its input alone and
+        # recomputes its activations in the backward; the same numbers, less memory.
+        self.activation_checkpointing = False
 
     def forward(self, idx: Tensor, kv_caches: list[KVCache] | None = None) -> Tensor:
         """Token ids (B, T) -> logits (B, T, padded_vocab_size).
@@ -103,7 +107,12 @@ class GPT(nn.Module):
         sin = self.rope_sin[start:start + T].to(self.wte.weight.dtype)
         x = self.wte(idx)  # (B, T, C)
         all_weights = []
+        recompute = (self.activation_checkpointing and self.training and torch.is_grad_enabled()
+                     and kv_caches is None and not need_weights)
         for i, block in enumerate(self.blocks):
+            if recompute:
+                x, weights = checkpoint(block, x, cos, sin, use_reentrant=False)
+                continue
             x, weights = block(x, cos, sin, kv_caches[i] if kv_caches else None, need_weights)
             if weights is not None:
                 all_weights.append(weights)

@@ -17,6 +17,9 @@ a = 2 (bf16-mixed) or 4 (32-true) bytes per matmul activation:
     layer  = N * (16 h + 2 a h + a hs (4 H + 3 G) + 4 a f)  + extra tensors (kernel_plan)
     head   = N * ((8 + a) h + (8 + a) V)
     peak   = static + L * layer + head + transient
+    with trainer.activation_checkpointing: static + L * 4 N h + layer + head + transient
+             (each block keeps only its fp32 input; one block's activations live again while
+             its backward recomputes them)
 
 ``layer`` is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
 Models", sbh(34 + 5as/h) for GPT) redone for this block: no dropout, pre-norm RMSNorm computed
@@ -215,11 +218,12 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
 
 
 def estimate_peak_bytes(model_config: ModelConfig, seq_len: int, batch_size: int, precision: str,
-                        kernel: KernelPlan | str | None = None, device_type: str = "cuda") -> int:
+                        kernel: KernelPlan | str | None = None, device_type: str = "cuda",
+                        checkpointing: bool = False) -> int:
     """Peak bytes of one training step (forward, backward, AdamW), the module docstring's formula.
 
     ``kernel``: a ``KernelPlan``, a kernel name, or None for the configuration's (``auto``
-    resolved for ``device_type``)."""
+    resolved for ``device_type``). ``checkpointing``: trainer.activation_checkpointing."""
     _, c = resolve(model_config)
     if not isinstance(kernel, KernelPlan):
         kernel = kernel_plan(c, seq_len, batch_size, precision, device_type, kernel)
@@ -230,7 +234,8 @@ def estimate_peak_bytes(model_config: ModelConfig, seq_len: int, batch_size: int
     h, f, H, G, hs = c.n_embd, c.mlp_hidden_size, c.n_head, c.n_query_groups, c.head_size
     layer = N * (16 * h + 2 * a * h + a * hs * (4 * H + 3 * G) + 4 * a * f) + kernel.extra_bytes
     head = N * ((8 + a) * h + (8 + a) * c.padded_vocab_size)
-    return static + c.n_layer * layer + head + kernel.transient_bytes
+    kept = c.n_layer * 4 * N * h + layer if checkpointing else c.n_layer * layer
+    return static + kept + head + kernel.transient_bytes
 
 
 def _fmt(n: float) -> str:
@@ -255,15 +260,19 @@ def check_fits_device(model_config: ModelConfig, trainer: Any, device_name: str 
     device_type = "cpu" if (device_name or "").lower() == "cpu" else "cuda"
     precision = _resolve_precision(precision or trainer.precision, device_type)
     b, T, acc = trainer.batch_size, trainer.seq_len, trainer.accumulate_grad_batches
+    recompute = bool(getattr(trainer, "activation_checkpointing", False))
 
-    def est(batch: int, seq: int) -> int:
-        return estimate_peak_bytes(model_config, seq, batch, precision, device_type=device_type)
+    def est(batch: int, seq: int, checkpointing: bool = recompute) -> int:
+        return estimate_peak_bytes(model_config, seq, batch, precision, device_type=device_type,
+                                   checkpointing=checkpointing)
 
     need = est(b, T)
     if need <= memory:
         return
     global_batch = b * acc
     fits = []
+    if not recompute and est(b, T, checkpointing=True) <= memory:
+        fits.append(f"trainer.activation_checkpointing=true (~{_fmt(est(b, T, checkpointing=True))})")
     micro = next((m for m in range(b - 1, 0, -1) if global_batch % m == 0 and est(m, T) <= memory), None)
     if micro is not None:
         fits.append(f"trainer.batch_size={micro} trainer.accumulate_grad_batches={global_batch // micro} "
@@ -312,7 +321,10 @@ def format_plan(preset: str, seq_len: int, batch_size: int, device: str, precisi
             dims = "x".join(str(d) for d in t.shape)
             lines.append(f"    per layer: {t.what} ({dims}, {t.bytes_per_element} B each) = {_fmt(t.nbytes)}")
         verdict = "fits" if peak <= memory else "DOES NOT FIT"
-        lines.append(f"    peak estimate {_fmt(peak)} of {_fmt(memory)}: {verdict}")
+        recomputed = estimate_peak_bytes(config, seq_len, batch_size, precision, plan, device_type,
+                                         checkpointing=True)
+        lines.append(f"    peak estimate {_fmt(peak)} of {_fmt(memory)}: {verdict} "
+                     f"(with trainer.activation_checkpointing=true: {_fmt(recomputed)})")
     return "\n".join(lines)
 
 

@@ -32,10 +32,12 @@ MEASURE = textwrap.dedent("""
     from attnlab.model import build_model
     torch.set_num_threads(1)
     kw, B, T = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    recompute = kw.pop("activation_checkpointing", False)
 
     def steps(config, B, T, n):
         idx = torch.randint(0, config.vocab_size, (B, T + 1))
         model = build_model(config)
+        model.activation_checkpointing = recompute
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
         for _ in range(n):
             loss = F.cross_entropy(model(idx[:, :-1]).flatten(0, 1).float(), idx[:, 1:].flatten())
@@ -63,14 +65,17 @@ def measured_cpu_peak(kw: dict, batch_size: int, seq_len: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("variant, backend", [("baseline", "cpu-flash"), ("talking_heads", "explicit")])
-def test_estimate_is_within_tolerance_of_a_measured_cpu_step(variant, backend):
+@pytest.mark.parametrize("variant, backend, recompute", [("baseline", "cpu-flash", False),
+                                                         ("talking_heads", "explicit", False),
+                                                         ("baseline", "cpu-flash", True)])
+def test_estimate_is_within_tolerance_of_a_measured_cpu_step(variant, backend, recompute):
     kw, B, T = {**SMALL, "variant": variant}, 8, 256
     config = ModelConfig(**kw)
     assert kernel_plan(config, T, B, "32-true", "cpu").backend == backend
-    estimate = estimate_peak_bytes(config, T, B, "32-true", device_type="cpu")
-    measured = measured_cpu_peak(kw, B, T)
-    print(f"{variant}: estimate {estimate / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB")
+    estimate = estimate_peak_bytes(config, T, B, "32-true", device_type="cpu", checkpointing=recompute)
+    measured = measured_cpu_peak({**kw, "activation_checkpointing": recompute}, B, T)
+    print(f"{variant} (activation checkpointing {recompute}): estimate {estimate / 2**20:.0f} MiB, "
+          f"measured {measured / 2**20:.0f} MiB")
     assert 1 / TOLERANCE <= estimate / measured <= TOLERANCE, (estimate, measured)
     # The check can fail: weights, gradients and AdamW alone fall outside the band.
     assert 16 * total_parameters(config) < measured / TOLERANCE

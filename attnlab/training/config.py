@@ -98,6 +98,9 @@ class TrainerSection:
     strategy: str = "auto"
     precision: str = "auto"  # auto: bf16-mixed on GPUs that support it, else 32-true
     compile: Optional[bool] = None  # None: on for GPU, off for CPU
+    # Recompute each block's activations in the backward instead of keeping them: less memory
+    # (attnlab.plan estimates how much) for one more forward pass per step, the same numbers.
+    activation_checkpointing: bool = False
     # Defaults: the CPU demo (tiny preset, ~2-3 minutes on 2 cores); see configs/experiment/.
     max_steps: int = 300
     batch_size: int = 8  # micro-batch per device

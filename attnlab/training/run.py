@@ -86,6 +86,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
             trim_metrics(run, checkpoint_step(ckpt_path))
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(model_config, seed=cfg.seed)
+    model.activation_checkpointing = cfg.trainer.activation_checkpointing
     if should_compile(cfg.trainer.compile, accelerator):
         model.compile()  # in place, so checkpoint keys stay those of the plain model
     t = cfg.trainer
