@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1.5
 SMALL = dict(vocab_size=8000, block_size=256, n_layer=4, n_head=2, n_embd=256, intermediate_size=1024)
 
-# Peak resident memory of two forward+backward+AdamW steps, less the resident memory after a
+# Peak resident memory (VmHWM) of two forward+backward+AdamW steps, less the resident memory after a
 # warm-up step of a tiny model of the same variant (which maps the kernels' code pages).
 MEASURE = textwrap.dedent("""
     import json, resource, sys
@@ -52,7 +52,11 @@ MEASURE = textwrap.dedent("""
     steps(ModelConfig(**{**kw, "vocab_size": 64, "n_layer": 1, "n_embd": 32, "intermediate_size": 32}), 1, 16, 2)
     base = rss()
     steps(ModelConfig(**kw), B, T, 2)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+    # VmHWM, the peak of this process's own memory map: ru_maxrss would carry over the RSS of the
+    # process that forked this one (pytest's, over a GiB late in the suite).
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    print(peak - base)
 """)
 
 
