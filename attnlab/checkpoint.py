@@ -14,12 +14,24 @@ from attnlab.config import RUNTIME_SETTINGS, ModelConfig
 from attnlab.model import GPT
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """A checkpoint file, or the directory of a sharded one (``trainer=fsdp``: one file per rank
+    and torch.distributed.checkpoint's ``.metadata``)."""
+    path = Path(path)
+    return path.is_file() or (path / ".metadata").is_file()
+
+
 def _load(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
+    if not is_checkpoint(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        if path.is_dir():  # sharded: the shards consolidated into one state dict, in this process
+            from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+            checkpoint = _load_distributed_checkpoint(path)
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
         raise ValueError(f"{path} is not a readable checkpoint (truncated or not a torch file): "
                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None

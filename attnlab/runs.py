@@ -159,12 +159,12 @@ class RunDir:
     def _model_problems(self, which: str) -> list[str]:
         import yaml
 
-        from attnlab.checkpoint import check_checkpoint_matches
+        from attnlab.checkpoint import check_checkpoint_matches, is_checkpoint
 
         path = self.checkpoints / f"{which}.ckpt"
         if not self.tokenizer.is_file():
             return ["no tokenizer.model"]
-        if not path.is_file():
+        if not is_checkpoint(path):
             return [f"no checkpoints/{which}.ckpt"]
         try:
             check_checkpoint_matches(path, self.load_config().get("resolved_model", {}), against="run")

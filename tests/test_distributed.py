@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow,  # torchrun and DDP processes
 
 def _record(tmp_path, corpus, name: str, *extra: str) -> tuple[RunDir, list[list]]:
     out = tmp_path / f"windows_{name}"
-    out.mkdir()
+    out.mkdir(exist_ok=True)  # a resumed run records into its run's folder again
     args = [f"experiment_name={name}", *tiny_overrides(tmp_path, corpus), "trainer.max_steps=6",
             "trainer.val_every_n_steps=3", "trainer.val_batches=2", *extra]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "WINDOWS_OUT": str(out)}
@@ -89,3 +89,37 @@ def test_the_multinode_config_under_torchrun_two_nodes_of_one_cpu_process(tmp_pa
     assert multi.load_summary()["tokens_seen"] == single.load_summary()["tokens_seen"]
     for column in ("train/loss", "val/loss"):
         assert _losses(multi, column).to_numpy() == pytest.approx(_losses(single, column).to_numpy(), rel=1e-5)
+
+
+FSDP = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+        "trainer.num_workers=0", "trainer.batch_size=2", "trainer.progress_bar=false"]
+
+
+def test_fsdp_on_two_cpu_processes_trains_as_one_process_and_resumes_from_a_sharded_checkpoint(tmp_path, corpus):
+    """trainer=fsdp (FSDP2, every block sharded) with gloo: the same losses as one process with the
+    same global batch; its checkpoints are sharded (a directory, one file per rank); a run stopped
+    at step 3 resumes from its sharded checkpoint with resume=auto; evaluation loads the sharded
+    checkpoint consolidated."""
+    single, _ = _record(tmp_path, corpus, "single", "trainer.batch_size=4")
+    fsdp, windows = _record(tmp_path, corpus, "fsdp", *FSDP)
+    assert len(windows) == 2
+    for column in ("train/loss", "val/loss"):
+        assert _losses(fsdp, column).to_numpy() == pytest.approx(_losses(single, column).to_numpy(), rel=1e-5)
+    last = fsdp.last_checkpoint
+    assert last.is_dir() and (last / ".metadata").is_file() and len(list(last.glob("*.distcp"))) == 2
+
+    # Stopped after its first validation (step 3), then resumed to step 6.
+    _record(tmp_path, corpus, "resumed", *FSDP, "trainer.max_steps=3")
+    resumed, _ = _record(tmp_path, corpus, "resumed", *FSDP, "resume=auto")
+    assert resumed.load_summary()["steps"] == 6
+    assert list(_losses(resumed, "train/loss").index) == list(_losses(fsdp, "train/loss").index)
+    # Not yet exact, unlike a DDP or single-process resume: the data order after the resume is the
+    # same, but the losses from step 4 on differ by up to 1e-3 relative (measured 6.9052 vs 6.9037
+    # at step 4), so the restored weights or optimizer state are not bitwise those of the run.
+
+    # Evaluation reads the sharded checkpoint: the consolidated weights are the single process's.
+    assert fsdp.problems("last") == []
+    model = fsdp.load_model("last")
+    plain = single.load_model("last")
+    for (name, a), (_, b) in zip(model.state_dict().items(), plain.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)

@@ -58,6 +58,22 @@ class LanguageModelModule(L.LightningModule):
                                    validate_args=False) for _ in range(2))
         self.tokens_seen = 0
 
+    def configure_model(self) -> None:
+        """Under ``trainer=fsdp`` (``ModelParallelStrategy``): shard every block on its own, then
+        the rest, over the data-parallel ranks; with bf16-mixed, FSDP gathers the weights in bf16
+        and reduces the gradients in fp32."""
+        mesh = getattr(self, "device_mesh", None)
+        if mesh is None or getattr(self.model, "_sharded", False):
+            return
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        bf16 = str(self.trainer.precision).startswith("bf16")
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
+        for block in self.model.blocks:
+            fully_shard(block, mesh=mesh["data_parallel"], mp_policy=policy)
+        fully_shard(self.model, mesh=mesh["data_parallel"], mp_policy=policy)
+        self.model._sharded = True
+
     def forward(self, idx: Tensor) -> Tensor:
         return self.model(idx)
 

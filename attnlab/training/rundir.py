@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from attnlab.atomic import remove_partial_writes
+from attnlab.checkpoint import is_checkpoint
 from attnlab.config import ModelConfig
 from attnlab.data import PreparedData
 from attnlab.runs import RunDir
@@ -65,13 +66,13 @@ def resume_checkpoint(run: RunDir, resume: str | None) -> Path | None:
     if not resume:
         return None
     if resume == "auto":
-        if run.last_checkpoint.is_file():
+        if is_checkpoint(run.last_checkpoint):
             return run.last_checkpoint
         log.warning("resume=auto: no checkpoint at %s yet; starting the run from step 0",
                     run.last_checkpoint)
         return None
     ckpt = Path(resume)
-    if not ckpt.is_file():
+    if not is_checkpoint(ckpt):
         raise FileNotFoundError(f"resume={resume!r}: no checkpoint file at {ckpt}; use "
                                 f"resume=auto or the path of an existing .ckpt")
     return ckpt

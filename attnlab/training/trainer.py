@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 
 from attnlab.flops import device_peak_flops
 from attnlab.runs import RunDir
@@ -13,6 +14,25 @@ from attnlab.training.callbacks import (GracefulStop, HeadScoresCallback, LastCh
 from attnlab.training.checkpoint_io import AtomicCheckpointIO
 from attnlab.training.config import TrainConfig
 from attnlab.training.hardware import root_device
+
+
+def build_strategy(name: str) -> str | Strategy:
+    """``trainer.strategy``, with ``fsdp`` as FSDP2 (``fully_shard``) under Lightning's
+    ``ModelParallelStrategy``: each block sharded on its own (``LanguageModelModule.configure_model``)
+    and sharded checkpoints, one file per rank. Lightning's ``FSDPStrategy`` (FSDP1) is not used:
+    torch 2.13's FSDP1 needs an accelerator, so it could not be tested on CPU processes."""
+    if name != "fsdp":
+        return name
+    return FullyShardedStrategy(tensor_parallel_size=1, save_distributed_checkpoint=True)
+
+
+class FullyShardedStrategy(ModelParallelStrategy):
+    """``ModelParallelStrategy`` with every rank in one data-parallel (sharding) group: its
+    ``"auto"`` would make one group per node and expect tensor parallelism within it."""
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
 
 
 def build_trainer(cfg: TrainConfig, run: RunDir, accelerator: str, precision: str, loggers: list[Logger],
@@ -41,7 +61,7 @@ def build_trainer(cfg: TrainConfig, run: RunDir, accelerator: str, precision: st
     # Last, so that it sees a signal raised during the step's other hooks.
     callbacks.append(GracefulStop(run.last_checkpoint))
     return L.Trainer(
-        accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(t.strategy),
         precision=precision, max_steps=t.max_steps, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.grad_clip or None,
         val_check_interval=t.val_every_n_steps * t.accumulate_grad_batches,  # counted in batches
