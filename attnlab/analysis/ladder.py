@@ -6,6 +6,7 @@
                                     every (variant, rung)), the difference at equal FLOPs, the multiplier
                    fits             L(C) = E + A C^-alpha per variant, bootstrap intervals over seeds
                    multipliers      compute multiplier per (variant, rung) with its trend over scale
+                   per_run.csv      every run (selection seeds too): rung, variant, lr, seed, compute, loss
         figures/   loss_vs_compute, multiplier (.png .pdf)
         evaluation.json             the runs used, the runs left out and why, the settings
 
@@ -249,6 +250,9 @@ def evaluate_ladder(cfg: EvaluateConfig, name: str) -> Path:
         tables += [fits_table(scaling, notes), multipliers_table(scaling, notes)]
     for table in tables:
         table.write(out / "tables")
+    # Every run, the selection seeds' too: the numbers the tables are computed from.
+    frame.drop(columns="run_dir").sort_values(["rung", "variant", "lr", "seed"]).to_csv(
+        out / "tables" / "per_run.csv", index=False)
     save_figure(loss_vs_compute_figure(compared, scaling, variants), out / "figures", "loss_vs_compute")
     if scaling is not None:
         save_figure(multiplier_figure(scaling, variants), out / "figures", "multiplier")

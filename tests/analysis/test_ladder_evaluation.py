@@ -69,6 +69,9 @@ def test_the_ladder_evaluation_compares_at_the_chosen_rates_and_recovers_the_mul
     for name in ("loss_vs_compute", "multiplier"):
         assert (out / "figures" / f"{name}.png").is_file() and (out / "figures" / f"{name}.pdf").is_file()
     assert "lr0.008" not in json.dumps(json.loads((out / "evaluation.json").read_text())["runs"])
+    runs = pd.read_csv(out / "tables" / "per_run.csv")
+    assert len(runs) == 2 * 4 * (2 + 3 + 1)  # every run: selection grid, comparison seeds, the unchosen rate
+    assert {"rung", "variant", "lr", "seed", "compute", "loss"} <= set(runs.columns)
 
 
 def test_a_ladder_with_too_few_rungs_is_compared_per_rung_and_says_why_it_has_no_fit(tmp_path):
