@@ -68,6 +68,7 @@ def measured_cpu_peak(kw: dict, batch_size: int, seq_len: int) -> int:
     return int(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a subprocess per case: torch's import and two training steps
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize("variant, backend, recompute", [("baseline", "cpu-flash", False),
                                                          ("talking_heads", "explicit", False),
