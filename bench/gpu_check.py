@@ -9,7 +9,7 @@ Writes ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (the table for bench/
 1. **Plan** per (preset, T, variant): the kernel and SDPA backend ``attnlab.plan`` predicts,
    and its estimate of peak training memory.
 2. **Steps** per (preset, T, variant): a few training steps (forward, cross-entropy, backward,
-   fused AdamW) at ``--precision``, ``model.compile()`` as ``train.py`` does on a GPU: the first
+   fused AdamW; ``bench/throughput.py``'s step) at ``--precision``, ``torch.compile``d: the first
    step's seconds (compilation), then tokens/s, MFU (``attnlab.flops``' FLOPs per token against
    the device's peak), peak memory (``torch.cuda.max_memory_allocated``) and its ratio to the
    plan's estimate. An out-of-memory case is recorded as such and the check goes on. Cases run
@@ -43,6 +43,9 @@ from attnlab.plan import estimate_peak_bytes, kernel_plan
 from variants import available_variants, get_variant
 from variants.registry import supported_kernels
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the throughput bench's training step
+from throughput import Contestant, _sync  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 EQUALITY_TOLERANCE = 2e-2  # as tests/test_bf16.py: bf16's rounding (2^-8) x 5
 CUDA_TESTS = ["tests/test_flex_kernel.py", "tests/test_plan.py"]
@@ -54,27 +57,19 @@ def autocast(device: torch.device, precision: str):
 
 def train_steps(config: ModelConfig, device: torch.device, precision: str, batch_size: int, steps: int,
                 compile: bool) -> dict:
-    """One warm-up (compiling) step, then ``steps`` timed ones."""
-    torch.manual_seed(0)
-    model = build_model(config).to(device)
-    if compile:
-        model.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    T = config.block_size
-    idx = torch.randint(0, config.vocab_size, (batch_size, T + 1), device=device)
+    """One warm-up (compiling) step, then ``steps`` timed ones, each ``throughput.Contestant``'s step."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         start_bytes = torch.cuda.memory_allocated(device)
+    torch.manual_seed(0)
+    contestant = Contestant(config.variant, build_model(config), device, precision, compile)
+    T = config.block_size
+    idx = torch.randint(0, config.vocab_size, (batch_size, T + 1), device=device)
     seconds = []
     for _ in range(steps + 1):
         _sync(device)
         start = time.perf_counter()
-        with autocast(device, precision):
-            logits = model(idx[:, :-1])
-        F.cross_entropy(logits.float().flatten(0, 1), idx[:, 1:].flatten()).backward()
-        del logits
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        contestant.step(idx[:, :-1], idx[:, 1:])
         _sync(device)
         seconds.append(time.perf_counter() - start)
     step = sorted(seconds[1:])[len(seconds[1:]) // 2]
@@ -82,7 +77,7 @@ def train_steps(config: ModelConfig, device: torch.device, precision: str, batch
     peak_flops = device_peak_flops(device, precision)
     result = {"first_step_s": seconds[0], "step_s": step, "tokens_per_s": tokens_per_s,
               "mfu": flops_per_token(config, T) * tokens_per_s / peak_flops if peak_flops else None}
-    if device.type == "cuda":
+    if device.type == "cuda":  # weights, AdamW state and the step's peak, as the plan estimates
         result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - start_bytes
     return result
 
@@ -123,11 +118,6 @@ def cuda_tests() -> dict:
     lines = [line for line in result.stdout.strip().splitlines() if line.strip()]
     return {"command": f"python -m pytest -q -rs -m '' {' '.join(CUDA_TESTS)}", "returncode": result.returncode,
             "summary": lines[-1] if lines else result.stderr[-500:]}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def cases(presets: list[str], seq_lens: list[int], variants: list[str]) -> list[tuple[str, int, str]]:

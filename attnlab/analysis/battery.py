@@ -216,9 +216,10 @@ def ladder_agreement_table(cfg: EvaluateConfig, per_seed: dict[str, pd.Series]) 
     runs_dir = cfg.ladder_runs_dir or cfg.runs_dir
     if cfg.ladder is None or not is_ladder(runs_dir, cfg.ladder):
         return None, {"reason": f"no ladder {cfg.ladder!r} under {runs_dir}"}
-    _, _, chosen, compared, _, scaling, fit_problem = ladder_comparison(runs_dir, cfg.ladder, cfg)
+    ladder = ladder_comparison(runs_dir, cfg.ladder, cfg)
+    scaling = ladder.scaling
     if scaling is None:
-        return None, {"reason": fit_problem}
+        return None, {"reason": ladder.fit_problem}
     result = battery_ladder_agreement(per_seed, scaling)
     if "reason" in result:
         return None, result

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -215,7 +216,17 @@ def multiplier_figure(scaling: ScalingComparison, variants: list[str]):
     return fig
 
 
-def ladder_comparison(runs_dir: str | Path, name: str, cfg: EvaluateConfig):
+class LadderComparison(NamedTuple):
+    frame: pd.DataFrame  # every run, the selection seeds' too
+    selection_seeds: list[int]
+    chosen: pd.DataFrame  # the learning rate of each (variant, rung)
+    compared: pd.DataFrame  # the runs at the other seeds, at the chosen rates
+    notes: list[str]
+    scaling: ScalingComparison | None
+    fit_problem: str | None  # why there is no scaling fit
+
+
+def ladder_comparison(runs_dir: str | Path, name: str, cfg: EvaluateConfig) -> LadderComparison:
     """The ladder's runs, the chosen rates, the compared runs (seeds outside the selection, at the
     chosen rates), notes, and the scaling fit or why there is none."""
     runs = ladder_runs(runs_dir, name)
@@ -234,7 +245,7 @@ def ladder_comparison(runs_dir: str | Path, name: str, cfg: EvaluateConfig):
     except (FitError, ValueError) as err:
         fit_problem = f"No scaling fit: {err}."
         notes.append(fit_problem)
-    return frame, seeds, chosen, compared, notes, scaling, fit_problem
+    return LadderComparison(frame, seeds, chosen, compared, notes, scaling, fit_problem)
 
 
 def evaluate_ladder(cfg: EvaluateConfig, name: str) -> Path:

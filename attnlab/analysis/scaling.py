@@ -301,6 +301,7 @@ def scaling_comparison(frame: pd.DataFrame, reference: str = "baseline", resampl
 
     failed = ~np.logical_and.reduce([f[3][1:] for f in fit.values()])
     kept = np.concatenate([[False], ~failed])  # boolean index of the finished resamples
+    finished = np.concatenate([[True], ~failed])  # the same with the point estimate (row 0)
 
     def interval(values):
         return _interval(values[kept], confidence)
@@ -317,7 +318,7 @@ def scaling_comparison(frame: pd.DataFrame, reference: str = "baseline", resampl
     ref_span = (float(frame.loc[frame["variant"] == reference, "compute"].min()),
                 float(frame.loc[frame["variant"] == reference, "compute"].max()))
     multiplier_rows, trend_rows = [], []
-    top = {reference: np.where(np.concatenate([[True], ~failed]), 1.0, np.nan)}
+    top = {reference: np.where(finished, 1.0, np.nan)}
     for variant in variants[1:]:
         E, A, alpha = fit[variant][:3]
         log_compute, log_multiplier = [], []
@@ -338,7 +339,7 @@ def scaling_comparison(frame: pd.DataFrame, reference: str = "baseline", resampl
             log_compute.append(np.log(compute))
             with np.errstate(divide="ignore"):
                 log_multiplier.append(np.log(multiplier))
-            top[variant] = np.where(np.concatenate([[True], ~failed]), multiplier, np.nan)  # rungs by compute
+        top[variant] = np.where(finished, multiplier, np.nan)  # the last rung by compute: the largest
         slope = _slope(np.stack(log_compute, 1), np.stack(log_multiplier, 1))
         low, high = interval(slope)
         trend_rows.append(dict(variant=variant, n_rungs=int(np.isfinite(np.stack(log_multiplier, 1)[0]).sum()),

@@ -62,17 +62,17 @@ class LanguageModelModule(L.LightningModule):
         """Under ``trainer=fsdp`` (``ModelParallelStrategy``): shard every block on its own, then
         the rest, over the data-parallel ranks; with bf16-mixed, FSDP gathers the weights in bf16
         and reduces the gradients in fp32."""
+        from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
         mesh = getattr(self, "device_mesh", None)
-        if mesh is None or getattr(self.model, "_sharded", False):
+        if mesh is None or isinstance(self.model, FSDPModule):  # not sharded training, or done already
             return
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         bf16 = str(self.trainer.precision).startswith("bf16")
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
         for block in self.model.blocks:
             fully_shard(block, mesh=mesh["data_parallel"], mp_policy=policy)
         fully_shard(self.model, mesh=mesh["data_parallel"], mp_policy=policy)
-        self.model._sharded = True
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.model(idx)
