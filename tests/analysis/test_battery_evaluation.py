@@ -107,20 +107,33 @@ def test_the_battery_experiment_composes_into_one_experiment_per_task_and_cell()
     from test_training import CONFIGS, compose_config
 
     base = OmegaConf.load(CONFIGS / "experiment" / "battery.yaml").hydra
-    tasks = base.sweeper.params["data"].split(",")
-    assert tasks == ["icr", "fuzzy_icr", "noisy_icr", "selective_copy", "compression", "memorization"]
-    for task in tasks:  # every task's MAD baseline fits the recall preset's 32 tokens
-        cfg = compose_config(["experiment=battery", f"data={task}", "data.num_train_examples=256"])
+    assert base.sweeper.params["battery"] == "glob(*)"  # every cell file in configs/battery
+    cells = sorted(path.stem for path in (CONFIGS / "battery").glob("*.yaml"))
+    tasks = {cell.split("-")[0] for cell in cells}
+    assert tasks == {"icr", "fuzzy_icr", "noisy_icr", "selective_copy", "compression", "memorization"}
+    for cell in cells:  # each cell chooses its task, names its experiment after itself, fits 32 tokens
+        task = cell.split("-")[0]
+        cfg = compose_config(["experiment=battery", f"battery={cell}"])
         cfg.validate()
-        assert (cfg.experiment_name, cfg.model.preset, cfg.trainer.threads, cfg.trainer.progress_bar) == \
-            (f"battery-{task}-n256", "recall", 1, False)
+        assert (cfg.experiment_name, cfg.data.source, cfg.model.preset, cfg.trainer.threads,
+                cfg.trainer.progress_bar) == (f"battery-{cell}", task, "recall", 1, False)
+    # A cell sets its knob and nothing else: icr-v64 differs from icr-v16 in the vocabulary only.
+    v16, v64 = (compose_config(["experiment=battery", f"battery=icr-{v}"]) for v in ("v16", "v64"))
+    assert (v16.data.icr.vocab_size, v64.data.icr.vocab_size) == (16, 64)
+    assert OmegaConf.to_container(OmegaConf.structured(v16.trainer)) == \
+        OmegaConf.to_container(OmegaConf.structured(v64.trainer))
+    # sliding_window is local attention at these lengths (its default window would cover them).
+    cfg = compose_config(["experiment=battery", "variant=sliding_window"])
+    cfg.validate()
+    assert cfg.variant.options["window"] == 8 < cfg.trainer.seq_len
     config = OmegaConf.create({"hydra": {
         "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
                     "params": base.sweeper.params},
         "launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2},
         "overrides": {"task": ["experiment=battery"]}}})
     with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        assert count_jobs(config) == 6 * 3 * 9 * 3  # tasks x cells x variants x seeds
+        assert count_jobs(config) == len(cells) * 9 * 3  # cells x variants x seeds
+    assert len(cells) == 12
     assert base.callbacks.estimate.experiment == "battery"
 
 
