@@ -37,7 +37,7 @@ import seaborn as sns
 
 from attnlab.analysis.agreement import agreement_table, battery_ladder_agreement
 from attnlab.analysis.config import EvaluateConfig
-from attnlab.analysis.ladder import is_ladder, ladder_comparison
+from attnlab.analysis.ladder import is_ladder, ladder_comparison, ladder_result_comparison
 from attnlab.analysis.stats import compare, holm, mean_ci
 from attnlab.analysis.style import save_figure, variant_colors
 from attnlab.analysis.tables import Table, variant_order
@@ -212,15 +212,20 @@ def overall_table(scores: dict[tuple[str, str], pd.Series], reference: str, vari
 
 def ladder_agreement_table(cfg: EvaluateConfig, per_seed: dict[str, pd.Series]) -> tuple[Table | None, dict]:
     """Spearman between the overall score and the ladder's top-rung multiplier, where the ladder
-    ``cfg.ladder`` has runs (attnlab/analysis/agreement.py); else None and why."""
+    ``cfg.ladder`` has runs, else from the ladder result ``cfg.ladder_result`` where that directory
+    exists (attnlab/analysis/agreement.py); else None and why."""
     runs_dir = cfg.ladder_runs_dir or cfg.runs_dir
-    if cfg.ladder is None or not is_ladder(runs_dir, cfg.ladder):
-        return None, {"reason": f"no ladder {cfg.ladder!r} under {runs_dir}"}
-    ladder = ladder_comparison(runs_dir, cfg.ladder, cfg)
+    if cfg.ladder is not None and is_ladder(runs_dir, cfg.ladder):
+        ladder, source = ladder_comparison(runs_dir, cfg.ladder, cfg), f"ladder {cfg.ladder!r}'s runs under {runs_dir}"
+    elif cfg.ladder_result is not None and Path(cfg.ladder_result).is_dir():
+        ladder, source = ladder_result_comparison(cfg.ladder_result, cfg), f"the ladder result {cfg.ladder_result}"
+    else:
+        return None, {"reason": f"no ladder {cfg.ladder!r} under {runs_dir} and no ladder result "
+                                f"{cfg.ladder_result!r}"}
     scaling = ladder.scaling
     if scaling is None:
-        return None, {"reason": ladder.fit_problem}
-    result = battery_ladder_agreement(per_seed, scaling)
+        return None, {"reason": ladder.fit_problem, "ladder_source": source}
+    result = battery_ladder_agreement(per_seed, scaling) | {"ladder_source": source}
     if "reason" in result:
         return None, result
     numbers = agreement_table(result)
@@ -230,7 +235,7 @@ def ladder_agreement_table(cfg: EvaluateConfig, per_seed: dict[str, pd.Series]) 
         f"multiplier at {scaling.multipliers['rung'].iloc[-1] if len(scaling.multipliers) else 'top rung'}":
             numbers["top_rung_multiplier"].map(lambda v: f"{v:.3g}"),
         "ladder rank": numbers["ladder_rank"].map(lambda v: f"{v:g}")})
-    explain = [f"Spearman's rho between the battery's overall score and ladder {cfg.ladder!r}'s compute multiplier "
+    explain = [f"Spearman's rho between the battery's overall score and the compute multiplier of {source} "
                f"at its largest rung ({cfg.baseline} = 1), over {len(numbers)} variants: "
                f"{result['rho']:+.3f}, {result['confidence']:.0%} bootstrap interval over seeds "
                f"[{result['rho_low']:+.3f}, {result['rho_high']:+.3f}] ({result['resamples']} resamples). With "

@@ -42,9 +42,12 @@ class EvaluateConfig:
     head_probe_seed: int = 0
     position_windows: int = 32  # loss_by_position: evenly spaced validation windows per run
     # A battery's evaluation ranks its variants against this ladder's compute multipliers where its
-    # runs exist (under ladder_runs_dir; None: runs_dir); null: no comparison.
+    # runs exist (under ladder_runs_dir; None: runs_dir); null: no comparison. Without its runs, a
+    # ladder's evaluation directory (tables/per_run.csv + evaluation.json) stands in for them: by
+    # default the committed CPU ladder reference, read relative to the working directory.
     ladder: Optional[str] = "ladder"
     ladder_runs_dir: Optional[str] = None
+    ladder_result: Optional[str] = "reference/ladder"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> None:

@@ -230,8 +230,27 @@ def ladder_comparison(runs_dir: str | Path, name: str, cfg: EvaluateConfig) -> L
     """The ladder's runs, the chosen rates, the compared runs (seeds outside the selection, at the
     chosen rates), notes, and the scaling fit or why there is none."""
     runs = ladder_runs(runs_dir, name)
-    frame = ladder_frame(runs)
-    seeds = selection_seeds(runs)
+    return compare_ladder(ladder_frame(runs), selection_seeds(runs), name, cfg)
+
+
+def ladder_result_comparison(result_dir: str | Path, cfg: EvaluateConfig) -> LadderComparison:
+    """The same comparison from a ladder's evaluation directory (``tables/per_run.csv`` and
+    ``evaluation.json``, as ``evaluate_ladder`` writes them, e.g. a committed reference result)
+    instead of its run directories."""
+    result_dir = Path(result_dir)
+    per_run, evaluation = result_dir / "tables" / "per_run.csv", result_dir / "evaluation.json"
+    missing = [str(p) for p in (per_run, evaluation) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"ladder_result={str(result_dir)!r} is not a ladder's evaluation directory: "
+                                f"{', '.join(missing)} missing (python evaluate.py experiment=<ladder> writes them)")
+    meta = json.loads(evaluation.read_text(encoding="utf-8"))
+    frame = pd.read_csv(per_run)
+    frame["run_dir"] = f"{per_run}"  # the row's source: the runs themselves are not there
+    return compare_ladder(frame, list(meta["selection_seeds"]), meta["ladder"], cfg)
+
+
+def compare_ladder(frame: pd.DataFrame, seeds: list[int], name: str, cfg: EvaluateConfig) -> LadderComparison:
+    """``frame``: one row per run (``attnlab.ladder.ladder_frame``); ``seeds``: the selection seeds."""
     chosen = select_learning_rates(frame, seeds)
     compared, notes = comparison_runs(frame, chosen, seeds)
     if compared.empty:

@@ -211,6 +211,8 @@ class GracefulStop(L.Callback):
     step checkpoints are; the run stops by raising just before the next batch, once the
     step is logged (and its scheduled validation, if any, has run). ``trainer.should_stop``
     is not used: it would add an unscheduled validation, time a preempted job may not have.
+    With several processes the ranks agree after every optimizer step (one all-reduce of a flag)
+    on whether any of them was signalled, so that they all save at the same step.
     """
 
     def __init__(self, last_checkpoint: Path) -> None:
@@ -231,8 +233,16 @@ class GracefulStop(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         # Mid-accumulation the partial gradients would be lost: wait for the optimizer step.
-        if self.received is None or self.saved_step is not None or \
-                trainer.fit_loop.epoch_loop._should_accumulate():
+        if self.saved_step is not None or trainer.fit_loop.epoch_loop._should_accumulate():
+            return
+        received = self.received is not None
+        if trainer.world_size > 1:
+            # A scheduler's signal reaches the ranks at different steps (or one rank only), and the
+            # checkpoint save is collective: every rank stops at the first step any rank saw one.
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+            if received and self.received is None:
+                self.received = signal.SIGTERM  # another rank's: named as a preemption
+        if not received:
             return
         trainer.save_checkpoint(self.last_checkpoint, weights_only=False)
         self.saved_step = trainer.global_step

@@ -8,6 +8,7 @@ known accuracies, so the answers are known exactly.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -126,6 +127,10 @@ def test_the_battery_experiment_composes_into_one_experiment_per_task_and_cell()
     cfg = compose_config(["experiment=battery", "variant=sliding_window"])
     cfg.validate()
     assert cfg.variant.options["window"] == 8 < cfg.trainer.seq_len
+    # forgetting starts from its authors' gate init, not from the discount a zero bias gives.
+    cfg = compose_config(["experiment=battery", "variant=forgetting"])
+    cfg.validate()
+    assert cfg.variant.options["gate_bias_init"] == "range"
     config = OmegaConf.create({"hydra": {
         "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
                     "params": base.sweeper.params},
@@ -155,8 +160,26 @@ def test_with_a_ladder_beside_it_the_battery_reports_the_rank_correlation(tmp_pa
     agreement = json.loads((out / "evaluation.json").read_text())["ladder_agreement"]
     assert agreement["rho"] == pytest.approx(1.0)
     assert "Spearman's rho" in (out / "tables" / "ladder_agreement.md").read_text()
-    # No ladder of that name: the battery is evaluated alone, saying why there is no agreement.
+    # Without the ladder's runs, its evaluation directory (tables/per_run.csv + evaluation.json, as a
+    # committed reference result has them) gives the same multipliers and rho.
+    ladder_out = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=200,
+                                         output_dir=str(tmp_path / "lad_result")))
+    for member in runs_dir.glob("lad-*"):
+        shutil.rmtree(member)
+    out = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=200, ladder="lad",
+                                  ladder_result=str(ladder_out), output_dir=str(tmp_path / "from_result")))
+    from_result = pd.read_csv(out / "tables" / "ladder_agreement.csv").set_index("variant")
+    pd.testing.assert_frame_equal(from_result.sort_index(), table.sort_index())
+    again = json.loads((out / "evaluation.json").read_text())["ladder_agreement"]
+    assert (again["rho"], again["rho_low"], again["rho_high"]) == \
+        (agreement["rho"], agreement["rho_low"], agreement["rho_high"])
+    assert again["ladder_source"] == f"the ladder result {ladder_out}"
+    # Neither runs nor a result: the battery is evaluated alone, saying why there is no agreement.
     out = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=200,
-                                  ladder="nope", output_dir=str(tmp_path / "alone")))
+                                  ladder="nope", ladder_result=None, output_dir=str(tmp_path / "alone")))
     assert not (out / "tables" / "ladder_agreement.csv").exists()
     assert "no ladder 'nope'" in json.loads((out / "evaluation.json").read_text())["ladder_agreement"]["reason"]
+    # A result directory that is not a ladder's evaluation: refused, naming the setting and what is missing.
+    with pytest.raises(FileNotFoundError, match="ladder_result=.*per_run.csv"):
+        evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), ladder="nope",
+                                ladder_result=str(tmp_path / "alone"), output_dir=str(tmp_path / "bad")))

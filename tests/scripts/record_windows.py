@@ -1,9 +1,13 @@
 """Train with the given train.py overrides and write, per rank, the training windows that
 rank read to $WINDOWS_OUT/rank<k>.json. Lightning's DDP launcher re-runs this script once
-per extra process, so it works for trainer=ddp with several CPU processes."""
+per extra process, so it works for trainer=ddp with several CPU processes.
+
+With $PREEMPT_AT=<step>:<rank>, that rank sends itself SIGTERM during that optimizer step, as a
+cluster scheduler preempting one process would."""
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,5 +29,18 @@ class RecordWindows(L.Callback):
         out.write_text(json.dumps(self.windows))
 
 
+class PreemptAt(L.Callback):
+    def __init__(self, step: int, rank: int) -> None:
+        self.step, self.rank = step, rank
+
+    def on_before_optimizer_step(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 if __name__ == "__main__":
-    train(compose_config(sys.argv[1:]), extra_callbacks=[RecordWindows()])
+    callbacks = [RecordWindows()]
+    if os.environ.get("PREEMPT_AT"):
+        step, rank = (int(part) for part in os.environ["PREEMPT_AT"].split(":"))
+        callbacks.append(PreemptAt(step, rank))
+    train(compose_config(sys.argv[1:]), extra_callbacks=callbacks)
