@@ -295,7 +295,8 @@ def difficulty_figure(cells: pd.DataFrame, frame: pd.DataFrame, keys: dict[str, 
     colors = variant_colors(variants)
     columns = min(3, len(tasks))
     rows = math.ceil(len(tasks) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.6, 3.2 * rows), squeeze=False,
+                             layout="constrained")
     for ax, task in zip(axes.flat, tasks):
         at = cells[cells["task"] == task]
         knob = keys[task][0] if len(keys[task]) == 1 else None
@@ -310,16 +311,20 @@ def difficulty_figure(cells: pd.DataFrame, frame: pd.DataFrame, keys: dict[str, 
         if knob and all(_numeric(settings[c][knob]) for c in order):
             if min(x.values()) > 0 and max(x.values()) / min(x.values()) >= 8:
                 ax.set_xscale("log")
+            ax.set_xticks(sorted(x.values()), [f"{v:g}" for v in sorted(x.values())])  # the grid's values
+            ax.minorticks_off()
             ax.set_xlabel(knob)
         else:
             ax.set_xticks(list(x.values()), order)
             ax.set_xlabel("cell")
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("final val acc")
-        ax.set_title(f"{task}: mean, 95% interval over seeds; chance dashed", fontsize=9)
+        ax.set_title(task, fontsize=10)
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    fig.suptitle("final val acc per cell: mean and 95% interval over seeds; chance dashed", fontsize=10)
     return fig
 
 
