@@ -7,6 +7,7 @@
                               interval over seeds, the paired difference against the reference (Holm over
                               every (variant, task))
                    overall    per variant: the mean of its task scores, the paired difference (Holm over variants)
+                   per_run.csv  every run: variant, task, cell, seed, accuracy, chance, the task's settings
                    ladder_agreement   where a ladder (``ladder=``, default ``ladder``) has runs: Spearman
                               between the overall score and the ladder's top-rung compute multiplier
                               (attnlab/analysis/agreement.py)
@@ -363,6 +364,9 @@ def evaluate_battery(cfg: EvaluateConfig, name: str) -> Path:
     agreement, agreement_result = ladder_agreement_table(cfg, per_seed)
     for table in (cells, per_task, overall, *([agreement] if agreement else [])):
         table.write(out / "tables")
+    # Every run's number, the one the tables average: a committed result can be re-read without its runs.
+    per_run = frame.assign(settings=frame["settings"].map(lambda s: json.dumps(s, sort_keys=True)))
+    per_run.sort_values(["task", "cell", "variant", "seed"]).to_csv(out / "tables" / "per_run.csv", index=False)
     save_figure(heatmap_figure(per_task.numbers, variants), out / "figures", "accuracy_heatmap")
     save_figure(difficulty_figure(cells.numbers, frame, keys, variants), out / "figures", "accuracy_vs_difficulty")
     (out / "evaluation.json").write_text(json.dumps({

@@ -244,6 +244,10 @@ def ladder_result_comparison(result_dir: str | Path, cfg: EvaluateConfig) -> Lad
         raise FileNotFoundError(f"ladder_result={str(result_dir)!r} is not a ladder's evaluation directory: "
                                 f"{', '.join(missing)} missing (python evaluate.py experiment=<ladder> writes them)")
     meta = json.loads(evaluation.read_text(encoding="utf-8"))
+    if not {"ladder", "selection_seeds"} <= meta.keys():  # another evaluation's output, e.g. a battery's
+        raise ValueError(f"ladder_result={str(result_dir)!r} is not a ladder's evaluation directory: its "
+                         f"evaluation.json names no ladder and selection seeds (python evaluate.py "
+                         f"experiment=<ladder> writes them)")
     frame = pd.read_csv(per_run)
     frame["run_dir"] = f"{per_run}"  # the row's source: the runs themselves are not there
     return compare_ladder(frame, list(meta["selection_seeds"]), meta["ladder"], cfg)

@@ -95,6 +95,11 @@ def test_the_battery_evaluation_averages_informative_cells_and_tests_against_the
             assert (out / "figures" / f"{figure}.{ext}").stat().st_size > 0
     for table in ("cells", "per_task", "overall"):
         assert all((out / "tables" / f"{table}.{ext}").exists() for ext in ("csv", "md", "tex"))
+    per_run = pd.read_csv(out / "tables" / "per_run.csv")
+    assert len(per_run) == len(json.loads((out / "evaluation.json").read_text())["runs"])
+    cells = pd.read_csv(out / "tables" / "cells.csv")
+    means = per_run.groupby(["task", "cell", "variant"])["acc"].mean()
+    assert cells.set_index(["task", "cell", "variant"])["acc"].to_dict() == pytest.approx(means.to_dict())
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert sorted(evaluation["uninformative_cells"]) == ["compression/n256 (solved)", "icr/n16 (at chance)"]
     assert evaluation["difficulty_keys"] == {"icr": ["num_train_examples"], "compression": ["num_train_examples"]}
@@ -179,7 +184,10 @@ def test_with_a_ladder_beside_it_the_battery_reports_the_rank_correlation(tmp_pa
                                   ladder="nope", ladder_result=None, output_dir=str(tmp_path / "alone")))
     assert not (out / "tables" / "ladder_agreement.csv").exists()
     assert "no ladder 'nope'" in json.loads((out / "evaluation.json").read_text())["ladder_agreement"]["reason"]
-    # A result directory that is not a ladder's evaluation: refused, naming the setting and what is missing.
+    # A directory that is not a ladder's evaluation: refused, naming the setting and what is missing.
     with pytest.raises(FileNotFoundError, match="ladder_result=.*per_run.csv"):
+        evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), ladder="nope",
+                                ladder_result=str(runs_dir), output_dir=str(tmp_path / "bad")))
+    with pytest.raises(ValueError, match="ladder_result=.*names no ladder"):  # a battery's evaluation
         evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), ladder="nope",
                                 ladder_result=str(tmp_path / "alone"), output_dir=str(tmp_path / "bad")))
