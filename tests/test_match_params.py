@@ -89,17 +89,25 @@ def test_a_matched_run_says_so_in_its_summary(tmp_path, corpus):
 DEMO_VOCAB = 8000  # the bundled corpus's tokenizer
 
 
-@pytest.mark.parametrize("variant", available_variants())
-def test_the_zoo_experiment_runs_every_variant_matched_with_the_demos_settings(variant):
+@pytest.fixture(scope="module")
+def demo_config_and_zoo_baseline():
+    """Composed and built once: every variant's case compares with the same two."""
     from test_training import compose_config
 
-    zoo, demo = compose_config(["experiment=zoo", f"variant={variant}"]), compose_config(["experiment=demo"])
+    baseline = compose_config(["experiment=zoo", "variant=baseline"])
+    return compose_config(["experiment=demo"]), baseline.model.build(baseline.variant, DEMO_VOCAB)
+
+
+@pytest.mark.parametrize("variant", available_variants())
+def test_the_zoo_experiment_runs_every_variant_matched_with_the_demos_settings(variant, demo_config_and_zoo_baseline):
+    from test_training import compose_config
+
+    demo, baseline = demo_config_and_zoo_baseline
+    zoo = compose_config(["experiment=zoo", f"variant={variant}"])
     zoo.validate()
     assert (zoo.experiment_name, zoo.model.preset, zoo.model.n_head, zoo.model.match_params) == ("zoo", "tiny", 2, True)
     assert (zoo.data, zoo.trainer, zoo.optim) == (demo.data, demo.trainer, demo.optim)
     model = zoo.model.build(zoo.variant, DEMO_VOCAB)
-    baseline = compose_config(["experiment=zoo", "variant=baseline"])
-    baseline = baseline.model.build(baseline.variant, DEMO_VOCAB)
     assert total_parameters(baseline) == 2_851_968 and baseline.mlp_hidden_size == 352
     assert abs(total_parameters(model) - 2_851_968) <= MATCH_TOLERANCE * 2_851_968
     assert model.mlp_hidden_size == {"gated_attn": 304, "qk_scale": 272}.get(variant, 352)

@@ -147,6 +147,7 @@ def test_the_battery_experiment_composes_into_one_experiment_per_task_and_cell()
     assert base.callbacks.estimate.experiment == "battery"
 
 
+@pytest.mark.slow  # four evaluations: a ladder's and three of a battery
 def test_with_a_ladder_beside_it_the_battery_reports_the_rank_correlation(tmp_path):
     from . import test_ladder_evaluation as lad
 
