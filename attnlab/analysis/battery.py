@@ -8,9 +8,10 @@
                               every (variant, task))
                    overall    per variant: the mean of its task scores, the paired difference (Holm over variants)
                    per_run.csv  every run: variant, task, cell, seed, accuracy, chance, the task's settings
-                   ladder_agreement   where a ladder (``ladder=``, default ``ladder``) has runs: Spearman
-                              between the overall score and the ladder's top-rung compute multiplier
-                              (attnlab/analysis/agreement.py)
+                   ladder_agreement   where a ladder (``ladder=``, default ``ladder``) has runs, or else a
+                              ladder's evaluation directory exists (``ladder_result=``, default
+                              reference/ladder): Spearman between the overall score and the ladder's
+                              top-rung compute multiplier (attnlab/analysis/agreement.py)
         figures/   accuracy_heatmap (variants x tasks), accuracy_vs_difficulty (one panel per task) (.png .pdf)
         evaluation.json       the runs used, the cells left out and why, the rule
 
