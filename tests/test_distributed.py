@@ -105,8 +105,9 @@ FSDP = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer
 
 def test_fsdp_on_two_cpu_processes_trains_as_one_process_and_resumes_from_a_sharded_checkpoint(tmp_path, corpus):
     """trainer=fsdp (FSDP2, every block sharded) with gloo: the same losses as one process with the
-    same global batch; its checkpoints are sharded (a directory, one file per rank); a run stopped
-    at step 3 resumes from its sharded checkpoint with resume=auto; evaluation loads the sharded
+    same global batch; its checkpoints are sharded (a directory, one file per rank); a run whose
+    second process is preempted during step 4 stops there on both ranks and resumes from its sharded
+    checkpoint with resume=auto to the uninterrupted run's losses; evaluation loads the sharded
     checkpoint consolidated."""
     single, _ = _record(tmp_path, corpus, "single", "trainer.batch_size=4")
     fsdp, windows = _record(tmp_path, corpus, "fsdp", *FSDP)

@@ -12,13 +12,14 @@ from test_training import compose_config, tiny_overrides
 
 
 class PreemptAt(L.Callback):
-    """Sends this process SIGTERM during a step, as a cluster scheduler would."""
+    """Sends this process SIGTERM during a step, as a cluster scheduler would; with ``rank``, only
+    that rank's process (a scheduler preempting one process of a distributed run)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, rank: int | None = None) -> None:
+        self.step, self.rank = step, rank
 
     def on_before_optimizer_step(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), signal.SIGTERM)
 
 

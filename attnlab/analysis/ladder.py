@@ -248,9 +248,7 @@ def ladder_result_comparison(result_dir: str | Path, cfg: EvaluateConfig) -> Lad
         raise ValueError(f"ladder_result={str(result_dir)!r} is not a ladder's evaluation directory: its "
                          f"evaluation.json names no ladder and selection seeds (python evaluate.py "
                          f"experiment=<ladder> writes them)")
-    frame = pd.read_csv(per_run)
-    frame["run_dir"] = f"{per_run}"  # the row's source: the runs themselves are not there
-    return compare_ladder(frame, list(meta["selection_seeds"]), meta["ladder"], cfg)
+    return compare_ladder(pd.read_csv(per_run), list(meta["selection_seeds"]), meta["ladder"], cfg)
 
 
 def compare_ladder(frame: pd.DataFrame, seeds: list[int], name: str, cfg: EvaluateConfig) -> LadderComparison:

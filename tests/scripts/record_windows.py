@@ -7,13 +7,13 @@ cluster scheduler preempting one process would."""
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
 import lightning as L
 
 from attnlab.training.run import train
+from test_resume import PreemptAt
 from test_training import compose_config
 
 
@@ -27,15 +27,6 @@ class RecordWindows(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         out = Path(os.environ["WINDOWS_OUT"]) / f"rank{trainer.global_rank}.json"
         out.write_text(json.dumps(self.windows))
-
-
-class PreemptAt(L.Callback):
-    def __init__(self, step: int, rank: int) -> None:
-        self.step, self.rank = step, rank
-
-    def on_before_optimizer_step(self, trainer, *args) -> None:
-        if trainer.global_step == self.step and trainer.global_rank == self.rank:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":
