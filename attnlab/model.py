@@ -118,6 +118,15 @@ class GPT(nn.Module):
                 all_weights.append(weights)
         return self.lm_head(self.norm_f(x)), all_weights
 
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """``torch.compile`` each block on its own, in place (regional compilation, as torchtitan
+        does). The blocks share their code, so Dynamo traces one block and every layer reuses
+        the compiled graph: compile time does not grow with depth, and each block stays a module
+        of its own for FSDP's per-block sharding and activation checkpointing. The parameter
+        names, and so the checkpoints, are those of the plain model."""
+        for block in self.blocks:
+            block.compile(**compile_kwargs)
+
     def new_kv_caches(self, batch_size: int, max_len: int | None = None) -> list[KVCache]:
         c = self.config
         p = self.wte.weight

@@ -115,6 +115,14 @@ class _HFLogits(nn.Module):
         return self.model(input_ids=idx, use_cache=False).logits
 
 
+def allow_compiled_models(n_models: int) -> None:
+    """Let ``n_models`` compiled models of different variants share one process. Their blocks
+    share ``Block.forward``, whose compiled entries Dynamo caps at ``recompile_limit`` (8); past
+    it the other models would silently run eager. Four entries each: training and evaluation
+    shapes, as tests/test_compile.py counts them."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * n_models)
+
+
 class Contestant:
     """One model with its optimizer; ``step(x, y)`` is one training step."""
 
@@ -125,7 +133,11 @@ class Contestant:
         if precision == "bf16-true":
             model = model.to(torch.bfloat16)
         self.model = model.to(device).train()
-        self.forward = torch.compile(self.model) if compile else self.model
+        self.forward = self.model
+        if compile and hasattr(model, "compile_blocks"):
+            model.compile_blocks()  # as train.py compiles
+        elif compile:
+            self.forward = torch.compile(self.model)
         self.autocast = precision == "bf16-mixed"
         # fused=True is the fastest AdamW on CPU and GPU alike, and both contestants use it.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
@@ -239,6 +251,8 @@ def run_case(case: Case, variants: list[str], device: torch.device, precision: s
     if case.seq_len > base_config.block_size:
         raise SystemExit(f"--seq-len {case.seq_len} exceeds block_size={base_config.block_size} "
                          f"of preset {case.preset!r}")
+    if compile:
+        allow_compiled_models(len(configs) + 1)
     contestants = {v: Contestant(v, build_model(c), device, precision, compile)
                    for v, c in configs.items()}
     if with_hf:

@@ -52,6 +52,27 @@ def test_throughput_writes_the_ratios_scripts_read(tmp_path, capsys):
     assert "matmul-only ceiling" in printed
 
 
+@pytest.mark.slow
+def test_every_variant_compiled_in_one_process_runs_compiled():
+    """The throughput bench compiles every contestant in one process; none may fall back to eager."""
+    import torch
+    from torch._dynamo.testing import CompileCounter
+
+    from attnlab.model import build_model
+    from conftest import supported_config
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    with torch._dynamo.config.patch(recompile_limit=torch._dynamo.config.recompile_limit):  # restored after
+        throughput.allow_compiled_models(len(available_variants()))
+        for n, variant in enumerate(available_variants(), start=1):
+            model = build_model(supported_config(variant))
+            model.compile_blocks(backend=counter)
+            model(torch.randint(0, 100, (2, 16))).sum().backward()
+            assert counter.frame_count == n, variant  # compiled, not run eager past the limit
+    torch._dynamo.reset()
+
+
 def test_flex_rows_are_refused_on_cpu_with_the_reason():
     with pytest.raises(SystemExit, match="--flex qk_scale: FlexAttention has no CPU backward"):
         throughput.main([*QUICK, "--no-hf", "--flex", "qk_scale"])

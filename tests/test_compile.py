@@ -64,6 +64,22 @@ def test_whole_model_training_forward_compiles_in_one_graph(variant):
     torch.testing.assert_close(compiled(idx), model(idx))
 
 
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["stored", "recomputed"])
+def test_compiled_blocks_train_as_the_eager_model_under_the_same_parameter_names(checkpointing):
+    eager = build_model(tiny_config("diff_attn", n_head=4, n_query_groups=2, n_layer=3))
+    compiled = build_model(tiny_config("diff_attn", n_head=4, n_query_groups=2, n_layer=3))
+    names = list(compiled.state_dict())
+    compiled.compile_blocks(fullgraph=True, backend="aot_eager")
+    assert list(compiled.state_dict()) == names  # checkpoints of compiled and plain runs are alike
+    idx = torch.randint(0, 100, (2, 16))
+    for model in (eager, compiled):
+        model.activation_checkpointing = checkpointing
+        model(idx).square().mean().backward()
+    torch.testing.assert_close(compiled(idx), eager(idx))
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_block_forward_with_the_flex_kernel_has_no_graph_break(variant):
     # No gradients: FlexAttention has no CPU backward (tests/test_flex_kernel.py).
@@ -103,12 +119,12 @@ def test_training_validation_and_generation_shapes_compile_a_bounded_number_of_t
 
     from attnlab.generate import SamplingConfig, generate
 
-    model = build_model(supported_config(variant, block_size=64))
+    model = build_model(supported_config(variant, block_size=64, n_layer=4))
     counter = CompileCounter()
-    model.compile(backend=counter)
+    model.compile_blocks(backend=counter)  # as train.py compiles
     for _ in range(3):
         model(torch.randint(0, 100, (4, 32))).sum().backward()
-    assert counter.frame_count == 1
+    assert counter.frame_count == 1  # one graph for all four layers: none specialises on its depth
     with torch.no_grad():
         for _ in range(3):
             model(torch.randint(0, 100, (8, 32)))

@@ -35,7 +35,6 @@ entries can be negative and a row sums to 1 - lambda.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,9 +50,9 @@ from variants.registry import register
 LAMBDA_INIT_STD = 0.1
 
 
-def lambda_init(depth: int) -> float:
-    """The paper's lambda_init for the layer at 0-based index ``depth``."""
-    return 0.8 - 0.6 * math.exp(-0.3 * depth)
+def lambda_init(depth: Tensor, dtype: torch.dtype) -> Tensor:
+    """The paper's lambda_init for the layer at 0-based index ``depth``, computed in ``dtype``."""
+    return 0.8 - 0.6 * torch.exp(-0.3 * depth.to(dtype))
 
 
 @register("diff_attn")
@@ -88,6 +87,18 @@ class DiffAttention(BaselineAttention):
         options = self.options(config)
         self.share_keys = options.kv_pairing == "authors"
         self.sub_norm = RMSNorm(2 * hs, eps=options.sub_norm_eps or config.norm_eps)
+        # The depth as a tensor, not a Python int: a compiled block would specialise on an int,
+        # compiling once per layer instead of once for all (an integer: no dtype cast touches it).
+        self.register_buffer("depth", torch.zeros((), dtype=torch.long), persistent=False)
+
+    @property
+    def layer_idx(self) -> int:
+        return self._layer_idx
+
+    @layer_idx.setter
+    def layer_idx(self, depth: int) -> None:
+        self._layer_idx = depth
+        self.depth.fill_(depth)
 
     def init_parameter(self, name: str, param: Tensor, generator: torch.Generator) -> bool:
         if not name.startswith("lambda_"):
@@ -102,7 +113,8 @@ class DiffAttention(BaselineAttention):
 
     def differential_lambda(self) -> Tensor:
         return (torch.exp(torch.dot(self.lambda_q1, self.lambda_k1))
-                - torch.exp(torch.dot(self.lambda_q2, self.lambda_k2)) + lambda_init(self.layer_idx))
+                - torch.exp(torch.dot(self.lambda_q2, self.lambda_k2))
+                + lambda_init(self.depth, self.lambda_q1.dtype))
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, terms: ScoreTerms, q_offset: int,
                need_weights: bool) -> tuple[Tensor, Tensor | None]:
@@ -117,6 +129,6 @@ class DiffAttention(BaselineAttention):
                 for half in (0, 1)]  # each y: (B, H/2, T, 2hs)
         lam = self.differential_lambda()
         y = maps[0][0] - lam.to(v.dtype) * maps[1][0]
-        y = self.sub_norm(y) * (1.0 - lambda_init(self.layer_idx))
+        y = self.sub_norm(y) * (1.0 - lambda_init(self.depth, self.lambda_q1.dtype)).to(y.dtype)
         weights = maps[0][1] - lam * maps[1][1] if need_weights else None
         return y, weights

@@ -88,7 +88,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
     model = build_model(model_config, seed=cfg.seed)
     model.activation_checkpointing = cfg.trainer.activation_checkpointing
     if should_compile(cfg.trainer.compile, accelerator):
-        model.compile()  # in place, so checkpoint keys stay those of the plain model
+        model.compile_blocks()
     t = cfg.trainer
     tokens_per_batch = t.batch_size * t.seq_len
     module = LanguageModelModule(model, cfg.optim, t.max_steps,
