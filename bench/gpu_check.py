@@ -1,24 +1,29 @@
 """The one prepared GPU check: every variant at the ~100M presets, bf16, compiled, on this GPU.
 
-    python bench/gpu_check.py                 # on one H100/H200-class GPU: about 8 minutes
+    python bench/gpu_check.py                 # on one H100/H200-class GPU: at most 8 minutes
     python bench/gpu_check.py --device cpu --presets tiny --seq-lens 64 --tokens-per-step 128 \\
-        --steps 1 --no-compile --precision 32-true --no-pytest   # a smoke run of the script itself
+        --steps 1 --no-compile --precision 32-true --phases equality steps   # a smoke run on a CPU
 
-Writes ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (the table for bench/RESULTS.md):
+Writes ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (the table for bench/RESULTS.md).
+Three phases, each in a process of its own with a time limit of its own, so that a hung
+compile or a CUDA error that spoils its process costs that phase's time and nothing more;
+the whole check stops at ``--deadline-s``, and whatever a phase finished is kept:
 
-1. **Plan** per (preset, T, variant): the kernel and SDPA backend ``attnlab.plan`` predicts,
-   and its estimate of peak training memory.
-2. **Steps** per (preset, T, variant): a few training steps (forward, cross-entropy, backward,
-   fused AdamW; ``bench/throughput.py``'s step) at ``--precision``, ``torch.compile``d: the first
-   step's seconds (compilation), then tokens/s, MFU (``attnlab.flops``' FLOPs per token against
-   the device's peak), peak memory (``torch.cuda.max_memory_allocated``) and its ratio to the
-   plan's estimate. An out-of-memory case is recorded as such and the check goes on. Cases run
-   in order of importance until ``--budget-s`` is spent; the rest are listed as not run.
-3. **Fused = explicit** for every variant and every kernel it trains on here: logits and
-   gradients of the same weights against the explicit kernel under the same precision, relative
-   error at most ``EQUALITY_TOLERANCE``.
-4. **The CUDA-only tests** (FlexAttention gradients against the explicit kernel; the memory
-   estimate against a measured CUDA step): pytest's summary line.
+1. **equality** (``--equality-s``): for every variant and every kernel it trains on here,
+   logits and gradients of the same weights against the explicit kernel under the same
+   precision, relative error at most ``EQUALITY_TOLERANCE``.
+2. **cuda-tests** (``--tests-s``): the CUDA-only tests (FlexAttention gradients against the
+   explicit kernel; the memory estimate against a measured CUDA step): pytest's summary.
+3. **steps** (the rest of the deadline): per (preset, T, variant), in order of importance
+   (every variant at the first T, then the next), the kernel and SDPA backend
+   ``attnlab.plan`` predicts and its memory estimate; then a few training steps (forward,
+   cross-entropy, backward, fused AdamW; ``bench/throughput.py``'s step) at ``--precision``,
+   compiled as ``train.py`` compiles (each block on its own): the first step's seconds
+   (compilation), tokens/s, MFU (``attnlab.flops``' FLOPs per token against the device's
+   peak), peak memory (``torch.cuda.max_memory_allocated``) and its ratio to the estimate.
+   An out-of-memory case is recorded as such. A case that leaves a CUDA error ends its
+   process; the phase goes on in a new one from the next case. Cases not reached are
+   listed as not run.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import os
 import subprocess
 import sys
 import time
@@ -48,12 +54,17 @@ from throughput import Contestant, _sync  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EQUALITY_TOLERANCE = 2e-2  # as tests/test_bf16.py: bf16's rounding (2^-8) x 5
-CUDA_TESTS = ["tests/test_flex_kernel.py", "tests/test_plan.py"]
+CUDA_TESTS = ["tests/test_flex_kernel.py", "tests/test_plan.py"]  # their tests named *cuda*
+PHASES = ("equality", "cuda-tests", "steps")
+CASE_RESERVE_S = 20  # a steps case is not started with less time than this left
+CUDA_ERROR_EXIT = 3  # a steps process that hit a CUDA error exits with this, to be restarted
 
 
 def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
+
+# --------------------------------------------------------------------------- phase: steps
 
 def train_steps(config: ModelConfig, device: torch.device, precision: str, batch_size: int, steps: int,
                 compile: bool) -> dict:
@@ -81,6 +92,61 @@ def train_steps(config: ModelConfig, device: torch.device, precision: str, batch
         result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - start_bytes
     return result
 
+
+def cases(presets: list[str], seq_lens: list[int], variants: list[str]) -> list[tuple[str, int, str]]:
+    """(preset, T, variant) in order of importance: every variant at the first T, then the next."""
+    return [(p, T, v) for T in seq_lens for p in presets for v in variants]
+
+
+def is_cuda_error(err: BaseException) -> bool:
+    """An error after which this process's CUDA context cannot be trusted (not an OOM)."""
+    return isinstance(err, RuntimeError) and not isinstance(err, torch.OutOfMemoryError) and (
+        "CUDA error" in str(err) or type(err).__name__ == "AcceleratorError")
+
+
+def run_case(preset: str, T: int, variant: str, args, device: torch.device) -> tuple[dict, bool]:
+    """The case's row, and whether its process must end (a CUDA error)."""
+    config, reason = variant_at_preset(preset, variant)
+    config = dataclasses.replace(config, block_size=T)  # the run's context: trainer.seq_len = T
+    batch_size = max(1, args.tokens_per_step // T)
+    plan = kernel_plan(config, T, batch_size, args.precision, device.type)
+    row = {"preset": preset, "seq_len": T, "variant": variant, "batch_size": batch_size,
+           "n_head": config.n_head, "shape_note": reason, "kernel": plan.kernel, "backend": plan.backend,
+           "why": plan.why,
+           "estimate_bytes": estimate_peak_bytes(config, T, batch_size, args.precision, plan, device.type)}
+    fatal = False
+    try:
+        row.update(train_steps(config, device, args.precision, batch_size, args.steps, not args.no_compile))
+        if "peak_bytes" in row:
+            row["estimate_vs_measured"] = row["estimate_bytes"] / row["peak_bytes"]
+    except torch.OutOfMemoryError as err:
+        row["error"] = f"out of memory: {str(err).splitlines()[0]}"
+    except Exception as err:  # noqa: BLE001 - one failing case must not lose the others
+        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        fatal = device.type == "cuda" and is_cuda_error(err)
+    finally:
+        torch._dynamo.reset()
+        if device.type == "cuda" and not fatal:
+            torch.cuda.empty_cache()
+    return row, fatal
+
+
+def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
+    """The step cases not yet in ``part``, appended to it one by one until ``until``."""
+    done = {(r["preset"], r["seq_len"], r["variant"]) for r in read_rows(part)}
+    for case in cases(args.presets, args.seq_lens, variant_list(args)):
+        if case in done:
+            continue
+        if time.time() > until - CASE_RESERVE_S:
+            break
+        row, fatal = run_case(*case, args, device)
+        append_row(part, row)
+        if fatal:
+            return CUDA_ERROR_EXIT
+    return 0
+
+
+# --------------------------------------------------------------------------- phase: equality
 
 def equality(variant: str, device: torch.device, precision: str) -> list[dict]:
     """Every kernel ``variant`` trains on here against the explicit kernel, same weights."""
@@ -112,47 +178,86 @@ def equality(variant: str, device: torch.device, precision: str) -> list[dict]:
     return rows
 
 
-def cuda_tests() -> dict:
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-m", "", *CUDA_TESTS], cwd=ROOT,
-                            capture_output=True, text=True)
-    lines = [line for line in result.stdout.strip().splitlines() if line.strip()]
-    return {"command": f"python -m pytest -q -rs -m '' {' '.join(CUDA_TESTS)}", "returncode": result.returncode,
-            "summary": lines[-1] if lines else result.stderr[-500:]}
+def equality_phase(args, device: torch.device, part: Path, until: float) -> int:
+    done = {r["variant"] for r in read_rows(part)}
+    for variant in variant_list(args):
+        if variant in done or time.time() > until:
+            continue
+        try:
+            rows = equality(variant, device, args.precision)
+        except Exception as err:  # noqa: BLE001
+            rows = [{"variant": variant, "kernel": "?", "ok": False,
+                     "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}]
+            if device.type == "cuda" and is_cuda_error(err):
+                append_rows(part, rows)
+                return CUDA_ERROR_EXIT
+        append_rows(part, rows or [{"variant": variant, "kernel": None, "ok": True}])  # explicit only
+    return 0
 
 
-def cases(presets: list[str], seq_lens: list[int], variants: list[str]) -> list[tuple[str, int, str]]:
-    """(preset, T, variant) in order of importance: every variant at the first T, then the next."""
-    return [(p, T, v) for T in seq_lens for p in presets for v in variants]
+# --------------------------------------------------------------------------- phases as processes
+
+def read_rows(part: Path) -> list[dict]:
+    if not part.exists():
+        return []
+    return [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def run_case(preset: str, T: int, variant: str, args, device: torch.device) -> dict:
-    config, reason = variant_at_preset(preset, variant)
-    config = dataclasses.replace(config, block_size=T)  # the run's context: trainer.seq_len = T
-    batch_size = max(1, args.tokens_per_step // T)
-    plan = kernel_plan(config, T, batch_size, args.precision, device.type)
-    row = {"preset": preset, "seq_len": T, "variant": variant, "batch_size": batch_size,
-           "n_head": config.n_head, "shape_note": reason, "kernel": plan.kernel, "backend": plan.backend,
-           "why": plan.why,
-           "estimate_bytes": estimate_peak_bytes(config, T, batch_size, args.precision, plan, device.type)}
+def append_rows(part: Path, rows: list[dict]) -> None:
+    with part.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, default=str) + "\n")
+            print(json.dumps(row, default=str), flush=True)
+
+
+def append_row(part: Path, row: dict) -> None:
+    append_rows(part, [row])
+
+
+def variant_list(args) -> list[str]:
+    variants = args.variants or available_variants()
+    return ["baseline", *[v for v in variants if v != "baseline"]]
+
+
+def run_phase_process(phase: str, argv: list[str], part: Path, until: float) -> dict:
+    """``phase`` in child processes (a new one after each CUDA error) until done or ``until``."""
+    runs = []
+    while time.time() < until:
+        before = len(read_rows(part))
+        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--run-phase", phase,
+                   "--part", str(part), "--until", str(until)]
+        try:
+            code = subprocess.run(command, cwd=ROOT, timeout=max(1.0, until - time.time()) + 30).returncode
+        except subprocess.TimeoutExpired:
+            runs.append("stopped at the deadline")
+            break
+        runs.append(f"exit {code}")
+        if code != CUDA_ERROR_EXIT or len(read_rows(part)) == before:
+            break
+    return {"processes": runs, "rows": read_rows(part)}
+
+
+def cuda_tests(until: float) -> dict:
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "", "-k", "cuda", *CUDA_TESTS]
     try:
-        row.update(train_steps(config, device, args.precision, batch_size, args.steps, not args.no_compile))
-        if "peak_bytes" in row:
-            row["estimate_vs_measured"] = row["estimate_bytes"] / row["peak_bytes"]
-    except torch.OutOfMemoryError as err:
-        row["error"] = f"out of memory: {str(err).splitlines()[0]}"
-    except Exception as err:  # noqa: BLE001 - one failing case must not lose the others
-        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        torch._dynamo.reset()
-    return row
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                                timeout=max(1.0, until - time.time()))
+    except subprocess.TimeoutExpired as err:
+        out = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        return {"command": " ".join(["python", *command[1:]]), "returncode": None,
+                "summary": f"stopped at its limit of {err.timeout:.0f} s", "output_tail": out[-3000:]}
+    lines = [line for line in result.stdout.strip().splitlines() if line.strip()]
+    return {"command": " ".join(["python", *command[1:]]), "returncode": result.returncode,
+            "summary": lines[-1] if lines else result.stderr[-500:], "output_tail": result.stdout[-3000:]}
 
+
+# --------------------------------------------------------------------------- report
 
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"GPU check: {env['device']}, torch {env['torch']}, {report['precision']}, "
-             f"{'compiled' if report['compiled'] else 'eager'}; `{report['command']}`", "",
+             f"{'compiled' if report['compiled'] else 'eager'}; `{report['command']}`; "
+             f"{report['seconds']:.0f} s", "",
              "| preset | T | variant | kernel (backend) | tokens/s | MFU | peak GiB | est./measured | compile s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["steps"]:
@@ -163,15 +268,22 @@ def markdown(report: dict) -> str:
                      f"{fmt('estimate_vs_measured', '.2f')} | {fmt('first_step_s', '.0f')} |"
                      + (f" {r['error']}" if r.get("error") else ""))
     if report["not_run"]:
-        lines += ["", f"Not run (budget of {report['budget_s']} s spent): "
-                  + ", ".join(f"{p}/T={T}/{v}" for p, T, v in report["not_run"])]
-    bad = [e for e in report["equality"] if not e["ok"]]
-    lines += ["", f"Fused = explicit ({len(report['equality'])} variant-kernel pairs, tolerance "
+        lines += ["", "Not run (deadline reached): " + ", ".join(f"{p}/T={T}/{v}" for p, T, v in report["not_run"])]
+    pairs = [e for e in report["equality"] if e.get("kernel") is not None]
+    bad = [e for e in pairs if not e["ok"]]
+    checked = {e["variant"] for e in report["equality"]}
+    missing = [v for v in report["variants"] if v not in checked]
+    lines += ["", f"Fused = explicit ({len(pairs)} variant-kernel pairs, tolerance "
               f"{EQUALITY_TOLERANCE:g}): " + ("all within" if not bad else "outside: " + ", ".join(
-                  f"{e['variant']}/{e['kernel']} (logits {e['logit_error']:.3g}, grads {e['grad_error']:.3g})"
-                  for e in bad))]
+                  f"{e['variant']}/{e['kernel']} " + (f"({e['error']})" if e.get("error") else
+                                                      f"(logits {e['logit_error']:.3g}, grads {e['grad_error']:.3g})")
+                  for e in bad)) + (f"; not reached: {', '.join(missing)}" if missing and "equality" in report["phases"]
+                                    else "")]
     if report.get("cuda_tests"):
         lines.append(f"CUDA-only tests: {report['cuda_tests']['summary']}")
+    for phase, runs in report["processes"].items():
+        if runs != ["exit 0"]:
+            lines.append(f"Phase {phase}: {', '.join(runs)}")
     return "\n".join(lines) + "\n"
 
 
@@ -185,10 +297,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="timed steps after the compiling one")
     p.add_argument("--precision", choices=["bf16-mixed", "32-true"], default="bf16-mixed")
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--no-pytest", action="store_true", help="skip the CUDA-only tests")
-    p.add_argument("--budget-s", type=float, default=360, help="seconds for the step cases")
+    p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
+    p.add_argument("--deadline-s", type=float, default=480, help="seconds for the whole check")
+    p.add_argument("--equality-s", type=float, default=90, help="at most this for the equality phase")
+    p.add_argument("--tests-s", type=float, default=150, help="at most this for the CUDA-only tests")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_check")
+    # Set by the check for the processes it starts:
+    p.add_argument("--run-phase", choices=["equality", "steps"], help=argparse.SUPPRESS)
+    p.add_argument("--part", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--until", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: no CUDA device is visible (torch {torch.__version__}); "
@@ -196,32 +314,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     device = torch.device(args.device)
-    variants = args.variants or available_variants()
-    variants = ["baseline", *[v for v in variants if v != "baseline"]]
-    started = time.perf_counter()
-    steps, not_run = [], []
-    for preset, T, variant in cases(args.presets, args.seq_lens, variants):
-        if time.perf_counter() - started > args.budget_s:
-            not_run.append((preset, T, variant))
+    if args.run_phase:  # a child process: one phase, its rows appended to --part
+        phase = steps_phase if args.run_phase == "steps" else equality_phase
+        sys.exit(phase(args, device, args.part, args.until))
+    started = time.time()
+    deadline = started + args.deadline_s
+    args.out.mkdir(parents=True, exist_ok=True)
+    parts = {phase: args.out / f"part-{phase}.jsonl" for phase in ("equality", "steps")}
+    for part in parts.values():
+        part.unlink(missing_ok=True)
+    results, processes, tests = {}, {}, None
+    for phase in [p for p in PHASES if p in args.phases]:
+        print(f"== {phase} ({deadline - time.time():.0f} s left)", flush=True)
+        if phase == "cuda-tests":
+            tests = cuda_tests(min(deadline, time.time() + args.tests_s))
+            processes[phase] = ["exit 0" if tests["returncode"] == 0 else f"pytest: {tests['summary']}"]
             continue
-        steps.append(run_case(preset, T, variant, args, device))
-        print(json.dumps(steps[-1]), flush=True)
-    equal = [row for variant in variants for row in equality(variant, device, args.precision)]
+        until = deadline if phase == "steps" else min(deadline, time.time() + args.equality_s)
+        outcome = run_phase_process(phase, argv, parts[phase], until)
+        results[phase], processes[phase] = outcome["rows"], outcome["processes"]
+    steps = results.get("steps", [])
+    done = {(r["preset"], r["seq_len"], r["variant"]) for r in steps}
     report = {
-        "command": "python bench/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python bench/gpu_check.py " + " ".join(argv),
         "environment": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
                         f"cpu ({platform.machine()})", "torch": torch.__version__,
-                        "cuda": torch.version.cuda, "python": platform.python_version()},
-        "precision": args.precision, "compiled": not args.no_compile, "budget_s": args.budget_s,
-        "steps": steps, "not_run": not_run, "equality": equal,
-        "cuda_tests": None if args.no_pytest else cuda_tests(),
-        "seconds": time.perf_counter() - started}
-    args.out.mkdir(parents=True, exist_ok=True)
+                        "cuda": torch.version.cuda, "python": platform.python_version(),
+                        "cpus": os.cpu_count()},
+        "precision": args.precision, "compiled": not args.no_compile, "phases": args.phases,
+        "variants": variant_list(args), "deadline_s": args.deadline_s, "steps": steps,
+        "not_run": [c for c in cases(args.presets, args.seq_lens, variant_list(args)) if c not in done]
+        if "steps" in args.phases else [],
+        "equality": results.get("equality", []), "cuda_tests": tests, "processes": processes,
+        "seconds": time.time() - started}
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (args.out / "gpu_check.md").write_text(markdown(report), encoding="utf-8")
+    for part in parts.values():
+        part.unlink(missing_ok=True)
     print(markdown(report))
     return report
 

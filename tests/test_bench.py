@@ -83,18 +83,36 @@ def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path)
     import gpu_check
 
     args = ["--device", "cpu", "--presets", "tiny", "--seq-lens", "64", "--tokens-per-step", "128", "--steps", "1",
-            "--no-compile", "--precision", "32-true", "--no-pytest", "--variants", "baseline", "qk_scale",
-            "talking_heads", "--out", str(tmp_path)]
+            "--no-compile", "--precision", "32-true", "--phases", "equality", "steps", "--variants", "baseline",
+            "qk_scale", "talking_heads", "--out", str(tmp_path)]
     report = gpu_check.main(args)
     assert json.loads((tmp_path / "gpu_check.json").read_text())["steps"] == json.loads(json.dumps(report["steps"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md"]
+    assert report["processes"] == {"equality": ["exit 0"], "steps": ["exit 0"]}  # each phase in its own process
     assert [r["variant"] for r in report["steps"]] == ["baseline", "qk_scale", "talking_heads"]
     assert all(_positive(r["tokens_per_s"]) and "error" not in r for r in report["steps"])
     assert {r["backend"] for r in report["steps"]} == {"cpu-flash", "math", "explicit"}
+    assert report["not_run"] == [] and report["cuda_tests"] is None
     # sdpa against the explicit kernel; talking_heads has only the explicit one (flex: CUDA only).
-    assert [(e["variant"], e["kernel"], e["ok"]) for e in report["equality"]] == [("baseline", "sdpa", True),
-                                                                                  ("qk_scale", "sdpa", True)]
+    assert [(e["variant"], e["kernel"], e["ok"]) for e in report["equality"]] == [
+        ("baseline", "sdpa", True), ("qk_scale", "sdpa", True), ("talking_heads", None, True)]
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| tiny | 64 | qk_scale | sdpa (math) |" in table and "Fused = explicit (2 variant-kernel pairs" in table
+
+
+@pytest.mark.slow
+def test_the_gpu_check_keeps_what_it_finished_when_its_deadline_comes(tmp_path):
+    """A deadline that leaves no time for a step case: every case is listed as not run, and the
+    report is still written."""
+    import gpu_check
+
+    args = ["--device", "cpu", "--presets", "tiny", "--seq-lens", "64", "--tokens-per-step", "128", "--steps", "1",
+            "--no-compile", "--precision", "32-true", "--phases", "steps", "--variants", "baseline", "qk_scale",
+            "--deadline-s", str(gpu_check.CASE_RESERVE_S - 5), "--out", str(tmp_path)]
+    report = gpu_check.main(args)
+    assert report["steps"] == [] and report["not_run"] == [("tiny", 64, "baseline"), ("tiny", 64, "qk_scale")]
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert "Not run (deadline reached): tiny/T=64/baseline, tiny/T=64/qk_scale" in table
 
 
 def test_the_gpu_check_refuses_cuda_without_a_gpu_naming_the_smoke_run(capsys):
