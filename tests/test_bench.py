@@ -123,3 +123,11 @@ def test_the_gpu_check_refuses_cuda_without_a_gpu_naming_the_smoke_run(capsys):
     with pytest.raises(SystemExit):
         gpu_check.parse_args([])
     assert "no CUDA device is visible" in capsys.readouterr().err
+
+
+def test_the_gpu_check_restarts_its_process_after_a_cuda_error_but_not_after_an_out_of_memory():
+    import gpu_check
+
+    assert gpu_check.is_cuda_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not gpu_check.is_cuda_error(gpu_check.torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
+    assert not gpu_check.is_cuda_error(ValueError("CUDA error"))

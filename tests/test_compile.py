@@ -112,9 +112,9 @@ def test_inductor_compiled_flex_block_matches_eager():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_training_validation_and_generation_shapes_compile_a_bounded_number_of_times(variant):
     """Dynamo's frame count (one per compile) as a compiled run uses the model: training steps,
-    validation at another batch size, then KV-cache generation at several prompt lengths. After
-    each kind of call has compiled once (and once more, where Dynamo then marks the changed
-    sizes dynamic), no further call recompiles."""
+    validation at another batch size, KV-cache generation at several prompt lengths, and the
+    attention weights the head scores read. After each kind of call has compiled once (and once
+    more, where Dynamo then marks the changed sizes dynamic), no further call recompiles."""
     from torch._dynamo.testing import CompileCounter
 
     from attnlab.generate import SamplingConfig, generate
@@ -133,10 +133,15 @@ def test_training_validation_and_generation_shapes_compile_a_bounded_number_of_t
     with torch.no_grad():
         for prompt, new in (([1, 2, 3, 4], 20), ([5, 6, 7], 20)):
             generate(model, prompt, 100, SamplingConfig(max_new_tokens=new, greedy=True))
+        assert counter.frame_count <= 6  # not one per generated token (40 here)
+        for length in (20, 24):  # the head-score probe at every validation: attention weights
+            model.attention_probs(torch.randint(0, 100, (4, length)))
         warm = counter.frame_count
-        assert warm <= 6  # not one per generated token (40 here)
+        # Below Dynamo's recompile limit for Block.forward: no shape of a run falls back to eager.
+        assert warm < torch._dynamo.config.recompile_limit
         for prompt, new in (([5, 6, 7, 8, 9], 10), ([5, 6], 30)):
             generate(model, prompt, 100, SamplingConfig(max_new_tokens=new, greedy=True))
+        model.attention_probs(torch.randint(0, 100, (4, 28)))
     model.train()
     model(torch.randint(0, 100, (4, 32))).sum().backward()
     assert counter.frame_count == warm
