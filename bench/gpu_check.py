@@ -253,6 +253,22 @@ def cuda_tests(until: float) -> dict:
 
 # --------------------------------------------------------------------------- report
 
+def equality_line(report: dict) -> str:
+    if "equality" not in report["phases"]:
+        return "Fused = explicit: not run (--phases)"
+    pairs = [e for e in report["equality"] if e.get("kernel") is not None]
+    bad = [e for e in pairs if not e["ok"]]
+    outside = ", ".join(
+        f"{e['variant']}/{e['kernel']} " + (f"({e['error']})" if e.get("error") else
+                                            f"(logits {e['logit_error']:.3g}, grads {e['grad_error']:.3g})")
+        for e in bad)
+    checked = {e["variant"] for e in report["equality"]}
+    missing = [v for v in report["variants"] if v not in checked]
+    return (f"Fused = explicit ({len(pairs)} variant-kernel pairs, tolerance {EQUALITY_TOLERANCE:g}): "
+            + (f"outside: {outside}" if bad else "all within")
+            + (f"; not reached: {', '.join(missing)}" if missing else ""))
+
+
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"GPU check: {env['device']}, torch {env['torch']}, {report['precision']}, "
@@ -269,16 +285,7 @@ def markdown(report: dict) -> str:
                      + (f" {r['error']}" if r.get("error") else ""))
     if report["not_run"]:
         lines += ["", "Not run (deadline reached): " + ", ".join(f"{p}/T={T}/{v}" for p, T, v in report["not_run"])]
-    pairs = [e for e in report["equality"] if e.get("kernel") is not None]
-    bad = [e for e in pairs if not e["ok"]]
-    checked = {e["variant"] for e in report["equality"]}
-    missing = [v for v in report["variants"] if v not in checked]
-    lines += ["", f"Fused = explicit ({len(pairs)} variant-kernel pairs, tolerance "
-              f"{EQUALITY_TOLERANCE:g}): " + ("all within" if not bad else "outside: " + ", ".join(
-                  f"{e['variant']}/{e['kernel']} " + (f"({e['error']})" if e.get("error") else
-                                                      f"(logits {e['logit_error']:.3g}, grads {e['grad_error']:.3g})")
-                  for e in bad)) + (f"; not reached: {', '.join(missing)}" if missing and "equality" in report["phases"]
-                                    else "")]
+    lines += ["", equality_line(report)]
     if report.get("cuda_tests"):
         lines.append(f"CUDA-only tests: {report['cuda_tests']['summary']}")
     for phase, runs in report["processes"].items():
