@@ -23,6 +23,7 @@ from torch import Tensor
 
 from attnlab.config import ModelConfig
 from attnlab.model import build_model
+from variants.diff_attn import lambda_init as diff_lambda_init
 
 TOL_FP64 = dict(rtol=0.0, atol=1e-10)
 T = 11  # tokens per sequence (< block_size = 32)
@@ -342,6 +343,18 @@ def test_diff_attn_lambda_init_follows_the_layer_depth():
         x, cos, sin = block_input(model)
         w = run(blk, x, cos, sin, need_weights=True).weights
         close(w.sum(-1), torch.full(w.shape[:-1], 1 - lambda_init, dtype=torch.float64), TOL_FP64)
+
+
+def test_diff_attn_depth_constants_round_as_python_floats_do():
+    """The depth lives in a buffer (compiled blocks share one graph); its float32 constants are
+    the Python float's value rounded once, so float32 runs are those of a Python-float lambda_init."""
+    model = build_model(config("diff_attn", n_layer=12))
+    for depth, block in enumerate(model.blocks):
+        value = 0.8 - 0.6 * math.exp(-0.3 * depth)
+        assert block.attn.layer_idx == depth
+        assert torch.equal(diff_lambda_init(block.attn.depth, torch.float32), torch.tensor(value, dtype=torch.float32))
+        assert torch.equal(block.attn.output_scale(), torch.tensor(1.0 - value, dtype=torch.float32))
+    assert "blocks.0.attn.depth" not in model.state_dict()  # checkpoints are unchanged
 
 
 @pytest.mark.parametrize("shape", [dict(n_head=4, n_query_groups=2), dict(n_head=4, n_query_groups=4),

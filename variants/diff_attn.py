@@ -51,8 +51,10 @@ LAMBDA_INIT_STD = 0.1
 
 
 def lambda_init(depth: Tensor, dtype: torch.dtype) -> Tensor:
-    """The paper's lambda_init for the layer at 0-based index ``depth``, computed in ``dtype``."""
-    return 0.8 - 0.6 * torch.exp(-0.3 * depth.to(dtype))
+    """The paper's lambda_init for the layer at 0-based index ``depth``, as ``dtype``: computed in
+    float64 (float32 on Apple's MPS, which has no float64), then rounded once, as a Python float is."""
+    exact = torch.float32 if depth.device.type == "mps" else torch.float64
+    return (0.8 - 0.6 * torch.exp(-0.3 * depth.to(exact))).to(dtype)
 
 
 @register("diff_attn")
@@ -116,6 +118,11 @@ class DiffAttention(BaselineAttention):
                 - torch.exp(torch.dot(self.lambda_q2, self.lambda_k2))
                 + lambda_init(self.depth, self.lambda_q1.dtype))
 
+    def output_scale(self) -> Tensor:
+        """1 - lambda_init, a 0-dim tensor of the parameters' dtype."""
+        exact = torch.float32 if self.depth.device.type == "mps" else torch.float64
+        return (1.0 - lambda_init(self.depth, exact)).to(self.lambda_q1.dtype)
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, terms: ScoreTerms, q_offset: int,
                need_weights: bool) -> tuple[Tensor, Tensor | None]:
         B, G, S, hs = v.shape
@@ -129,6 +136,6 @@ class DiffAttention(BaselineAttention):
                 for half in (0, 1)]  # each y: (B, H/2, T, 2hs)
         lam = self.differential_lambda()
         y = maps[0][0] - lam.to(v.dtype) * maps[1][0]
-        y = self.sub_norm(y) * (1.0 - lambda_init(self.depth, self.lambda_q1.dtype)).to(y.dtype)
+        y = self.sub_norm(y) * self.output_scale()
         weights = maps[0][1] - lam * maps[1][1] if need_weights else None
         return y, weights
