@@ -155,7 +155,7 @@ def equality(variant: str, device: torch.device, precision: str) -> list[dict]:
     block = get_variant(variant)
     rows = []
     # Each variant's score_mod is another compile of FlexAttention's wrapper: without a reset,
-    # Dynamo's recompile limit (8) would send the later variants to FlexAttention's eager path.
+    # Dynamo's recompile limit (8) could send the later variants to FlexAttention's eager path.
     torch._dynamo.reset()
     idx = torch.randint(0, shape["vocab_size"], (2, shape["block_size"] + 1), device=device)
     reference = None

@@ -86,7 +86,7 @@ def test_a_checkpoint_resumes_under_another_kernel(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA")
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_flex_gradients_match_explicit_on_cuda(variant):
-    torch._dynamo.reset()  # past Dynamo's recompile limit, later variants would run FlexAttention eager
+    torch._dynamo.reset()  # past Dynamo's recompile limit, later variants could run FlexAttention eager
     flex = build_model(supported_config(variant, "flex")).cuda()
     explicit = build_model(supported_config(variant, "explicit")).cuda()
     explicit.load_state_dict(flex.state_dict())
