@@ -208,11 +208,16 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec =
 
     On CUDA it runs compiled (FlexAttention's fused kernel only exists compiled); on CPU it
     runs FlexAttention's unfused reference, forward only, because torch 2.13 has no CPU
-    backward for it.
+    backward for it. Queries after a KV cache (``q_offset > 0``) take the explicit kernel.
     """
     if need_weights:
         return explicit_attention(q, k, v, spec, terms, scale=scale, q_offset=q_offset,
                                   need_weights=True)
+    if q_offset > 0:
+        # Decoding after a KV cache: a few query rows against a key set that grows each token.
+        # FlexAttention's compiled kernel is static in its shapes, so each new length would be
+        # another compile; the explicit kernel gives the same numbers, cheaply at these sizes.
+        return explicit_attention(q, k, v, spec, terms, scale=scale, q_offset=q_offset)
     from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 
     if not q.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
@@ -242,7 +247,7 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec =
     # in an eager CUDA model the compiled wrapper below does that for this call alone.
     eager_cuda = q.is_cuda and not torch.compiler.is_compiling()
     run = _compiled_flex_attention() if eager_cuda else flex_attention
-    block_mask = _block_mask(T, S, q_offset, spec.window, q.device)
+    block_mask = _block_mask(T, spec.window, q.device)
     sink = spec.normaliser == "softmax_sink"
     # Contiguous inputs: Inductor's CPU FlexAttention template in torch 2.13 returned wrong
     # values (max error 0.03) for the strided q/k/v views a fused qkv GEMM produces
@@ -259,28 +264,27 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec =
     return y * keep.unsqueeze(-1).to(y.dtype), None
 
 
-def _block_mask(T: int, S: int, q_offset: int, window: int | None, device: torch.device):
-    """The ``BlockMask`` of a (T, S) score matrix: traced into a compiled graph (which is
-    then reused), and built once per shape in eager mode."""
+def _block_mask(T: int, window: int | None, device: torch.device):
+    """The causal ``BlockMask`` of a (T, T) score matrix: traced into a compiled graph (which is
+    then reused), and built once per length in eager mode."""
     if torch.compiler.is_compiling():
-        return _build_block_mask(T, S, q_offset, window, device)
-    # A bounded cache: decoding with a KV cache makes a new (T, S, q_offset) per token.
-    return _cached_block_mask(T, S, q_offset, window, device)
+        return _build_block_mask(T, window, device)
+    return _cached_block_mask(T, window, device)
 
 
-def _build_block_mask(T: int, S: int, q_offset: int, window: int | None, device: torch.device):
+def _build_block_mask(T: int, window: int | None, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
 
     def causal(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        return kv_idx <= q_idx + q_offset
+        return kv_idx <= q_idx
 
     def sliding(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        return (kv_idx <= q_idx + q_offset) & (kv_idx > q_idx + q_offset - window)
+        return (kv_idx <= q_idx) & (kv_idx > q_idx - window)
 
-    return create_block_mask(causal if window is None else sliding, None, None, T, S, device=device)
+    return create_block_mask(causal if window is None else sliding, None, None, T, T, device=device)
 
 
-_cached_block_mask = functools.lru_cache(maxsize=64)(_build_block_mask)
+_cached_block_mask = functools.lru_cache(maxsize=16)(_build_block_mask)  # train, validation, prompts
 
 
 @functools.cache

@@ -66,6 +66,24 @@ def test_flex_kernel_adds_a_per_batch_term_like_the_explicit_kernel():
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_decoding_after_a_kv_cache_builds_no_block_mask_per_token():
+    """Generation with the flex kernel: each prompt's prefill runs FlexAttention (one block mask per
+    prompt length); the tokens after it take the explicit kernel rather than a new FlexAttention
+    shape (on CUDA, a new compile) per token. The greedy tokens are those of the sdpa kernel."""
+    from attnlab.attention import _cached_block_mask
+    from attnlab.generate import SamplingConfig, generate
+
+    flex = build_model(tiny_config("alibi", attn_kernel="flex")).eval()
+    sdpa = build_model(tiny_config("alibi", attn_kernel="sdpa")).eval()
+    sdpa.load_state_dict(flex.state_dict())
+    _cached_block_mask.cache_clear()
+    for prompt in ([1, 2, 3, 4], [5, 6, 7]):
+        sampling = SamplingConfig(max_new_tokens=8, greedy=True)
+        with torch.no_grad():
+            assert generate(flex, prompt, 100, sampling) == generate(sdpa, prompt, 100, sampling)
+    assert _cached_block_mask.cache_info().currsize == 2  # one per prompt length, not one per token
+
+
 def test_training_with_flex_on_cpu_is_refused_with_the_alternative_named():
     model = build_model(tiny_config("qk_scale", attn_kernel="flex"))
     with pytest.raises(RuntimeError, match="attn_kernel='flex' cannot train on CPU.*attn_kernel=auto"):
