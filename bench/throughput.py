@@ -118,8 +118,8 @@ class _HFLogits(nn.Module):
 def allow_compiled_models(n_models: int) -> None:
     """Let ``n_models`` compiled models of different variants share one process. Their blocks
     share ``Block.forward``, whose compiled entries Dynamo caps at ``recompile_limit`` (8); past
-    it the other models would silently run eager. Four entries each: training and evaluation
-    shapes, as tests/test_compile.py counts them."""
+    it the other models would silently run eager. Four entries each: a bench model trains at one
+    shape (one entry), the rest is margin."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * n_models)
 
 
