@@ -52,7 +52,8 @@ from variants.registry import supported_kernels
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the throughput bench's training step
 from throughput import Contestant, _sync  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve()
+ROOT = SCRIPT.parents[1]
 EQUALITY_TOLERANCE = 2e-2  # as tests/test_bf16.py: bf16's rounding (2^-8) x 5
 CUDA_TESTS = ["tests/test_flex_kernel.py", "tests/test_plan.py"]  # their tests named *cuda*
 PHASES = ("equality", "cuda-tests", "steps")
@@ -222,13 +223,15 @@ def variant_list(args) -> list[str]:
     return ["baseline", *[v for v in variants if v != "baseline"]]
 
 
-def run_phase_process(phase: str, argv: list[str], part: Path, until: float) -> dict:
-    """``phase`` in child processes (a new one after each CUDA error) until done or ``until``."""
+def run_phase_process(phase: str, argv: list[str], part: Path, until: float,
+                      script: Path = SCRIPT) -> dict:
+    """``phase`` in child processes of ``script`` (a new one after each CUDA error, while the last
+    one made progress) until done or ``until``."""
     runs = []
     while time.time() < until:
         before = len(read_rows(part))
-        command = [sys.executable, str(Path(__file__).resolve()), *argv, "--run-phase", phase,
-                   "--part", str(part), "--until", str(until)]
+        command = [sys.executable, str(script), *argv, "--run-phase", phase, "--part", str(part),
+                   "--until", str(until)]
         try:
             code = subprocess.run(command, cwd=ROOT, timeout=max(1.0, until - time.time()) + 30).returncode
         except subprocess.TimeoutExpired:

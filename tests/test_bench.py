@@ -131,3 +131,30 @@ def test_the_gpu_check_restarts_its_process_after_a_cuda_error_but_not_after_an_
     assert gpu_check.is_cuda_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
     assert not gpu_check.is_cuda_error(gpu_check.torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
     assert not gpu_check.is_cuda_error(ValueError("CUDA error"))
+
+
+FLAKY_CHILD = """
+import json, pathlib, sys
+part = pathlib.Path(sys.argv[sys.argv.index("--part") + 1])
+done = part.read_text().splitlines() if part.exists() else []
+part.write_text("".join(line + "\\n" for line in [*done, json.dumps({"case": len(done)})]))
+sys.exit({exit_codes}[len(done)])
+"""
+
+
+@pytest.mark.parametrize("exit_codes, runs", [([3, 3, 0], ["exit 3", "exit 3", "exit 0"]),
+                                               ([3, 1], ["exit 3", "exit 1"])])
+def test_the_gpu_check_starts_a_new_process_after_a_cuda_error_until_the_phase_ends(tmp_path, exit_codes, runs):
+    """A phase's process that exits with CUDA_ERROR_EXIT after finishing a row is followed by a new one,
+    which goes on from the rows on disk; any other exit ends the phase."""
+    import time
+
+    import gpu_check
+
+    assert gpu_check.CUDA_ERROR_EXIT == 3
+    child = tmp_path / "child.py"
+    child.write_text(FLAKY_CHILD.replace("{exit_codes}", repr(exit_codes)))
+    part = tmp_path / "part.jsonl"
+    outcome = gpu_check.run_phase_process("steps", [], part, time.time() + 60, script=child)
+    assert outcome["processes"] == runs
+    assert outcome["rows"] == [{"case": i} for i in range(len(runs))]
