@@ -7,6 +7,7 @@ sessions that run it for real.
 
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -158,3 +159,19 @@ def test_the_gpu_check_starts_a_new_process_after_a_cuda_error_until_the_phase_e
     outcome = gpu_check.run_phase_process("steps", [], part, time.time() + 60, script=child)
     assert outcome["processes"] == runs
     assert outcome["rows"] == [{"case": i} for i in range(len(runs))]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="Inductor's CPU backend needs a C++ compiler")
+def test_the_compile_time_bench_compiles_both_ways_in_fresh_processes(tmp_path):
+    import compile_time
+
+    out = tmp_path / "compile.json"
+    report = compile_time.main(["--preset", "tiny", "--seq-len", "16", "--variants", "baseline", "--steps", "2",
+                                "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert sorted(r["mode"] for r in report["rows"]) == ["blocks", "whole"]
+    assert all("error" not in r and r["first_step_s"] > r["step_s"] > 0 for r in report["rows"])
+    assert _positive(report["whole_over_blocks"]["baseline"])
+    assert _positive(report["step_blocks_over_whole"]["baseline"])
