@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODES = ("whole", "blocks")
 
 
-def one_step_pair(preset: str, variant: str, mode: str, seq_len: int, batch_size: int, device: str,
+def compile_and_step(preset: str, variant: str, mode: str, seq_len: int, batch_size: int, device: str,
                   precision: str, steps: int = 1) -> dict:
     """In this process: build, compile one way, time the first (compiling) step and ``steps`` more."""
     import torch.nn.functional as F
@@ -65,12 +65,12 @@ def one_step_pair(preset: str, variant: str, mode: str, seq_len: int, batch_size
 
 
 def measure(args: argparse.Namespace, variant: str, mode: str) -> dict:
-    """``one_step_pair`` in a fresh process with empty Inductor caches."""
+    """``compile_and_step`` in a fresh process with empty Inductor caches."""
     with tempfile.TemporaryDirectory(prefix="attnlab-compile-") as cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": str(Path(cache) / "triton"),
                "TORCHINDUCTOR_FX_GRAPH_CACHE": "0", "TORCHINDUCTOR_AUTOGRAD_CACHE": "0"}
         call = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import compile_time; "
-                f"print(json.dumps(compile_time.one_step_pair({args.preset!r}, {variant!r}, {mode!r}, "
+                f"print(json.dumps(compile_time.compile_and_step({args.preset!r}, {variant!r}, {mode!r}, "
                 f"{args.seq_len}, {args.batch_size}, {args.device!r}, {args.precision!r}, {args.steps})))")
         done = subprocess.run([sys.executable, "-c", call], cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
