@@ -141,7 +141,7 @@ def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
         if time.time() > until - CASE_RESERVE_S:
             break
         row, fatal = run_case(*case, args, device)
-        append_row(part, row)
+        append_rows(part, [row])
         if fatal:
             return CUDA_ERROR_EXIT
     return 0
@@ -212,10 +212,6 @@ def append_rows(part: Path, rows: list[dict]) -> None:
         for row in rows:
             f.write(json.dumps(row, default=str) + "\n")
             print(json.dumps(row, default=str), flush=True)
-
-
-def append_row(part: Path, row: dict) -> None:
-    append_rows(part, [row])
 
 
 def variant_list(args) -> list[str]:

@@ -41,13 +41,20 @@ def _record(tmp_path, corpus, name: str, *extra: str, preempt_at: str = "") -> t
     return RunDir.for_run(tmp_path / "runs", name, "baseline", 0), windows
 
 
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, corpus) -> tuple[RunDir, list[list]]:
+    """One process with the global batch of the two-process runs: the reference every test here
+    compares with, trained once."""
+    return _record(tmp_path_factory.mktemp("single"), corpus, "single", "trainer.batch_size=4")
+
+
 def _losses(run: RunDir, column: str) -> pd.Series:
     frame = pd.read_csv(run.metrics)
     return frame.dropna(subset=[column]).set_index("step")[column]
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path, corpus):
-    single, (single_windows,) = _record(tmp_path, corpus, "single", "trainer.batch_size=4")
+def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path, corpus, single):
+    single, (single_windows,) = single
     ddp, rank_windows = _record(tmp_path, corpus, "ddp", "trainer=ddp", "trainer.accelerator=cpu",
                                 "trainer.devices=2", "trainer.num_workers=0", "trainer.batch_size=2",
                                 "trainer.progress_bar=false")
@@ -104,13 +111,14 @@ FSDP = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer
         "trainer.num_workers=0", "trainer.batch_size=2", "trainer.progress_bar=false"]
 
 
-def test_fsdp_on_two_cpu_processes_trains_as_one_process_and_resumes_from_a_sharded_checkpoint(tmp_path, corpus):
+def test_fsdp_on_two_cpu_processes_trains_as_one_process_and_resumes_from_a_sharded_checkpoint(tmp_path, corpus,
+                                                                                              single):
     """trainer=fsdp (FSDP2, every block sharded) with gloo: the same losses as one process with the
     same global batch; its checkpoints are sharded (a directory, one file per rank); a run whose
     second process is preempted during step 4 stops there on both ranks and resumes from its sharded
     checkpoint with resume=auto to the uninterrupted run's losses; evaluation loads the sharded
     checkpoint consolidated."""
-    single, _ = _record(tmp_path, corpus, "single", "trainer.batch_size=4")
+    single, _ = single
     fsdp, windows = _record(tmp_path, corpus, "fsdp", *FSDP)
     assert len(windows) == 2
     for column in ("train/loss", "val/loss"):
@@ -140,11 +148,11 @@ def test_fsdp_on_two_cpu_processes_trains_as_one_process_and_resumes_from_a_shar
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="Inductor's CPU backend needs a C++ compiler")
-def test_fsdp_with_compiled_blocks_trains_as_one_eager_process(tmp_path, corpus):
+def test_fsdp_with_compiled_blocks_trains_as_one_eager_process(tmp_path, corpus, single):
     """trainer=fsdp with trainer.compile=true, as a GPU run has it: each block compiled by Inductor,
     then sharded on its own (FSDP's gathers run between the compiled blocks). The same losses as
     one eager process with the same global batch, within Inductor's reordering of float sums."""
-    single, _ = _record(tmp_path, corpus, "single", "trainer.batch_size=4")
+    single, _ = single
     compiled, _ = _record(tmp_path, corpus, "compiled", *FSDP, "trainer.compile=true")
     for column in ("train/loss", "val/loss"):
         assert _losses(compiled, column).to_numpy() == pytest.approx(_losses(single, column).to_numpy(), rel=1e-4)

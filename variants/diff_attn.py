@@ -51,10 +51,15 @@ LAMBDA_INIT_STD = 0.1
 
 
 def lambda_init(depth: Tensor, dtype: torch.dtype) -> Tensor:
-    """The paper's lambda_init for the layer at 0-based index ``depth``, as ``dtype``: computed in
-    float64 (float32 on Apple's MPS, which has no float64), then rounded once, as a Python float is."""
+    """The paper's lambda_init for the layer at 0-based index ``depth``, as ``dtype``."""
+    return _exact_lambda_init(depth).to(dtype)
+
+
+def _exact_lambda_init(depth: Tensor) -> Tensor:
+    """In float64 (float32 on Apple's MPS, which has no float64), to be rounded once to the dtype
+    used, as a Python float is."""
     exact = torch.float32 if depth.device.type == "mps" else torch.float64
-    return (0.8 - 0.6 * torch.exp(-0.3 * depth.to(exact))).to(dtype)
+    return 0.8 - 0.6 * torch.exp(-0.3 * depth.to(exact))
 
 
 @register("diff_attn")
@@ -95,11 +100,10 @@ class DiffAttention(BaselineAttention):
 
     @property
     def layer_idx(self) -> int:
-        return self._layer_idx
+        return int(self.depth)
 
     @layer_idx.setter
     def layer_idx(self, depth: int) -> None:
-        self._layer_idx = depth
         self.depth.fill_(depth)
 
     def init_parameter(self, name: str, param: Tensor, generator: torch.Generator) -> bool:
@@ -120,8 +124,7 @@ class DiffAttention(BaselineAttention):
 
     def output_scale(self) -> Tensor:
         """1 - lambda_init, a 0-dim tensor of the parameters' dtype."""
-        exact = torch.float32 if self.depth.device.type == "mps" else torch.float64
-        return (1.0 - lambda_init(self.depth, exact)).to(self.lambda_q1.dtype)
+        return (1.0 - _exact_lambda_init(self.depth)).to(self.lambda_q1.dtype)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, terms: ScoreTerms, q_offset: int,
                need_weights: bool) -> tuple[Tensor, Tensor | None]:
