@@ -195,6 +195,10 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec = Attent
     return y, None
 
 
+# Eager CUDA inference below this many scores (B*H*T*S; 2^26 in fp32 is 256 MiB) takes the
+# explicit kernel rather than compiling FlexAttention for its shape.
+EAGER_FLEX_MIN_SCORES = 2**26
+
 # Why ``flex`` only trains on CUDA; every refusal (kernel, train(), bench) gives this reason.
 FLEX_CPU_LIMIT = (f"FlexAttention has no CPU backward in torch {torch.__version__}; use "
                   f"model.attn_kernel=auto (the default) or sdpa, or train on a CUDA GPU")
@@ -208,7 +212,8 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec =
 
     On CUDA it runs compiled (FlexAttention's fused kernel only exists compiled); on CPU it
     runs FlexAttention's unfused reference, forward only, because torch 2.13 has no CPU
-    backward for it. Queries after a KV cache (``q_offset > 0``) take the explicit kernel.
+    backward for it. Queries after a KV cache (``q_offset > 0``), and eager CUDA inference on
+    fewer than ``EAGER_FLEX_MIN_SCORES`` scores, take the explicit kernel.
     """
     if need_weights:
         return explicit_attention(q, k, v, spec, terms, scale=scale, q_offset=q_offset,
@@ -220,10 +225,19 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec =
         return explicit_attention(q, k, v, spec, terms, scale=scale, q_offset=q_offset)
     from torch.nn.attention.flex_attention import AuxRequest, flex_attention
 
-    if not q.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if not q.is_cuda and needs_grad:
         raise RuntimeError(f"model.attn_kernel='flex' cannot train on CPU: {FLEX_CPU_LIMIT}")
     B, H, T, _ = q.shape
     S = k.shape[2]
+    # Inside a compiled model Dynamo captures flex_attention itself and Inductor fuses it;
+    # in an eager CUDA model the compiled wrapper below does that for this call alone.
+    eager_cuda = q.is_cuda and not torch.compiler.is_compiling()
+    if eager_cuda and not needs_grad and B * H * T * S < EAGER_FLEX_MIN_SCORES:
+        # Inference on a small score matrix (a generation prompt's prefill, a probe): each new
+        # shape would be one more static compile (seconds), and past Dynamo's recompile limit
+        # FlexAttention would run unfused anyway; the explicit kernel gives the same numbers.
+        return explicit_attention(q, k, v, spec, terms, scale=scale, q_offset=q_offset)
     # Views with stride 0 on broadcast dims, so the score_mod can index every (b, h). The terms
     # keep their dtype: position terms such as ALiBi's are large and cancel, which bf16 cannot.
     dense = None if terms.dense is None else terms.dense.expand(B, H, T, S)
@@ -243,9 +257,6 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec =
                 score = score + key[b, h, kv_idx]
             return score
 
-    # Inside a compiled model Dynamo captures flex_attention itself and Inductor fuses it;
-    # in an eager CUDA model the compiled wrapper below does that for this call alone.
-    eager_cuda = q.is_cuda and not torch.compiler.is_compiling()
     run = _compiled_flex_attention() if eager_cuda else flex_attention
     block_mask = _block_mask(T, spec.window, q.device)
     sink = spec.normaliser == "softmax_sink"

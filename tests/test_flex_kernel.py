@@ -115,3 +115,24 @@ def test_flex_gradients_match_explicit_on_cuda(variant):
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled FlexAttention wrapper runs on CUDA")
+def test_generation_on_cuda_compiles_nothing_per_prompt_length():
+    """An eager flex model's prompts are small score matrices: they take the explicit kernel, so
+    three prompt lengths compile no FlexAttention shape (each would cost seconds), and the greedy
+    tokens are those of the sdpa kernel."""
+    from torch._dynamo.utils import counters
+
+    from attnlab.generate import SamplingConfig, generate
+
+    torch._dynamo.reset()
+    counters.clear()
+    flex = build_model(tiny_config("alibi", attn_kernel="flex")).cuda().eval()
+    sdpa = build_model(tiny_config("alibi", attn_kernel="sdpa")).cuda().eval()
+    sdpa.load_state_dict(flex.state_dict())
+    sampling = SamplingConfig(max_new_tokens=8, greedy=True)
+    with torch.no_grad():
+        for prompt in ([1, 2, 3, 4], [5, 6, 7], [8, 9]):
+            assert generate(flex, prompt, 100, sampling) == generate(sdpa, prompt, 100, sampling)
+    assert counters["stats"]["unique_graphs"] == 0
