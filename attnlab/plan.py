@@ -86,10 +86,16 @@ class Tensor_:
     what: str
     shape: tuple[int, ...]
     bytes_per_element: int
+    per_position: bool = False  # (B, H, T or S, hs) vectors, not a map over (query, key) pairs
 
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.bytes_per_element
+
+    @property
+    def score_map(self) -> bool:
+        """A (B, H, T, S) map or a broadcast of one: what grows with T * S."""
+        return len(self.shape) == 4 and not self.per_position
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ class KernelPlan:
     def transient_bytes(self) -> int:
         """Once per step: the backward of one layer's materialised (B, H, T, S) maps holds the
         gradients of the maps and of their inputs at once (TRANSIENT_MAPS fp32 maps)."""
-        maps = [t for t in self.extra if len(t.shape) == 4]
+        maps = [t for t in self.extra if t.score_map]
         return TRANSIENT_MAPS * 4 * max((math.prod(t.shape) for t in maps), default=0)
 
 
@@ -193,8 +199,7 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
             mask.append(Tensor_("gradient of the float mask (backward)", mshape, a))
     elif bool_mask:
         mask.append(Tensor_("boolean window mask", (T, S), 1))
-    math_maps = [Tensor_("math backend: scores", bhts, a if device_type == "cuda" else 4),
-                 Tensor_("math backend: probabilities (saved)", bhts, a if device_type == "cuda" else 4)]
+    math_maps = _math_backend_tensors(B, H, resolved.n_query_groups, T, S, hs, a)
     if device_type != "cuda":
         if float_mask and (terms_grad or "sink" in shapes):
             return KernelPlan(name, "math", "CPU: the float mask needs a gradient, which only SDPA's math "
@@ -215,6 +220,22 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
                           f"{alignment} == 0", tuple(extra + mask))
     return KernelPlan(name, "math", f"{reason}; memory-efficient needs head_size % {alignment} == 0 at "
                       f"{precision} (head_size={hs})", tuple(extra + mask + math_maps))
+
+
+def _math_backend_tensors(B: int, H: int, G: int, T: int, S: int, hs: int, a: int) -> list[Tensor_]:
+    """What SDPA's math backend (torch's ``_scaled_dot_product_attention_math``) saves for the
+    backward beyond its inputs: q and k, each scaled by sqrt(scale), k and v repeated to the H
+    query heads under GQA, and the (B, H, T, S) probabilities. It computes bf16/fp16 inputs in
+    fp32 unless ``torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)``, so at
+    bf16-mixed these are fp32 copies. Its pre-softmax scores live only in the forward (one map,
+    within ``KernelPlan.transient_bytes``). tests/test_plan.py reads what it saves."""
+    m = 2 if a == 2 and torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() else 4
+    tensors = [Tensor_("math backend: probabilities (saved)", (B, H, T, S), m),
+               Tensor_("math backend: scaled q and k (saved)", (2, B, H, T, hs), m, per_position=True)]
+    if m != a or G != H:  # else v itself is saved, already counted with the layer
+        tensors.append(Tensor_("math backend: v, " + ("in fp32" if m != a else f"repeated to {H} heads")
+                               + " (saved)", (B, H, S, hs), m, per_position=True))
+    return tensors
 
 
 def estimate_peak_bytes(model_config: ModelConfig, seq_len: int, batch_size: int, precision: str,
@@ -296,7 +317,7 @@ def slow_kernel_warning(model_config: ModelConfig, seq_len: int, batch_size: int
     plan = kernel_plan(model_config, seq_len, batch_size, precision, "cuda")
     if plan.backend != "math":
         return None
-    maps = sum(t.nbytes for t in plan.extra if len(t.shape) == 4)
+    maps = sum(t.nbytes for t in plan.extra if t.score_map)
     return (f"variant {model_config.variant!r} attends on SDPA's math backend ({plan.why}): it materialises "
             f"{_fmt(maps)} of (B, H, T, S) maps per layer and is several times slower than a fused kernel; "
             f"a head_size that is a multiple of 8 and <= {FLASH_MAX_HEAD_SIZE} (model.n_head), or "

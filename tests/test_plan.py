@@ -72,6 +72,7 @@ def measured_cpu_peak(kw: dict, batch_size: int, seq_len: int) -> int:
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize("variant, backend, recompute", [("baseline", "cpu-flash", False),
                                                          ("talking_heads", "explicit", False),
+                                                         ("qk_scale", "math", False),
                                                          ("baseline", "cpu-flash", True)])
 def test_estimate_is_within_tolerance_of_a_measured_cpu_step(variant, backend, recompute):
     kw, B, T = {**SMALL, "variant": variant}, 8, 256
@@ -116,9 +117,41 @@ def test_seed100m_head_size_is_not_flashable_and_sdpa_falls_back():
     bf16 = format_plan("seed100m", 512, 8, "h100", "bf16-mixed", ["baseline"])
     assert "head_size=620 is not flash-able" in bf16
     assert "backend math" in bf16  # 620 % 8 != 0: no memory-efficient kernel in bf16
-    assert "math backend: probabilities (saved) (8x1x512x512, 2 B each) = 4.0 MiB" in bf16
+    # The math backend computes bf16 inputs in fp32 (torch's default), so its maps are fp32.
+    assert "math backend: probabilities (saved) (8x1x512x512, 4 B each) = 8.0 MiB" in bf16
+    # The backward's transient maps are (B, H, T, S) ones, not the larger (B, H, T, 620) fp32 v.
+    plan = kernel_plan(ModelConfig.from_preset("seed100m"), 512, 8, "bf16-mixed", "cuda")
+    assert plan.transient_bytes == 3 * 4 * 8 * 1 * 512 * 512
     fp32 = format_plan("seed100m", 512, 8, "h100", "32-true", ["baseline"])
     assert "backend memory-efficient" in fp32  # 620 % 4 == 0
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
+@pytest.mark.parametrize("n_query_groups", [4, 2], ids=["mha", "gqa"])
+def test_the_math_backend_tensors_are_what_torch_math_kernel_saves(precision, dtype, n_query_groups):
+    """The plan's math-backend tensors against the bytes torch's math kernel saves for its
+    backward (the kernel's code is the same on every device, so a CPU call reads it), new
+    tensors only: q, k and v themselves are counted with the layer."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    B, T, H, hs = 2, 24, 4, 258  # head_size 258: neither flash nor memory-efficient on CUDA, bf16 or fp32
+    config = ModelConfig(vocab_size=64, block_size=T, n_layer=1, n_head=H, n_query_groups=n_query_groups,
+                         n_embd=H * hs, intermediate_size=64)
+    plan = kernel_plan(config, T, B, precision, "cuda", kernel="sdpa")
+    assert plan.backend == "math"
+    q = torch.randn(B, H, T, hs, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(B, n_query_groups, T, hs, dtype=dtype, requires_grad=True) for _ in range(2))
+    inputs = {t.untyped_storage().data_ptr() for t in (q, k, v)}
+    saved: dict[int, int] = {}
+
+    def keep(t):
+        if t.untyped_storage().data_ptr() not in inputs:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), sdpa_kernel(SDPBackend.MATH):
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert sum(t.nbytes for t in plan.extra if t.what.startswith("math backend")) == sum(saved.values())
 
 
 def test_tiny_baseline_is_flash_on_cuda_and_talking_heads_is_explicit_with_its_maps():
