@@ -15,6 +15,9 @@
         figures/   accuracy_heatmap (variants x tasks), accuracy_vs_difficulty (one panel per task) (.png .pdf)
         evaluation.json       the runs used, the cells left out and why, the rule
 
+``battery_result=<dir>`` evaluates a battery again from its evaluation directory (per_run.csv), without
+its runs: e.g. a committed result against a newer ladder.
+
 A battery ``<name>`` is a family of experiments ``<name>-<task>-<cell>`` (configs/experiment/battery.yaml),
 one per task and difficulty cell. Everything is read from the runs' summary.json: ``final_val_acc``
 and ``data.task`` (the task, its settings, its chance accuracy), so the difficulty of a cell is the
@@ -42,7 +45,7 @@ from attnlab.analysis.config import EvaluateConfig
 from attnlab.analysis.ladder import is_ladder, ladder_comparison, ladder_result_comparison
 from attnlab.analysis.stats import compare, holm, mean_ci
 from attnlab.analysis.style import save_figure, variant_colors
-from attnlab.analysis.tables import Table, variant_order
+from attnlab.analysis.tables import Table, read_evaluation_dir, variant_order
 from attnlab.runs import RunDir, find_runs
 
 CHANCE_FACTOR = 1.5  # at chance: mean accuracy <= 1.5 x chance
@@ -50,6 +53,9 @@ SOLVED = 0.99  # solved: mean accuracy >= 0.99
 RULE = (f"A cell is uninformative when every variant's mean accuracy over seeds is at chance (<= {CHANCE_FACTOR:g} x "
         f"the task's chance accuracy) or every variant's is solved (>= {SOLVED:g}); such cells are left out of "
         f"every average and test.")
+
+
+UNVALIDATED = " run(s) without final_val_acc (never validated), left out: "
 
 
 def battery_runs(runs_dir: str | Path, name: str) -> list[RunDir]:
@@ -343,18 +349,50 @@ def evaluate_battery(cfg: EvaluateConfig, name: str) -> Path:
     if not runs:
         raise ValueError(f"no finished run of battery {name!r} under {cfg.runs_dir}; train it first, e.g. "
                          f"python train.py -m experiment={name}")
-    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.runs_dir).parent / name
-    out.mkdir(parents=True, exist_ok=True)
     frame = battery_frame(runs, name)
     unvalidated = sorted(set(map(str, (r.path for r in runs))) - set(frame["run_dir"] if len(frame) else ()))
     if len(frame) == 0:
         raise ValueError(f"no run of battery {name!r} under {cfg.runs_dir} has a final_val_acc (none was "
                          f"validated: trainer.val_every_n_steps <= trainer.max_steps)")
-    variants = variant_order(frame["variant"].unique(), cfg.baseline)
     notes: list[str] = []
     if unvalidated:
-        notes.append(f"{len(unvalidated)} run(s) without final_val_acc (never validated), left out: "
-                     + ", ".join(unvalidated) + ".")
+        notes.append(f"{len(unvalidated)}{UNVALIDATED}" + ", ".join(unvalidated) + ".")
+    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.runs_dir).parent / name
+    return write_battery_evaluation(cfg, name, frame, notes, out, source=f"the runs under {cfg.runs_dir}")
+
+
+def battery_result_frame(result_dir: str | Path) -> tuple[pd.DataFrame, str, list[str]]:
+    """``battery_frame``'s rows, the battery's name and its note on unvalidated runs, read back
+    from a battery's evaluation directory (``tables/per_run.csv`` and ``evaluation.json``, as
+    ``evaluate_battery`` writes them, e.g. a committed reference result) instead of its runs."""
+    per_run, meta = read_evaluation_dir(result_dir, "battery_result", "battery", ("battery",))
+    text = {"variant": str, "task": str, "cell": str, "settings": str, "run_dir": str}
+    frame = pd.read_csv(per_run, dtype=text)
+    # The note on runs never validated is the one per_run.csv cannot give again; the rest are redone.
+    notes = [note for note in meta.get("notes", []) if UNVALIDATED in note]
+    return frame.assign(settings=frame["settings"].map(json.loads)), meta["battery"], notes
+
+
+def evaluate_battery_result(cfg: EvaluateConfig) -> Path:
+    """The battery evaluated again from ``cfg.battery_result`` (its per-run accuracies), e.g. to
+    compare a committed battery with a newer ladder without training it again."""
+    frame, name, notes = battery_result_frame(cfg.battery_result)
+    if cfg.experiment is not None and cfg.experiment != name:
+        raise ValueError(f"experiment={cfg.experiment!r} but battery_result={cfg.battery_result!r} is the "
+                         f"evaluation of battery {name!r}; set experiment={name} or leave it out")
+    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.runs_dir).parent / name
+    if out.resolve() == Path(cfg.battery_result).resolve():
+        raise ValueError(f"output directory {out} is battery_result's own, which this evaluation reads; set "
+                         f"output_dir=<another path>")
+    return write_battery_evaluation(cfg, name, frame, notes, out, source=f"the battery result {cfg.battery_result}")
+
+
+def write_battery_evaluation(cfg: EvaluateConfig, name: str, frame: pd.DataFrame, notes: list[str], out: Path,
+                             source: str) -> Path:
+    """Tables, figures and evaluation.json of the battery ``name`` from its per-run rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    variants = variant_order(frame["variant"].unique(), cfg.baseline)
+    notes = list(notes)
     if cfg.baseline not in variants:
         notes.append(f"No run of the reference variant {cfg.baseline!r}: no differences are reported.")
     keys = difficulty_keys(frame)
@@ -371,8 +409,8 @@ def evaluate_battery(cfg: EvaluateConfig, name: str) -> Path:
     save_figure(heatmap_figure(per_task.numbers, variants), out / "figures", "accuracy_heatmap")
     save_figure(difficulty_figure(cells.numbers, frame, keys, variants), out / "figures", "accuracy_vs_difficulty")
     (out / "evaluation.json").write_text(json.dumps({
-        "battery": name, "reference": cfg.baseline, "rule": RULE, "chance_factor": CHANCE_FACTOR, "solved": SOLVED,
-        "difficulty_keys": keys, "runs": sorted(frame["run_dir"]),
+        "battery": name, "source": source, "reference": cfg.baseline, "rule": RULE,
+        "chance_factor": CHANCE_FACTOR, "solved": SOLVED, "difficulty_keys": keys, "runs": sorted(frame["run_dir"]),
         "uninformative_cells": [f"{t}/{c} ({s})" for t, c, s in statuses.itertuples(index=False)
                                 if s != "informative"],
         "notes": notes, "ladder_agreement": agreement_result}, indent=2, default=_json_default), encoding="utf-8")

@@ -48,6 +48,9 @@ class EvaluateConfig:
     ladder: Optional[str] = "ladder"
     ladder_runs_dir: Optional[str] = None
     ladder_result: Optional[str] = "reference/ladder"
+    # A battery's evaluation directory (tables/per_run.csv + evaluation.json) to evaluate again
+    # without its runs, e.g. the committed reference/battery against a newer ladder; null: from runs.
+    battery_result: Optional[str] = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def validate(self) -> None:

@@ -32,7 +32,7 @@ from attnlab.analysis.config import EvaluateConfig
 from attnlab.analysis.scaling import FitError, ScalingComparison, scaling_comparison
 from attnlab.analysis.stats import compare, holm, mean_ci
 from attnlab.analysis.style import save_figure, variant_colors
-from attnlab.analysis.tables import Table, variant_order
+from attnlab.analysis.tables import Table, read_evaluation_dir, variant_order
 from attnlab.ladder import ladder_frame, ladder_runs, select_learning_rates
 
 log = logging.getLogger(__name__)
@@ -237,17 +237,7 @@ def ladder_result_comparison(result_dir: str | Path, cfg: EvaluateConfig) -> Lad
     """The same comparison from a ladder's evaluation directory (``tables/per_run.csv`` and
     ``evaluation.json``, as ``evaluate_ladder`` writes them, e.g. a committed reference result)
     instead of its run directories."""
-    result_dir = Path(result_dir)
-    per_run, evaluation = result_dir / "tables" / "per_run.csv", result_dir / "evaluation.json"
-    missing = [str(p) for p in (per_run, evaluation) if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"ladder_result={str(result_dir)!r} is not a ladder's evaluation directory: "
-                                f"{', '.join(missing)} missing (python evaluate.py experiment=<ladder> writes them)")
-    meta = json.loads(evaluation.read_text(encoding="utf-8"))
-    if not {"ladder", "selection_seeds"} <= meta.keys():  # another evaluation's output, e.g. a battery's
-        raise ValueError(f"ladder_result={str(result_dir)!r} is not a ladder's evaluation directory: its "
-                         f"evaluation.json names no ladder and selection seeds (python evaluate.py "
-                         f"experiment=<ladder> writes them)")
+    per_run, meta = read_evaluation_dir(result_dir, "ladder_result", "ladder", ("ladder", "selection_seeds"))
     return compare_ladder(pd.read_csv(per_run), list(meta["selection_seeds"]), meta["ladder"], cfg)
 
 

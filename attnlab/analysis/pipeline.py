@@ -34,7 +34,7 @@ from attnlab.analysis.config import EvaluateConfig
 from attnlab.analysis.figures import (final_loss_figure, head_scores_figure, induction_curve_figure, logged_curves,
                                       loss_by_position_figure, loss_curve_figure, throughput_figure,
                                       validation_curves)
-from attnlab.analysis.battery import evaluate_battery, is_battery
+from attnlab.analysis.battery import evaluate_battery, evaluate_battery_result, is_battery
 from attnlab.analysis.ladder import evaluate_ladder, is_ladder
 from attnlab.analysis.head_scores import SCORES, SPECIAL_IDS, head_scores_frame, summarize_head_scores
 from attnlab.analysis.heatmaps import save_difference_heatmaps, save_heatmaps
@@ -239,6 +239,8 @@ def without_text_outputs(cfg: EvaluateConfig) -> tuple[EvaluateConfig, str | Non
 
 def evaluate(cfg: EvaluateConfig) -> Path:
     cfg.validate()
+    if cfg.battery_result is not None:
+        return evaluate_battery_result(cfg)  # a battery's per-run accuracies, without its runs
     if cfg.experiment is not None and is_battery(cfg.runs_dir, cfg.experiment):
         return evaluate_battery(cfg, cfg.experiment)  # tasks x cells; ladder names match too
     if cfg.experiment is not None and is_ladder(cfg.runs_dir, cfg.experiment):

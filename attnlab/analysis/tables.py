@@ -7,6 +7,7 @@ only from each run's ``summary.json`` (read through ``attnlab.runs``).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -348,3 +349,23 @@ def comparison_notes(baseline: str, confidence: float, alpha: float, power: floa
                  + f". {baseline} seed sd: its seed-to-seed standard deviation (n - 1 denominator), the noise "
                    f"floor; differences below the MDD are not resolved by these seeds.")
     return notes
+
+
+def read_evaluation_dir(result_dir: str | Path, setting: str, kind: str,
+                        required: Sequence[str]) -> tuple[Path, dict]:
+    """``tables/per_run.csv`` and the parsed ``evaluation.json`` of an evaluation directory that
+    stands in for its runs (``ladder_result=``, ``battery_result=``), or an error naming
+    ``setting`` when it is not a ``kind``'s (its evaluation.json lacks a ``required`` key)."""
+    result_dir = Path(result_dir)
+    per_run, evaluation = result_dir / "tables" / "per_run.csv", result_dir / "evaluation.json"
+    missing = [str(p) for p in (per_run, evaluation) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{setting}={str(result_dir)!r} is not a {kind}'s evaluation directory: "
+                                f"{', '.join(missing)} missing (python evaluate.py experiment=<{kind}> writes them)")
+    meta = json.loads(evaluation.read_text(encoding="utf-8"))
+    absent = [key for key in required if key not in meta]
+    if absent:  # another evaluation's output, e.g. a battery's for a ladder
+        raise ValueError(f"{setting}={str(result_dir)!r} is not a {kind}'s evaluation directory: its "
+                         f"evaluation.json names no {kind} ({', '.join(absent)} missing; python evaluate.py "
+                         f"experiment=<{kind}> writes it)")
+    return per_run, meta

@@ -192,3 +192,41 @@ def test_with_a_ladder_beside_it_the_battery_reports_the_rank_correlation(tmp_pa
     with pytest.raises(ValueError, match="ladder_result=.*names no ladder"):  # a battery's evaluation
         evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), ladder="nope",
                                 ladder_result=str(tmp_path / "alone"), output_dir=str(tmp_path / "bad")))
+
+
+def test_a_battery_result_is_evaluated_again_without_its_runs(tmp_path):
+    """``battery_result=<dir>``: the per-run accuracies a battery's evaluation wrote give the same
+    tables and the same agreement with a ladder, with the runs gone; bad directories are refused
+    naming the setting, and the result's own directory is never written over."""
+    from . import test_ladder_evaluation as lad
+
+    runs_dir = tmp_path / "runs"
+    make_battery(runs_dir)
+    lad.make_ladder(runs_dir)
+    for rung, compute in lad.RUNGS.items():  # a third variant, so that there is a rank correlation
+        for seed in (100, 0, 1, 2):
+            lad.write_run(runs_dir, "qk_norm", rung, 2e-3, seed, lad.E + lad.A * (0.5 * compute) ** -lad.ALPHA)
+    ladder_out = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=200,
+                                         output_dir=str(tmp_path / "lad_result")))
+    kw = dict(bootstrap_resamples=200, ladder=None, ladder_result=str(ladder_out))
+    from_runs = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), output_dir=str(tmp_path / "a"), **kw))
+    shutil.rmtree(runs_dir)
+    again = evaluate(EvaluateConfig(battery_result=str(from_runs), runs_dir=str(runs_dir),
+                                    output_dir=str(tmp_path / "b"), **kw))
+    written = sorted(path.name for path in (from_runs / "tables").iterdir())
+    assert "ladder_agreement.md" in written and "per_task.md" in written
+    for table in written:  # numbers and the notes under each table
+        assert (again / "tables" / table).read_text() == (from_runs / "tables" / table).read_text(), table
+    first, second = (json.loads((d / "evaluation.json").read_text()) for d in (from_runs, again))
+    assert second["source"] == f"the battery result {from_runs}"
+    assert {k: v for k, v in first.items() if k != "source"} == {k: v for k, v in second.items() if k != "source"}
+    # Without output_dir the result would go to <runs_dir>/../bat: the result's own directory is refused.
+    with pytest.raises(ValueError, match="battery_result's own"):
+        evaluate(EvaluateConfig(battery_result=str(from_runs), output_dir=str(from_runs), **kw))
+    with pytest.raises(ValueError, match="experiment='other'.*battery 'bat'"):
+        evaluate(EvaluateConfig(experiment="other", battery_result=str(from_runs), output_dir=str(tmp_path / "c"),
+                                **kw))
+    with pytest.raises(FileNotFoundError, match="battery_result=.*per_run.csv"):
+        evaluate(EvaluateConfig(battery_result=str(tmp_path), output_dir=str(tmp_path / "d"), **kw))
+    with pytest.raises(ValueError, match="battery_result=.*names no battery"):  # a ladder's evaluation
+        evaluate(EvaluateConfig(battery_result=str(ladder_out), output_dir=str(tmp_path / "e"), **kw))
