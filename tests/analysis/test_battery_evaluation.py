@@ -194,6 +194,7 @@ def test_with_a_ladder_beside_it_the_battery_reports_the_rank_correlation(tmp_pa
                                 ladder_result=str(tmp_path / "alone"), output_dir=str(tmp_path / "bad")))
 
 
+@pytest.mark.slow  # three evaluations: a ladder's and two of a battery
 def test_a_battery_result_is_evaluated_again_without_its_runs(tmp_path):
     """``battery_result=<dir>``: the per-run accuracies a battery's evaluation wrote give the same
     tables and the same agreement with a ladder, with the runs gone; bad directories are refused
