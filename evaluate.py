@@ -1,4 +1,5 @@
-"""Evaluate an experiment's finished runs: ``python evaluate.py [experiment=demo] [key=value ...]``.
+"""Evaluate an experiment's finished runs: ``python evaluate.py [experiment=demo] [key=value ...]``
+(or a battery's committed evaluation again: ``python evaluate.py battery_result=reference/battery``).
 
 Writes tables, figures, generation samples, attention heatmaps and statistics to
 ``results/<experiment>/`` (see attnlab/analysis/pipeline.py; schema: attnlab/analysis/config.py).

@@ -195,8 +195,9 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec = Attent
     return y, None
 
 
-# Eager CUDA inference below this many scores (B*H*T*S; 2^26 in fp32 is 256 MiB) takes the
-# explicit kernel rather than compiling FlexAttention for its shape.
+# Eager CUDA inference below this many scores (B*H*T*S) takes the explicit kernel rather than
+# compiling FlexAttention for its shape: 2^26 fp32 scores are 256 MiB a map, and the explicit kernel
+# holds two or three maps at once (scores, weights, a sink's extra column), so at most ~1 GiB.
 EAGER_FLEX_MIN_SCORES = 2**26
 
 # Why ``flex`` only trains on CUDA; every refusal (kernel, train(), bench) gives this reason.
@@ -234,9 +235,10 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec =
     # in an eager CUDA model the compiled wrapper below does that for this call alone.
     eager_cuda = q.is_cuda and not torch.compiler.is_compiling()
     if eager_cuda and not needs_grad and B * H * T * S < EAGER_FLEX_MIN_SCORES:
-        # Inference on a small score matrix (a generation prompt's prefill, a probe): each new
-        # shape would be one more static compile (seconds), and past Dynamo's recompile limit
-        # FlexAttention would run unfused anyway; the explicit kernel gives the same numbers.
+        # Inference on a small score matrix (a generation prompt's prefill, a probe, or validation
+        # when trainer.compile=false): each new shape would be one more static compile (seconds),
+        # and past Dynamo's recompile limit FlexAttention would run unfused anyway; the explicit
+        # kernel gives the same numbers.
         return explicit_attention(q, k, v, spec, terms, scale=scale, q_offset=q_offset)
     # Views with stride 0 on broadcast dims, so the score_mod can index every (b, h). The terms
     # keep their dtype: position terms such as ALiBi's are large and cancel, which bf16 cannot.

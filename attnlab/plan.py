@@ -199,7 +199,8 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
             mask.append(Tensor_("gradient of the float mask (backward)", mshape, a))
     elif bool_mask:
         mask.append(Tensor_("boolean window mask", (T, S), 1))
-    math_maps = _math_backend_tensors(B, H, resolved.n_query_groups, T, S, hs, a)
+    keys = S + 1 if "sink" in shapes else S  # the sink attends as one more key (a zero value)
+    math_maps = _math_backend_tensors(B, H, resolved.n_query_groups, T, keys, hs, a)
     if device_type != "cuda":
         if float_mask and (terms_grad or "sink" in shapes):
             return KernelPlan(name, "math", "CPU: the float mask needs a gradient, which only SDPA's math "
@@ -230,11 +231,13 @@ def _math_backend_tensors(B: int, H: int, G: int, T: int, S: int, hs: int, a: in
     bf16-mixed these are fp32 copies. Its pre-softmax scores live only in the forward (one map,
     within ``KernelPlan.transient_bytes``). tests/test_plan.py reads what it saves."""
     m = 2 if a == 2 and torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() else 4
+    copy = ", ".join(["in fp32"] * (m != a) + [f"repeated to {H} heads"] * (G != H))
     tensors = [Tensor_("math backend: probabilities (saved)", (B, H, T, S), m),
-               Tensor_("math backend: scaled q and k (saved)", (2, B, H, T, hs), m, per_position=True)]
-    if m != a or G != H:  # else v itself is saved, already counted with the layer
-        tensors.append(Tensor_("math backend: v, " + ("in fp32" if m != a else f"repeated to {H} heads")
-                               + " (saved)", (B, H, S, hs), m, per_position=True))
+               Tensor_("math backend: scaled q (saved)", (B, H, T, hs), m, per_position=True),
+               Tensor_("math backend: scaled k" + (f", {copy}" if copy else "") + " (saved)", (B, H, S, hs), m,
+                       per_position=True)]
+    if copy:  # else v itself is saved, already counted with the layer
+        tensors.append(Tensor_(f"math backend: v, {copy} (saved)", (B, H, S, hs), m, per_position=True))
     return tensors
 
 
@@ -312,13 +315,13 @@ def check_fits_device(model_config: ModelConfig, trainer: Any, device_name: str 
 
 
 def slow_kernel_warning(model_config: ModelConfig, seq_len: int, batch_size: int, precision: str) -> str | None:
-    """On CUDA: why a run's attention falls back to SDPA's math backend (it materialises the
-    (B, H, T, S) maps in memory; e.g. the study's head size 620 at bf16), or None."""
+    """On CUDA: why a run's attention falls back to SDPA's math backend (it keeps (B, H, T, S)
+    maps in memory; e.g. the study's head size 620 at bf16), or None."""
     plan = kernel_plan(model_config, seq_len, batch_size, precision, "cuda")
     if plan.backend != "math":
         return None
     maps = sum(t.nbytes for t in plan.extra if t.score_map)
-    return (f"variant {model_config.variant!r} attends on SDPA's math backend ({plan.why}): it materialises "
+    return (f"variant {model_config.variant!r} attends on SDPA's math backend ({plan.why}): it keeps "
             f"{_fmt(maps)} of (B, H, T, S) maps per layer and is several times slower than a fused kernel; "
             f"a head_size that is a multiple of 8 and <= {FLASH_MAX_HEAD_SIZE} (model.n_head), or "
             f"model.attn_kernel=flex, avoids it (python -m attnlab.plan shows every variant's kernel)")

@@ -94,8 +94,8 @@ def test_block_forward_with_the_flex_kernel_has_no_graph_break(variant):
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="Inductor's CPU backend needs a C++ compiler")
-@pytest.mark.skipif(torch.__version__ < "2.13", reason="torch 2.11's CPU FlexAttention template cannot lower a "
-                    "score_mod that reads a computed tensor (a LoweringException); 2.13's can")
+@pytest.mark.skipif(torch.__version__ < "2.13", reason="torch < 2.13 (seen on 2.11): its CPU FlexAttention template "
+                    "cannot lower a score_mod that reads a computed tensor (a LoweringException); 2.13's can")
 def test_inductor_compiled_flex_block_matches_eager():
     """Inductor's real FlexAttention kernel, with the qk_scale term as a score_mod (forward
     only, as FlexAttention has no CPU backward). Guards the contiguous() in the flex kernel:

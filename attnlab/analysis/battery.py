@@ -13,7 +13,8 @@
                               reference/ladder): Spearman between the overall score and the ladder's
                               top-rung compute multiplier (attnlab/analysis/agreement.py)
         figures/   accuracy_heatmap (variants x tasks), accuracy_vs_difficulty (one panel per task) (.png .pdf)
-        evaluation.json       the runs used, the cells left out and why, the rule
+        evaluation.json       the runs used and where they were read from (``source``), the cells left
+                              out and why, the rule
 
 ``battery_result=<dir>`` evaluates a battery again from its evaluation directory (per_run.csv), without
 its runs: e.g. a committed result against a newer ladder.
@@ -87,11 +88,12 @@ def battery_frame(runs: Sequence[RunDir], name: str) -> pd.DataFrame:
 
 
 def difficulty_keys(frame: pd.DataFrame) -> dict[str, list[str]]:
-    """Per task: the settings that differ between its cells (the grid's knobs)."""
+    """Per task: the settings that differ between its cells (the grid's knobs), in name order, so
+    that runs and a result read back (whose settings are stored sorted) name them alike."""
     keys = {}
     for task, group in frame.groupby("task", sort=False):
         settings = pd.DataFrame(list(group["settings"]))
-        keys[task] = [k for k in settings.columns if settings[k].astype(str).nunique() > 1]
+        keys[task] = sorted(k for k in settings.columns if settings[k].astype(str).nunique() > 1)
     return keys
 
 
@@ -367,7 +369,11 @@ def battery_result_frame(result_dir: str | Path) -> tuple[pd.DataFrame, str, lis
     ``evaluate_battery`` writes them, e.g. a committed reference result) instead of its runs."""
     per_run, meta = read_evaluation_dir(result_dir, "battery_result", "battery", ("battery",))
     text = {"variant": str, "task": str, "cell": str, "settings": str, "run_dir": str}
-    frame = pd.read_csv(per_run, dtype=text)
+    frame = pd.read_csv(per_run, dtype=text, keep_default_na=False)  # a cell named "NA" stays a name
+    absent = sorted({*text, "seed", "acc", "chance"} - set(frame.columns))
+    if absent:
+        raise ValueError(f"battery_result={str(result_dir)!r}: its tables/per_run.csv has no column "
+                         f"{', '.join(absent)} (python evaluate.py experiment=<battery> writes them all)")
     # The note on runs never validated is the one per_run.csv cannot give again; the rest are redone.
     notes = [note for note in meta.get("notes", []) if UNVALIDATED in note]
     return frame.assign(settings=frame["settings"].map(json.loads)), meta["battery"], notes

@@ -2,7 +2,9 @@
 
 Every table is built as numbers first (written to CSV as is) and formatted
 once for Markdown and LaTeX, so the three files never disagree. Numbers come
-only from each run's ``summary.json`` (read through ``attnlab.runs``).
+from each run's ``summary.json`` (read through ``attnlab.runs``), or from an
+evaluation directory's ``tables/per_run.csv`` that stands in for the runs
+(``read_evaluation_dir``).
 """
 
 from __future__ import annotations

@@ -23,12 +23,12 @@ SEED_OFFSET = {"baseline": {0: -0.01, 1: 0.01, 2: 0.0}, "gated_attn": {0: 0.0, 1
                "qk_norm": {0: 0.0, 1: 0.005, 2: -0.005}}
 
 
-def write_run(runs_dir, task, size, variant, seed, acc) -> None:
-    path = runs_dir / f"bat-{task}-n{size}" / variant / f"seed{seed}"
+def write_run(runs_dir, task, size, variant, seed, acc, cell=None, vocab_size=16) -> None:
+    path = runs_dir / f"bat-{task}-{cell or f'n{size}'}" / variant / f"seed{seed}"
     path.mkdir(parents=True)
     (path / "summary.json").write_text(json.dumps({
         "variant": variant, "seed": seed, "final_val_acc": acc,
-        "data": {"source": task, "task": {"task": task, "vocab_size": 16, "num_train_examples": size,
+        "data": {"source": task, "task": {"task": task, "vocab_size": vocab_size, "num_train_examples": size,
                                           "chance_acc": CHANCE[task]}}}))
 
 
@@ -203,6 +203,12 @@ def test_a_battery_result_is_evaluated_again_without_its_runs(tmp_path):
 
     runs_dir = tmp_path / "runs"
     make_battery(runs_dir)
+    # A cell named like a number, varying a second setting (two difficulty knobs for compression),
+    # and a run never validated, whose note only the first evaluation can write.
+    for variant, offsets in SEED_OFFSET.items():
+        for seed, offset in offsets.items():
+            write_run(runs_dir, "compression", 1024, variant, seed, 0.6 + offset, cell="016", vocab_size=32)
+    write_run(runs_dir, "icr", 256, "baseline", 3, None)
     lad.make_ladder(runs_dir)
     for rung, compute in lad.RUNGS.items():  # a third variant, so that there is a rank correlation
         for seed in (100, 0, 1, 2):
@@ -220,10 +226,16 @@ def test_a_battery_result_is_evaluated_again_without_its_runs(tmp_path):
         assert (again / "tables" / table).read_text() == (from_runs / "tables" / table).read_text(), table
     first, second = (json.loads((d / "evaluation.json").read_text()) for d in (from_runs, again))
     assert second["source"] == f"the battery result {from_runs}"
+    assert first["difficulty_keys"]["compression"] == ["num_train_examples", "vocab_size"]
+    assert "016" in (from_runs / "tables" / "cells.csv").read_text()
+    assert any("1 run(s) without final_val_acc" in note for note in second["notes"])
     assert {k: v for k, v in first.items() if k != "source"} == {k: v for k, v in second.items() if k != "source"}
-    # Without output_dir the result would go to <runs_dir>/../bat: the result's own directory is refused.
+    # The result's own directory is never the output: named, or as the default <runs_dir>/../bat.
     with pytest.raises(ValueError, match="battery_result's own"):
         evaluate(EvaluateConfig(battery_result=str(from_runs), output_dir=str(from_runs), **kw))
+    shutil.copytree(from_runs, tmp_path / "bat")
+    with pytest.raises(ValueError, match="battery_result's own"):
+        evaluate(EvaluateConfig(battery_result=str(tmp_path / "bat"), runs_dir=str(runs_dir), **kw))
     with pytest.raises(ValueError, match="experiment='other'.*battery 'bat'"):
         evaluate(EvaluateConfig(experiment="other", battery_result=str(from_runs), output_dir=str(tmp_path / "c"),
                                 **kw))
@@ -231,3 +243,10 @@ def test_a_battery_result_is_evaluated_again_without_its_runs(tmp_path):
         evaluate(EvaluateConfig(battery_result=str(tmp_path), output_dir=str(tmp_path / "d"), **kw))
     with pytest.raises(ValueError, match="battery_result=.*names no battery"):  # a ladder's evaluation
         evaluate(EvaluateConfig(battery_result=str(ladder_out), output_dir=str(tmp_path / "e"), **kw))
+    (tmp_path / "f").mkdir()
+    shutil.copytree(from_runs / "tables", tmp_path / "f" / "tables")
+    shutil.copy(from_runs / "evaluation.json", tmp_path / "f")
+    per_run = pd.read_csv(tmp_path / "f" / "tables" / "per_run.csv").drop(columns="acc")
+    per_run.to_csv(tmp_path / "f" / "tables" / "per_run.csv", index=False)
+    with pytest.raises(ValueError, match="battery_result=.*per_run.csv has no column acc"):
+        evaluate(EvaluateConfig(battery_result=str(tmp_path / "f"), output_dir=str(tmp_path / "g"), **kw))
