@@ -219,27 +219,23 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec =
     if need_weights:
         return explicit_attention(q, k, v, spec, terms, scale=scale, q_offset=q_offset,
                                   need_weights=True)
-    if q_offset > 0:
-        # Decoding after a KV cache: a few query rows against a key set that grows each token.
-        # FlexAttention's compiled kernel is static in its shapes, so each new length would be
-        # another compile; the explicit kernel gives the same numbers, cheaply at these sizes.
-        return explicit_attention(q, k, v, spec, terms, scale=scale, q_offset=q_offset)
-    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
-
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if not q.is_cuda and needs_grad:
-        raise RuntimeError(f"model.attn_kernel='flex' cannot train on CPU: {FLEX_CPU_LIMIT}")
     B, H, T, _ = q.shape
     S = k.shape[2]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     # Inside a compiled model Dynamo captures flex_attention itself and Inductor fuses it;
     # in an eager CUDA model the compiled wrapper below does that for this call alone.
     eager_cuda = q.is_cuda and not torch.compiler.is_compiling()
-    if eager_cuda and not needs_grad and B * H * T * S < EAGER_FLEX_MIN_SCORES:
-        # Inference on a small score matrix (a generation prompt's prefill, a probe, or validation
-        # when trainer.compile=false): each new shape would be one more static compile (seconds),
-        # and past Dynamo's recompile limit FlexAttention would run unfused anyway; the explicit
-        # kernel gives the same numbers.
+    if q_offset > 0 or (eager_cuda and not needs_grad and B * H * T * S < EAGER_FLEX_MIN_SCORES):
+        # Decoding after a KV cache (a key set that grows each token), or eager inference on a
+        # small score matrix (a prompt's prefill, a probe, validation when trainer.compile=false):
+        # FlexAttention's compiled kernel is static in its shapes, so each would be one more
+        # compile (seconds; past Dynamo's recompile limit it runs unfused anyway). The explicit
+        # kernel gives the same numbers, cheaply at these sizes.
         return explicit_attention(q, k, v, spec, terms, scale=scale, q_offset=q_offset)
+    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
+
+    if not q.is_cuda and needs_grad:
+        raise RuntimeError(f"model.attn_kernel='flex' cannot train on CPU: {FLEX_CPU_LIMIT}")
     # Views with stride 0 on broadcast dims, so the score_mod can index every (b, h). The terms
     # keep their dtype: position terms such as ALiBi's are large and cancel, which bf16 cannot.
     dense = None if terms.dense is None else terms.dense.expand(B, H, T, S)

@@ -359,8 +359,8 @@ def evaluate_battery(cfg: EvaluateConfig, name: str) -> Path:
     notes: list[str] = []
     if unvalidated:
         notes.append(f"{len(unvalidated)}{UNVALIDATED}" + ", ".join(unvalidated) + ".")
-    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.runs_dir).parent / name
-    return write_battery_evaluation(cfg, name, frame, notes, out, source=f"the runs under {cfg.runs_dir}")
+    return write_battery_evaluation(cfg, name, frame, notes, cfg.output_path(name),
+                                    source=f"the runs under {cfg.runs_dir}")
 
 
 def battery_result_frame(result_dir: str | Path) -> tuple[pd.DataFrame, str, list[str]]:
@@ -386,7 +386,7 @@ def evaluate_battery_result(cfg: EvaluateConfig) -> Path:
     if cfg.experiment is not None and cfg.experiment != name:
         raise ValueError(f"experiment={cfg.experiment!r} but battery_result={cfg.battery_result!r} is the "
                          f"evaluation of battery {name!r}; set experiment={name} or leave it out")
-    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.runs_dir).parent / name
+    out = cfg.output_path(name)
     if out.resolve() == Path(cfg.battery_result).resolve():
         raise ValueError(f"output directory {out} is battery_result's own, which this evaluation reads; set "
                          f"output_dir=<another path>")

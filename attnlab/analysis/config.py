@@ -7,6 +7,7 @@ from these annotations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from attnlab.analysis.samples import DEFAULT_PROMPTS
@@ -52,6 +53,10 @@ class EvaluateConfig:
     # without its runs, e.g. the committed reference/battery against a newer ladder; null: from runs.
     battery_result: Optional[str] = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def output_path(self, name: str) -> Path:
+        """Where the evaluation of experiment ``name`` goes: output_dir, else results/<name> beside the runs."""
+        return Path(self.output_dir) if self.output_dir else Path(self.runs_dir).parent / name
 
     def validate(self) -> None:
         """Fail fast, naming the bad value and what is allowed."""

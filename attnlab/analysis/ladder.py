@@ -260,7 +260,7 @@ def compare_ladder(frame: pd.DataFrame, seeds: list[int], name: str, cfg: Evalua
 
 
 def evaluate_ladder(cfg: EvaluateConfig, name: str) -> Path:
-    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.runs_dir).parent / name
+    out = cfg.output_path(name)
     out.mkdir(parents=True, exist_ok=True)
     frame, seeds, chosen, compared, notes, scaling, fit_problem = ladder_comparison(cfg.runs_dir, name, cfg)
     if fit_problem:

@@ -249,7 +249,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     needs_models = bool(set(MODEL_OUTPUTS) & set(cfg.outputs))
     exp = load_experiment(cfg.runs_dir, cfg.experiment, cfg.baseline, cfg.allow_mixed_data,
                           checkpoint=cfg.checkpoint if needs_models else None)
-    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.runs_dir).parent / exp.name
+    out = cfg.output_path(exp.name)
     if out.resolve() == Path(cfg.runs_dir).resolve():
         raise ValueError(f"output directory {out} is the runs directory; set output_dir=<another path>")
     out.mkdir(parents=True, exist_ok=True)
