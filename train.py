@@ -28,6 +28,8 @@ def main(cfg: DictConfig) -> float | None:
     except TrainingInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
         sys.exit(130)
+    if run is None:  # nothing to train (ladder.lr=lower/higher inside the grid); the reason is logged
+        return None
     summary = run.load_summary() if run.is_complete() else {}
     print(f"run directory: {run.path}")
     return summary.get("best_val_loss")  # what a Hydra sweeper would minimise

@@ -5,7 +5,13 @@ learning rate, ``<name>-<preset>-lr<lr>``; each is readable on its own by ``eval
 The learning rate of each (variant, rung) is chosen on the runs at the ladder's selection
 seeds (the lowest mean final validation loss over them); the comparison is reported on other
 seeds, so no reported number chose its own rate. Both training (``ladder.lr=tuned``) and the
-ladder's evaluation read the choice from here.
+ladder's evaluation read the choice from here. A choice at the lowest or highest rate tried is
+not known to be the best: ``ladder.lr=lower``/``higher`` runs (``widened_lr``) try one step
+beyond it, until every choice lies inside its grid or next to a rate that diverged.
+
+The runs of one (variant, rung) must share every setting but the rate and the seed
+(``check_one_setting``): a ladder retrained with changed settings into the same results
+directory would otherwise be pooled with the old runs.
 """
 
 from __future__ import annotations
@@ -47,32 +53,97 @@ def ladder_frame(runs: Sequence[RunDir]) -> pd.DataFrame:
 
 def select_learning_rates(frame: pd.DataFrame, selection_seeds: Sequence[int]) -> pd.DataFrame:
     """Per (variant, rung): the learning rate with the lowest mean final validation loss over the
-    selection seeds' runs, the rates tried, and whether the choice lies at the grid's edge
-    (then a wider grid might do better: the tables say so)."""
+    selection seeds' runs, and the rates tried. A rate whose runs diverged (a non-finite loss) is
+    never chosen but counts as tried: a choice next to it is bounded on that side. At the edge:
+    the choice is the lowest or highest rate tried (a wider grid might do better)."""
     selection = frame[frame["seed"].isin(list(selection_seeds))]
     rows = []
     for (variant, rung), group in selection.groupby(["variant", "rung"], sort=False):
-        by_lr = group.groupby("lr")["loss"].agg(["mean", "count"]).sort_index()
-        by_lr = by_lr[by_lr["mean"].map(math.isfinite)]
-        if by_lr.empty:
+        by_lr = group.groupby("lr")["loss"].agg(["mean", "size"]).sort_index()
+        finite = by_lr[by_lr["mean"].map(math.isfinite)]
+        if finite.empty:
             continue
-        best = by_lr["mean"].idxmin()
-        grid = list(by_lr.index)
-        rows.append({"variant": variant, "rung": rung, "lr": best, "selection_loss": by_lr.loc[best, "mean"],
-                     "selection_runs": int(by_lr.loc[best, "count"]),
-                     "grid": ", ".join(f"{lr:g}" for lr in grid),
-                     "at_edge": len(grid) > 1 and best in (grid[0], grid[-1])})
+        best = finite["mean"].idxmin()
+        tried = list(by_lr.index)
+        rows.append({"variant": variant, "rung": rung, "lr": best, "selection_loss": finite.loc[best, "mean"],
+                     "selection_runs": int(finite.loc[best, "size"]),
+                     "grid": ", ".join(f"{lr:g}" + ("" if lr in finite.index else " (diverged)") for lr in tried),
+                     "lowest_tried": tried[0], "highest_tried": tried[-1],
+                     "at_edge": best in (tried[0], tried[-1])})
     return pd.DataFrame(rows, columns=["variant", "rung", "lr", "selection_loss", "selection_runs", "grid",
-                                       "at_edge"])
+                                       "lowest_tried", "highest_tried", "at_edge"])
+
+
+def _choice(results_dir: str | Path, ladder: str, variant: str, rung: str, selection_seeds: Sequence[int],
+            setting: str, complete_only: bool = False) -> pd.Series:
+    """The selection row of one (variant, rung), or an error naming the tuning command."""
+    runs = ladder_runs(results_dir, ladder)
+    check_one_setting(runs)
+    frame = ladder_frame(runs) if runs else pd.DataFrame(columns=["variant", "rung", "lr", "seed", "loss"])
+    frame = frame[(frame["variant"] == variant) & (frame["rung"] == rung)]
+    if complete_only:  # a rate still being tried on another selection seed does not decide yet
+        selection = frame[frame["seed"].isin(list(selection_seeds))]
+        complete = selection.groupby("lr")["seed"].nunique()
+        frame = frame[frame["lr"].isin(complete[complete == len(set(selection_seeds))].index)]
+    chosen = select_learning_rates(frame, selection_seeds)
+    if chosen.empty:
+        raise ValueError(f"{setting}: no finished run of ladder {ladder!r} for variant {variant!r} at "
+                         f"rung {rung!r} with a selection seed ({', '.join(map(str, selection_seeds))}) under "
+                         f"{results_dir}; tune first, e.g. python train.py -m experiment={ladder}_tune")
+    return chosen.iloc[0]
 
 
 def tuned_lr(results_dir: str | Path, ladder: str, variant: str, rung: str, selection_seeds: Sequence[int]) -> float:
     """The chosen learning rate of one (variant, rung), or an error naming the tuning command."""
-    runs = ladder_runs(results_dir, ladder)
-    chosen = select_learning_rates(ladder_frame(runs), selection_seeds) if runs else pd.DataFrame()
-    row = chosen[(chosen["variant"] == variant) & (chosen["rung"] == rung)] if len(chosen) else chosen
-    if row.empty:
-        raise ValueError(f"ladder.lr=tuned: no finished run of ladder {ladder!r} for variant {variant!r} at "
-                         f"rung {rung!r} with a selection seed ({', '.join(map(str, selection_seeds))}) under "
-                         f"{results_dir}; tune first, e.g. python train.py -m experiment={ladder}_tune")
-    return float(row["lr"].iloc[0])
+    return float(_choice(results_dir, ladder, variant, rung, selection_seeds, "ladder.lr=tuned")["lr"])
+
+
+def widened_lr(results_dir: str | Path, ladder: str, variant: str, rung: str, selection_seeds: Sequence[int],
+               direction: str, factor: float) -> tuple[float | None, str]:
+    """``direction`` "lower" or "higher": the rate one ``factor`` beyond the grid of one (variant,
+    rung) when its choice is the lowest (highest) rate tried, else None; and why, in words."""
+    row = _choice(results_dir, ladder, variant, rung, selection_seeds, f"ladder.lr={direction}", complete_only=True)
+    edge = float(row["lowest_tried"] if direction == "lower" else row["highest_tried"])
+    where = f"ladder.lr={direction}: {variant} at {rung} chose {row['lr']:g} of {row['grid']}"
+    if float(row["lr"]) != edge:
+        return None, f"{where}, not its {'lowest' if direction == 'lower' else 'highest'} rate: nothing to train"
+    rate = edge / factor if direction == "lower" else edge * factor
+    return rate, f"{where}, its {'lowest' if direction == 'lower' else 'highest'}: trying {rate:g}"
+
+
+# The settings that define what a (variant, rung) of a ladder is; all but the rate and the seed.
+_DEFINING = {"resolved_model": None, "budget": None, "optim": {"lr"},
+             "trainer": {"batch_size", "seq_len", "accumulate_grad_batches", "max_steps", "precision"},
+             "data": {"source", "paths", "text_field", "hf_name", "hf_config", "hf_split", "hf_revision",
+                      "val_fraction", "split_seed", "tokenizer"}}
+
+
+def _defining_settings(config: dict) -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for section, keys in _DEFINING.items():
+        values = config.get(section) or {}
+        for key, value in values.items():
+            keep = key not in keys if section == "optim" else keys is None or key in keys
+            if keep:
+                flat[f"{section}.{key}"] = value
+    return flat
+
+
+def check_one_setting(runs: Sequence[RunDir]) -> None:
+    """Refuse runs of one (variant, rung) that differ in anything but the learning rate and the seed
+    (variant options, budget, data, batch shape, optimiser), naming the setting and two runs."""
+    first: dict[tuple[str, str], tuple[RunDir, dict]] = {}
+    for run in runs:
+        config = run.load_config()
+        key = (run.variant, str(run.load_summary()["preset"]))
+        settings = _defining_settings(config)
+        if key not in first:
+            first[key] = (run, settings)
+            continue
+        other, expected = first[key]
+        for name in sorted(set(settings) | set(expected)):
+            if settings.get(name) != expected.get(name):
+                raise ValueError(
+                    f"ladder runs of {run.variant} at {key[1]} differ in {name}: {expected.get(name)!r} in "
+                    f"{other.path}, {settings.get(name)!r} in {run.path}; a ladder compares one setting per "
+                    f"variant and rung: train a changed ladder into a fresh results_dir=, or move the old runs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from attnlab.config import LADDERS, ModelConfig
-from attnlab.ladder import member_name, select_learning_rates, tuned_lr
+from attnlab.ladder import check_one_setting, member_name, select_learning_rates, tuned_lr, widened_lr
 from attnlab.params import format_ladder, parameter_breakdown
 from attnlab.runs import find_runs
 from attnlab.training.budget import apply_budget, budget_parameters
@@ -76,7 +77,9 @@ def test_a_budget_beyond_the_corpus_is_refused_or_repeats_it_visibly(tmp_path, c
 @pytest.mark.parametrize("override, message", [
     ("budget.tokens_per_param=-1", "budget.tokens_per_param must be positive"),
     ("budget.count=embedding", "unknown budget.count 'embedding'; allowed: non_embedding, total"),
-    ("ladder.lr=best", "unknown ladder.lr 'best'; allowed: given, tuned"),
+    ("ladder.lr=best", "unknown ladder.lr 'best'; allowed: given, tuned, lower, higher"),
+    ("ladder.widen_factor=1", "ladder.widen_factor must be a number above 1, got 1"),
+    ("ladder.lr=tuned", "ladder.lr=tuned reads the ladder's runs: set ladder.name= too"),
     ("trainer.threads=0", "trainer.threads must be a positive integer or null"),
 ])
 def test_bad_budget_and_ladder_settings_are_refused_by_name(override, message, tmp_path, corpus):
@@ -90,6 +93,10 @@ def test_a_tuned_run_cannot_use_a_seed_that_chose_its_learning_rate(tmp_path, co
         cfg.validate()
     with pytest.raises(ValueError, match="tune first, e.g. python train.py -m experiment=lad_tune"):
         tuned_lr(tmp_path, "lad", "baseline", "ladder_c1", [100])
+    widen = compose_config([*tiny_overrides(tmp_path, corpus), "ladder.name=lad", "ladder.lr=lower", "seed=0"])
+    with pytest.raises(ValueError, match=r"ladder.lr=lower widens the learning-rate grid on the selection seeds: "
+                                         r"seed=0 is not one of ladder.selection_seeds=\[100\]"):
+        widen.validate()
 
 
 def test_the_learning_rate_is_chosen_on_the_selection_seeds_only_and_a_choice_at_the_edge_is_flagged():
@@ -104,14 +111,78 @@ def test_the_learning_rate_is_chosen_on_the_selection_seeds_only_and_a_choice_at
     assert chosen.loc["baseline", "grid"] == "0.001, 0.002, 0.004"
 
 
+def test_a_diverged_rate_is_never_chosen_but_bounds_the_grid():
+    frame = pd.DataFrame([("baseline", "c1", lr, 100, loss) for lr, loss in
+                          [(2e-3, 5.0), (4e-3, 4.8), (8e-3, float("nan"))]] +
+                         [("qk_norm", "c1", 4e-3, 100, 4.9)],  # one rate: at both edges
+                         columns=["variant", "rung", "lr", "seed", "loss"])
+    chosen = select_learning_rates(frame, [100]).set_index("variant")
+    assert chosen.loc["baseline", "lr"] == 4e-3 and not chosen.loc["baseline", "at_edge"]
+    assert chosen.loc["baseline", "grid"] == "0.002, 0.004, 0.008 (diverged)"
+    assert (chosen.loc["baseline", "lowest_tried"], chosen.loc["baseline", "highest_tried"]) == (2e-3, 8e-3)
+    assert chosen.loc["qk_norm", "at_edge"]
+
+
+def _write_run(runs_dir, variant, lr, seed, loss, options=None):
+    """What training writes that the ladder's learning-rate choice reads (summary.json, config.yaml)."""
+    import json
+
+    import yaml
+
+    path = runs_dir / member_name("lad", "ladder_c1", lr) / variant / f"seed{seed}"
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps({
+        "variant": variant, "preset": "ladder_c1", "lr": lr, "seed": seed, "tokens_seen": 100,
+        "flops_per_token": 10, "final_val_loss": loss, "parameters": {"total": 10, "embedding": 2, "head": 2}}))
+    (path / "config.yaml").write_text(yaml.safe_dump({
+        "ladder": {"name": "lad", "selection_seeds": [100]}, "optim": {"lr": lr, "weight_decay": 0.1},
+        "resolved_model": {"variant": variant, "variant_options": options or {}}}))
+
+
+def test_the_grid_widens_one_step_beyond_a_choice_at_its_edge_and_stops_inside(tmp_path):
+    for lr, loss in [(4e-3, 5.0), (8e-3, 4.9)]:  # the highest rate tried is the best
+        _write_run(tmp_path, "baseline", lr, 100, loss)
+    widen = lambda direction: widened_lr(tmp_path, "lad", "baseline", "ladder_c1", [100], direction, 2.0)  # noqa: E731
+    assert widen("higher") == (0.016, "ladder.lr=higher: baseline at ladder_c1 chose 0.008 of 0.004, 0.008, "
+                                       "its highest: trying 0.016")
+    rate, why = widen("lower")
+    assert rate is None and why.endswith("not its lowest rate: nothing to train")
+    _write_run(tmp_path, "baseline", 0.016, 100, float("nan"))  # one step further diverged
+    assert widen("higher")[0] is None and tuned_lr(tmp_path, "lad", "baseline", "ladder_c1", [100]) == 8e-3
+    _write_run(tmp_path, "baseline", 4e-3, 0, 1.0)  # a comparison seed's run never moves the choice
+    assert widen("lower")[0] is None
+    with pytest.raises(ValueError, match="ladder.lr=lower: no finished run of ladder 'lad' for variant 'qk_norm'"):
+        widened_lr(tmp_path, "lad", "qk_norm", "ladder_c1", [100], "lower", 2.0)
+
+
+def test_a_rate_not_yet_run_on_every_selection_seed_does_not_decide_the_widening(tmp_path):
+    _write_run(tmp_path, "baseline", 4e-3, 100, 5.0)
+    _write_run(tmp_path, "baseline", 4e-3, 101, 5.0)
+    _write_run(tmp_path, "baseline", 8e-3, 100, 4.0)  # the other selection seed's run is still to come
+    assert widened_lr(tmp_path, "lad", "baseline", "ladder_c1", [100, 101], "higher", 2.0)[0] == 8e-3
+
+
+def test_runs_of_one_variant_and_rung_with_other_settings_are_refused_not_pooled(tmp_path):
+    from attnlab.runs import find_runs
+
+    _write_run(tmp_path, "forgetting", 4e-3, 100, 5.0, options={"gate_bias_init": "range"})
+    _write_run(tmp_path, "forgetting", 8e-3, 100, 4.9)
+    _write_run(tmp_path, "baseline", 8e-3, 100, 4.9)  # another variant may differ
+    with pytest.raises(ValueError, match=r"ladder runs of forgetting at ladder_c1 differ in "
+                                         r"resolved_model.variant_options: .*gate_bias_init.* fresh results_dir="):
+        check_one_setting(find_runs(tmp_path))
+    with pytest.raises(ValueError, match="differ in resolved_model.variant_options"):
+        tuned_lr(tmp_path, "lad", "forgetting", "ladder_c1", [100])
+
+
 def test_the_ladder_experiments_compose_and_count_their_runs():
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
     from attnlab.training.estimate import count_jobs, parallel_workers
 
-    for name, lr in (("ladder", "tuned"), ("ladder_tune", "given")):
-        cfg = compose_config([f"experiment={name}"])
+    for name, lr in (("ladder", "tuned"), ("ladder_tune", "given"), ("ladder_widen", "higher")):
+        cfg = compose_config([f"experiment={name}", *(["seed=100"] if name == "ladder_widen" else [])])
         cfg.validate()
         assert (cfg.ladder.name, cfg.ladder.lr, cfg.budget.tokens_per_param, cfg.trainer.threads) == \
             ("ladder", lr, 2.0, 1)
@@ -168,6 +239,36 @@ def test_a_tuned_ladder_run_trains_at_the_rate_its_selection_seed_chose(tmp_path
     assert compare.returncode == 0, compare.stderr[-3000:]
     run = next(r for r in find_runs(tmp_path / "runs", best) if r.seed == 0)
     assert run.load_summary()["lr"] == float(best.removeprefix("lad-ladder_c1-lr"))
+
+
+@pytest.mark.slow
+def test_the_widening_sweep_trains_only_beyond_a_choice_at_the_edge(tmp_path, corpus):
+    common = [*tiny_overrides(tmp_path, corpus), "ladder.name=lad", "model.preset=ladder_c1",
+              "model.block_size=32", "trainer.threads=1", "seed=100"]
+    assert _train_cli([*common, "optim.lr=3e-3"], cwd=tmp_path).returncode == 0
+    # One rate tried: the choice is at both edges; the sweep's estimate counts what will train.
+    widen = ["-m", *common, "ladder.lr=lower,higher", "+hydra.callbacks.estimate._target_="
+             "attnlab.training.estimate.WidenEstimate", "+hydra.callbacks.estimate.experiment=widen",
+             "+hydra.callbacks.estimate.seconds_per_run=10"]
+    first = _train_cli(widen, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "widen: of 1 (variant, rung) choices, 1 at the lowest rate tried and 1 at the highest" in \
+        first.stdout + first.stderr
+    # Each job decides on the runs finished when it starts; repeated, the sweep stops with the choice
+    # inside a grid of steps of 2 around the first rate.
+    for _ in range(6):
+        if "nothing to widen" in (out := _train_cli(widen, cwd=tmp_path)).stdout + out.stderr:
+            break
+        assert out.returncode == 0, out.stderr[-3000:]
+    else:
+        pytest.fail("the grid was still being widened after 6 sweeps")
+    frame = pd.DataFrame([{"variant": "baseline", "rung": "ladder_c1", "lr": r.load_summary()["lr"], "seed": 100,
+                           "loss": r.load_summary()["final_val_loss"]} for r in find_runs(tmp_path / "runs")])
+    chosen = select_learning_rates(frame, [100]).iloc[0]
+    assert not chosen["at_edge"], chosen
+    steps = sorted(round(math.log2(lr / 3e-3)) for lr in frame["lr"])
+    assert steps == list(range(steps[0], steps[-1] + 1)) and len(steps) >= 3
+    assert all(math.isclose(lr, 3e-3 * 2 ** round(math.log2(lr / 3e-3))) for lr in frame["lr"])
 
 
 @pytest.mark.slow

@@ -57,6 +57,19 @@ def test_resume_auto_without_a_checkpoint_starts_from_scratch(tmp_path, corpus):
     assert run.load_summary()["steps"] == 8
 
 
+def test_resume_auto_passes_over_a_finished_run_leaving_its_files_as_they_are(tmp_path, corpus):
+    # A requeued sweep resumes every job: the finished ones must not be rewritten (their summary
+    # keeps the commit and timings they trained with).
+    cfg = _overrides(tmp_path, corpus, "done")
+    run = train(compose_config(cfg))
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    again = train(compose_config([*cfg, "resume=auto"]))
+    assert again.path == run.path
+    assert {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == before
+    longer = train(compose_config([*cfg, "resume=auto", "trainer.max_steps=10"]))  # more steps: it continues
+    assert longer.load_summary()["steps"] == 10
+
+
 def test_resume_from_a_missing_file_names_it(tmp_path, corpus):
     missing = tmp_path / "nowhere.ckpt"
     with pytest.raises(FileNotFoundError, match=f"resume='{missing}': no checkpoint file at"):

@@ -33,7 +33,7 @@ from attnlab.analysis.scaling import FitError, ScalingComparison, scaling_compar
 from attnlab.analysis.stats import compare, holm, mean_ci
 from attnlab.analysis.style import save_figure, variant_colors
 from attnlab.analysis.tables import Table, read_evaluation_dir, variant_order
-from attnlab.ladder import ladder_frame, ladder_runs, select_learning_rates
+from attnlab.ladder import check_one_setting, ladder_frame, ladder_runs, select_learning_rates
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,9 @@ def lr_selection_table(chosen: pd.DataFrame, seeds: list[int]) -> Table:
         "selection loss": chosen["selection_loss"].map(lambda v: f"{v:.4f}"),
         "runs": chosen["selection_runs"], "at the grid's edge": chosen["at_edge"].map({True: "yes", False: ""})})
     notes = [f"Chosen on the runs at seed(s) {', '.join(map(str, seeds))}: the lowest mean final validation loss; "
-             f"those runs are in no other table. At the grid's edge: a wider grid might choose another rate."]
+             f"those runs are in no other table. At the grid's edge: the lowest or highest rate tried, so a "
+             f"wider grid might choose another (python train.py -m experiment=<ladder>_widen tries one step "
+             f"beyond). A rate marked diverged ended with a non-finite loss and bounds the grid on its side."]
     return Table("lr_selection", chosen, display, notes)
 
 
@@ -230,6 +232,7 @@ def ladder_comparison(runs_dir: str | Path, name: str, cfg: EvaluateConfig) -> L
     """The ladder's runs, the chosen rates, the compared runs (seeds outside the selection, at the
     chosen rates), notes, and the scaling fit or why there is none."""
     runs = ladder_runs(runs_dir, name)
+    check_one_setting(runs)
     return compare_ladder(ladder_frame(runs), selection_seeds(runs), name, cfg)
 
 

@@ -145,7 +145,7 @@ class TrainerSection:
 
 
 BUDGET_COUNTS = ("non_embedding", "total")
-LADDER_LR = ("given", "tuned")
+LADDER_LR = ("given", "tuned", "lower", "higher")
 
 
 @dataclass
@@ -177,11 +177,14 @@ class LadderSection:
     and ``python evaluate.py experiment=<name>`` compares the whole ladder (attnlab/ladder.py).
     ``lr=tuned`` takes ``optim.lr`` from the ladder's finished runs at ``selection_seeds``: per
     variant and rung, the rate with the lowest mean final validation loss; those seeds are then
-    not allowed in the comparison, so the rate is never chosen on the runs it is reported with."""
+    not allowed in the comparison, so the rate is never chosen on the runs it is reported with.
+    ``lr=lower``/``higher`` widens that grid on a selection seed: one ``widen_factor`` below the
+    lowest (above the highest) rate tried when that rate is the choice, else nothing to train."""
 
     name: Optional[str] = None  # None: not a ladder run
-    lr: str = "given"  # given: optim.lr; tuned: chosen on the selection seeds' runs
+    lr: str = "given"  # given: optim.lr; tuned: chosen on the selection seeds' runs; lower/higher: widen
     selection_seeds: list[int] = field(default_factory=lambda: [100])
+    widen_factor: float = 2.0  # lr=lower/higher: the step beyond the grid's edge
 
     def validate(self) -> None:
         _check("ladder.name", self.name, "null or a non-empty name without '/' or '-'",
@@ -189,6 +192,11 @@ class LadderSection:
         _check_choice("ladder.lr", self.lr, LADDER_LR)
         _check("ladder.selection_seeds", self.selection_seeds, "a non-empty list of seeds",
                lambda v: isinstance(v, list) and bool(v) and all(_non_negative_int(s) for s in v))
+        _check("ladder.widen_factor", self.widen_factor, "a number above 1",
+               lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1)
+        if self.lr != "given" and self.name is None:
+            raise ValueError(f"ladder.lr={self.lr} reads the ladder's runs: set ladder.name= too "
+                             f"(e.g. experiment=ladder)")
 
 
 @dataclass
@@ -253,6 +261,9 @@ class TrainConfig:
         if self.ladder.lr == "tuned" and self.seed in self.ladder.selection_seeds:
             raise ValueError(f"seed={self.seed} is one of ladder.selection_seeds={self.ladder.selection_seeds}, "
                              f"which chose the learning rate: a ladder.lr=tuned run must use another seed")
+        if self.ladder.lr in ("lower", "higher") and self.seed not in self.ladder.selection_seeds:
+            raise ValueError(f"ladder.lr={self.ladder.lr} widens the learning-rate grid on the selection seeds: "
+                             f"seed={self.seed} is not one of ladder.selection_seeds={self.ladder.selection_seeds}")
         if not isinstance(self.experiment_name, str) or not self.experiment_name or "/" in self.experiment_name:
             raise ValueError(f"experiment_name must be a non-empty name without '/', "
                              f"got {self.experiment_name!r}")

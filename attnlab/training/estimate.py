@@ -45,6 +45,32 @@ class TimeEstimate(Callback):
                 f"≈ {total / 60:.1f} min")
 
 
+class WidenEstimate(TimeEstimate):
+    """``experiment=ladder_widen``: of the sweep's jobs, only those at a choice on the edge of its
+    grid train (attnlab/ladder.py ``widened_lr``); counts them from the runs already there."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from attnlab.ladder import ladder_frame, ladder_runs, select_learning_rates
+
+        seeds = list(config.ladder.selection_seeds)
+        runs = ladder_runs(config.results_dir, config.ladder.name)
+        chosen = select_learning_rates(ladder_frame(runs), seeds) if runs else None
+        if chosen is None or chosen.empty:
+            log.info(f"{self.experiment}: no tuning runs of ladder {config.ladder.name!r} under "
+                     f"{config.results_dir} yet: python train.py -m experiment={config.ladder.name}_tune first")
+            return
+        lowest = int((chosen["lr"] == chosen["lowest_tried"]).sum())
+        highest = int((chosen["lr"] == chosen["highest_tried"]).sum())
+        if lowest + highest == 0:
+            log.info(f"{self.experiment}: all {len(chosen)} (variant, rung) choices lie inside their grids: "
+                     f"nothing to widen")
+            return
+        log.info(f"{self.experiment}: of {len(chosen)} (variant, rung) choices, {lowest} at the lowest rate tried "
+                 f"and {highest} at the highest; " + self.message((lowest + highest) * len(seeds),
+                                                                  parallel_workers(config))
+                 .removeprefix(f"{self.experiment}: ") + "; the sweep's other jobs have nothing to train")
+
+
 def parallel_workers(config: DictConfig) -> int:
     """How many runs the launcher runs at once: ``n_jobs`` of hydra/launcher=joblib (-1: every
     core, as joblib counts them), else 1 (the basic launcher; Slurm's own queue decides there)."""

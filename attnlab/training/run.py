@@ -17,7 +17,7 @@ from attnlab.checkpoint import check_checkpoint_matches, checkpoint_step
 from attnlab.config import PRESETS
 from attnlab.data import check_vocab_fits, prepare_data
 from attnlab.flops import flops_per_token
-from attnlab.ladder import member_name, tuned_lr
+from attnlab.ladder import member_name, tuned_lr, widened_lr
 from attnlab.model import build_model
 from attnlab.plan import check_fits_device, slow_kernel_warning
 from attnlab.runs import RunDir
@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 __all__ = ["TrainingInterrupted", "check_checkpoint_matches", "train"]  # imported from here
 
 
-def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> RunDir:
-    """Train one run; ``extra_callbacks`` are added to the Trainer's (e.g. from notebooks)."""
+def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> RunDir | None:
+    """Train one run; ``extra_callbacks`` are added to the Trainer's (e.g. from notebooks). None:
+    nothing to train (a ``ladder.lr=lower``/``higher`` run whose grid needs no widening there)."""
     # 1. Resolve the configuration: every value checked, "auto" settings decided.
     cfg.validate()
     check_logger(cfg.logger)
@@ -52,6 +53,13 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
         if cfg.ladder.lr == "tuned":
             cfg.optim.lr = tuned_lr(cfg.results_dir, cfg.ladder.name, cfg.variant.name, cfg.model.preset,
                                     cfg.ladder.selection_seeds)
+        elif cfg.ladder.lr in ("lower", "higher"):
+            rate, why = widened_lr(cfg.results_dir, cfg.ladder.name, cfg.variant.name, cfg.model.preset,
+                                   cfg.ladder.selection_seeds, cfg.ladder.lr, cfg.ladder.widen_factor)
+            log.info(why)
+            if rate is None:
+                return None
+            cfg.optim.lr = rate
         cfg.experiment_name = member_name(cfg.ladder.name, cfg.model.preset, cfg.optim.lr)
 
     # Refuse a run whose estimated peak exceeds the GPU's memory before anything is written, and
@@ -82,8 +90,13 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
                          f"trainer.seq_len<={model_config.block_size} or a larger model.block_size")
     if ckpt_path is not None:
         check_checkpoint_matches(ckpt_path, model_config)
+        step = checkpoint_step(ckpt_path)
+        if run.is_complete() and step >= cfg.trainer.max_steps:
+            # A requeued sweep (resume=auto) passes over its finished runs, leaving their files as they are.
+            log.info("%s is finished (step %d of %d): nothing to resume", run.path, step, cfg.trainer.max_steps)
+            return run
         if is_rank_zero:
-            trim_metrics(run, checkpoint_step(ckpt_path))
+            trim_metrics(run, step)
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(model_config, seed=cfg.seed)
     model.activation_checkpointing = cfg.trainer.activation_checkpointing
