@@ -199,8 +199,9 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
             mask.append(Tensor_("gradient of the float mask (backward)", mshape, a))
     elif bool_mask:
         mask.append(Tensor_("boolean window mask", (T, S), 1))
+    G = resolved.n_query_groups
     keys = S + 1 if "sink" in shapes else S  # the sink attends as one more key (a zero value)
-    math_maps = _math_backend_tensors(B, H, resolved.n_query_groups, T, keys, hs, a)
+    math_maps = _math_backend_tensors(B, H, G, T, keys, hs, a, new_v="sink" in shapes)
     if device_type != "cuda":
         if float_mask and (terms_grad or "sink" in shapes):
             return KernelPlan(name, "math", "CPU: the float mask needs a gradient, which only SDPA's math "
@@ -217,27 +218,35 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
                                      f"{FLASH_MAX_HEAD_SIZE}, a multiple of 8)")
     reason = head_note or "flash takes no attention mask"
     if meff_ok:
+        # It saves its inputs: with a sink those are new k and v, one zero key longer.
+        sink_kv = [Tensor_(f"{x} with the sink's zero key (saved)", (B, G, keys, hs), a, per_position=True)
+                   for x in ("k", "v") if "sink" in shapes]
         return KernelPlan(name, "memory-efficient", f"{reason}; memory-efficient takes head_size % "
-                          f"{alignment} == 0", tuple(extra + mask))
+                          f"{alignment} == 0", tuple(extra + mask + sink_kv))
     return KernelPlan(name, "math", f"{reason}; memory-efficient needs head_size % {alignment} == 0 at "
                       f"{precision} (head_size={hs})", tuple(extra + mask + math_maps))
 
 
-def _math_backend_tensors(B: int, H: int, G: int, T: int, S: int, hs: int, a: int) -> list[Tensor_]:
+def _math_backend_tensors(B: int, H: int, G: int, T: int, S: int, hs: int, a: int,
+                          new_v: bool = False) -> list[Tensor_]:
     """What SDPA's math backend (torch's ``_scaled_dot_product_attention_math``) saves for the
     backward beyond its inputs: q and k, each scaled by sqrt(scale), k and v repeated to the H
     query heads under GQA, and the (B, H, T, S) probabilities. It computes bf16/fp16 inputs in
     fp32 unless ``torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)``, so at
     bf16-mixed these are fp32 copies. Its pre-softmax scores live only in the forward (one map,
-    within ``KernelPlan.transient_bytes``). tests/test_plan.py reads what it saves."""
+    within ``KernelPlan.transient_bytes``). ``new_v``: v is not the layer's own (a sink's zero
+    key appended), so even saved as it is it is new. tests/test_plan.py reads what it saves."""
     m = 2 if a == 2 and torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() else 4
     copy = ", ".join(["in fp32"] * (m != a) + [f"repeated to {H} heads"] * (G != H))
     tensors = [Tensor_("math backend: probabilities (saved)", (B, H, T, S), m),
                Tensor_("math backend: scaled q (saved)", (B, H, T, hs), m, per_position=True),
                Tensor_("math backend: scaled k" + (f", {copy}" if copy else "") + " (saved)", (B, H, S, hs), m,
                        per_position=True)]
-    if copy:  # else v itself is saved, already counted with the layer
+    if copy:  # else v itself is saved, already counted with the layer unless it is new
         tensors.append(Tensor_(f"math backend: v, {copy} (saved)", (B, H, S, hs), m, per_position=True))
+    elif new_v:
+        tensors.append(Tensor_("math backend: v with the sink's zero key (saved)", (B, G, S, hs), m,
+                               per_position=True))
     return tensors
 
 

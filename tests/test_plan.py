@@ -141,17 +141,49 @@ def test_the_math_backend_tensors_are_what_torch_math_kernel_saves(precision, dt
     assert plan.backend == "math"
     q = torch.randn(B, H, T, hs, dtype=dtype, requires_grad=True)
     k, v = (torch.randn(B, n_query_groups, T, hs, dtype=dtype, requires_grad=True) for _ in range(2))
-    inputs = {t.untyped_storage().data_ptr() for t in (q, k, v)}
+    with sdpa_kernel(SDPBackend.MATH):
+        saved = new_saved_bytes(lambda: torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=True), (q, k, v))
+    assert sum(t.nbytes for t in plan.extra if t.what.startswith("math backend")) == saved
+
+
+def new_saved_bytes(call, inputs) -> int:
+    """Bytes of the tensors autograd saves during ``call()``, other than ``inputs``."""
+    known = {t.untyped_storage().data_ptr() for t in inputs}
     saved: dict[int, int] = {}
 
     def keep(t):
-        if t.untyped_storage().data_ptr() not in inputs:
+        if t.untyped_storage().data_ptr() not in known:
             saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), sdpa_kernel(SDPBackend.MATH):
-        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    assert sum(t.nbytes for t in plan.extra if t.what.startswith("math backend")) == sum(saved.values())
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        call()
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
+@pytest.mark.parametrize("n_query_groups", [4, 2], ids=["mha", "gqa"])
+def test_with_a_sink_the_math_backend_tensors_are_what_the_sdpa_path_saves(precision, dtype, n_query_groups):
+    """As above through attnlab's own SDPA call with a sink (one more key, a zero value): its
+    concatenated k and v are new tensors, so a v saved as it is counts too."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from attnlab.attention import AttentionSpec, ScoreTerms, sdpa_attention
+
+    B, T, H, hs = 2, 24, 4, 258
+    config = ModelConfig(vocab_size=64, block_size=T, n_layer=1, n_head=H, n_query_groups=n_query_groups,
+                         n_embd=H * hs, intermediate_size=64, variant="attn_sink")
+    plan = kernel_plan(config, T, B, precision, "cuda", kernel="sdpa")
+    assert plan.backend == "math"
+    q = torch.randn(B, H, T, hs, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(B, n_query_groups, T, hs, dtype=dtype, requires_grad=True) for _ in range(2))
+    sink = torch.zeros(H, requires_grad=True)
+    with sdpa_kernel(SDPBackend.MATH):
+        saved = new_saved_bytes(lambda: sdpa_attention(q, k, v, AttentionSpec(normaliser="softmax_sink"),
+                                                       ScoreTerms(sink=sink), scale=hs ** -0.5, q_offset=0),
+                                (q, k, v, sink))
+    assert sum(t.nbytes for t in plan.extra if t.what.startswith("math backend")) == saved
 
 
 def test_tiny_baseline_is_flash_on_cuda_and_talking_heads_is_explicit_with_its_maps():
