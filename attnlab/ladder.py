@@ -46,7 +46,9 @@ def ladder_frame(runs: Sequence[RunDir]) -> pd.DataFrame:
                      "non_embedding_parameters": params["total"] - params["embedding"] - params["head"],
                      "flops_per_token": summary["flops_per_token"], "tokens_seen": summary["tokens_seen"],
                      "compute": summary["flops_per_token"] * summary["tokens_seen"],
-                     "loss": summary["final_val_loss"], "matched": summary.get("params_matched"),
+                     # None: the run diverged (a tuning run records that rather than failing)
+                     "loss": math.nan if summary["final_val_loss"] is None else summary["final_val_loss"],
+                     "matched": summary.get("params_matched"),
                      "run_dir": str(run.path)})
     return pd.DataFrame(rows)
 
@@ -74,41 +76,71 @@ def select_learning_rates(frame: pd.DataFrame, selection_seeds: Sequence[int]) -
                                        "lowest_tried", "highest_tried", "at_edge"])
 
 
-def _choice(results_dir: str | Path, ladder: str, variant: str, rung: str, selection_seeds: Sequence[int],
-            setting: str, complete_only: bool = False) -> pd.Series:
-    """The selection row of one (variant, rung), or an error naming the tuning command."""
+def _checked_frame(results_dir: str | Path, ladder: str) -> pd.DataFrame:
     runs = ladder_runs(results_dir, ladder)
     check_one_setting(runs)
-    frame = ladder_frame(runs) if runs else pd.DataFrame(columns=["variant", "rung", "lr", "seed", "loss"])
-    frame = frame[(frame["variant"] == variant) & (frame["rung"] == rung)]
-    if complete_only:  # a rate still being tried on another selection seed does not decide yet
-        selection = frame[frame["seed"].isin(list(selection_seeds))]
-        complete = selection.groupby("lr")["seed"].nunique()
-        frame = frame[frame["lr"].isin(complete[complete == len(set(selection_seeds))].index)]
-    chosen = select_learning_rates(frame, selection_seeds)
-    if chosen.empty:
-        raise ValueError(f"{setting}: no finished run of ladder {ladder!r} for variant {variant!r} at "
-                         f"rung {rung!r} with a selection seed ({', '.join(map(str, selection_seeds))}) under "
+    return ladder_frame(runs) if runs else pd.DataFrame(columns=["variant", "rung", "lr", "seed", "loss"])
+
+
+def complete_rates(frame: pd.DataFrame, selection_seeds: Sequence[int]) -> pd.DataFrame:
+    """The selection seeds' runs at rates that have run on every selection seed: a rate still
+    being tried on another seed does not decide a widening yet."""
+    selection = frame[frame["seed"].isin(list(selection_seeds))]
+    seeds = selection.groupby(["variant", "rung", "lr"])["seed"].transform("nunique")
+    return selection[seeds == len(set(selection_seeds))]
+
+
+def _choice(frame: pd.DataFrame, variant: str, rung: str, selection_seeds: Sequence[int], setting: str,
+            ladder: str, results_dir: str | Path) -> pd.Series:
+    """The selection row of one (variant, rung), or an error saying why there is none."""
+    cell = frame[(frame["variant"] == variant) & (frame["rung"] == rung) & frame["seed"].isin(list(selection_seeds))]
+    chosen = select_learning_rates(cell, selection_seeds)
+    if not chosen.empty:
+        return chosen.iloc[0]
+    if cell.empty:
+        raise ValueError(f"{setting}: no finished run of ladder {ladder!r} for variant {variant!r} at rung "
+                         f"{rung!r} with a selection seed ({', '.join(map(str, selection_seeds))}) under "
                          f"{results_dir}; tune first, e.g. python train.py -m experiment={ladder}_tune")
-    return chosen.iloc[0]
+    raise ValueError(f"{setting}: every rate tried for {variant!r} at rung {rung!r} diverged "
+                     f"({', '.join(f'{lr:g}' for lr in sorted(cell['lr'].unique()))}); tune lower rates, e.g. "
+                     f"python train.py -m experiment={ladder}_tune optim.lr=<lower rates>")
 
 
 def tuned_lr(results_dir: str | Path, ladder: str, variant: str, rung: str, selection_seeds: Sequence[int]) -> float:
     """The chosen learning rate of one (variant, rung), or an error naming the tuning command."""
-    return float(_choice(results_dir, ladder, variant, rung, selection_seeds, "ladder.lr=tuned")["lr"])
+    frame = _checked_frame(results_dir, ladder)
+    return float(_choice(frame, variant, rung, selection_seeds, "ladder.lr=tuned", ladder, results_dir)["lr"])
 
 
 def widened_lr(results_dir: str | Path, ladder: str, variant: str, rung: str, selection_seeds: Sequence[int],
-               direction: str, factor: float) -> tuple[float | None, str]:
+               direction: str, factor: float, seed: int) -> tuple[float | None, str]:
     """``direction`` "lower" or "higher": the rate one ``factor`` beyond the grid of one (variant,
-    rung) when its choice is the lowest (highest) rate tried, else None; and why, in words."""
-    row = _choice(results_dir, ladder, variant, rung, selection_seeds, f"ladder.lr={direction}", complete_only=True)
+    rung) when its choice is the lowest (highest) rate tried, else None; and why, in words.
+    Decided on the rates every selection seed has run (``complete_rates``); None too when this
+    ``seed`` has already run the rate to try (the other selection seeds have not yet)."""
+    frame = _checked_frame(results_dir, ladder)
+    row = _choice(complete_rates(frame, selection_seeds), variant, rung, selection_seeds, f"ladder.lr={direction}",
+                  ladder, results_dir)
+    side = "lowest" if direction == "lower" else "highest"
     edge = float(row["lowest_tried"] if direction == "lower" else row["highest_tried"])
     where = f"ladder.lr={direction}: {variant} at {rung} chose {row['lr']:g} of {row['grid']}"
     if float(row["lr"]) != edge:
-        return None, f"{where}, not its {'lowest' if direction == 'lower' else 'highest'} rate: nothing to train"
-    rate = edge / factor if direction == "lower" else edge * factor
-    return rate, f"{where}, its {'lowest' if direction == 'lower' else 'highest'}: trying {rate:g}"
+        return None, f"{where}, not its {side} rate: nothing to train"
+    # Rounded as the run's name writes it, so a name never stands for two rates.
+    rate = float(f"{edge / factor if direction == 'lower' else edge * factor:.6g}")
+    ran = frame[(frame["variant"] == variant) & (frame["rung"] == rung) & (frame["lr"] == rate)]
+    if seed in set(ran["seed"]):
+        return None, f"{where}, its {side}: {rate:g} has run at seed {seed}, not yet at every selection seed"
+    return rate, f"{where}, its {side}: trying {rate:g}"
+
+
+def widening(results_dir: str | Path, ladder: str, selection_seeds: Sequence[int]) -> tuple[int, int, int]:
+    """(variant, rung) choices in all, and how many lie at the lowest and at the highest rate tried,
+    as ``widened_lr`` decides them."""
+    chosen = select_learning_rates(complete_rates(_checked_frame(results_dir, ladder), selection_seeds),
+                                   selection_seeds)
+    return (len(chosen), int((chosen["lr"] == chosen["lowest_tried"]).sum()),
+            int((chosen["lr"] == chosen["highest_tried"]).sum()))
 
 
 # The settings that define what a (variant, rung) of a ladder is; all but the rate and the seed.

@@ -144,6 +144,8 @@ class RunDir:
                 lacking.insert(0, "parameters.total")
             if lacking:
                 found.append(f"summary.json lacks {', '.join(lacking)}")
+            if summary.get("diverged"):  # a ladder's tuning run: a result about its rate, not a model
+                found.append(f"diverged: {summary['diverged']}")
         except (OSError, ValueError) as err:
             found.append(f"summary.json unreadable: {err}")
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from attnlab.config import LADDERS, ModelConfig
 from attnlab.ladder import check_one_setting, member_name, select_learning_rates, tuned_lr, widened_lr
@@ -125,10 +127,6 @@ def test_a_diverged_rate_is_never_chosen_but_bounds_the_grid():
 
 def _write_run(runs_dir, variant, lr, seed, loss, options=None):
     """What training writes that the ladder's learning-rate choice reads (summary.json, config.yaml)."""
-    import json
-
-    import yaml
-
     path = runs_dir / member_name("lad", "ladder_c1", lr) / variant / f"seed{seed}"
     path.mkdir(parents=True)
     (path / "summary.json").write_text(json.dumps({
@@ -142,29 +140,35 @@ def _write_run(runs_dir, variant, lr, seed, loss, options=None):
 def test_the_grid_widens_one_step_beyond_a_choice_at_its_edge_and_stops_inside(tmp_path):
     for lr, loss in [(4e-3, 5.0), (8e-3, 4.9)]:  # the highest rate tried is the best
         _write_run(tmp_path, "baseline", lr, 100, loss)
-    widen = lambda direction: widened_lr(tmp_path, "lad", "baseline", "ladder_c1", [100], direction, 2.0)  # noqa: E731
+    widen = lambda direction: widened_lr(tmp_path, "lad", "baseline", "ladder_c1", [100], direction, 2.0, 100)  # noqa: E731
     assert widen("higher") == (0.016, "ladder.lr=higher: baseline at ladder_c1 chose 0.008 of 0.004, 0.008, "
                                        "its highest: trying 0.016")
     rate, why = widen("lower")
     assert rate is None and why.endswith("not its lowest rate: nothing to train")
-    _write_run(tmp_path, "baseline", 0.016, 100, float("nan"))  # one step further diverged
+    _write_run(tmp_path, "baseline", 0.016, 100, None)  # one step further diverged (its loss reads None)
     assert widen("higher")[0] is None and tuned_lr(tmp_path, "lad", "baseline", "ladder_c1", [100]) == 8e-3
     _write_run(tmp_path, "baseline", 4e-3, 0, 1.0)  # a comparison seed's run never moves the choice
     assert widen("lower")[0] is None
     with pytest.raises(ValueError, match="ladder.lr=lower: no finished run of ladder 'lad' for variant 'qk_norm'"):
-        widened_lr(tmp_path, "lad", "qk_norm", "ladder_c1", [100], "lower", 2.0)
+        widened_lr(tmp_path, "lad", "qk_norm", "ladder_c1", [100], "lower", 2.0, 100)
+    _write_run(tmp_path, "qk_norm", 4e-3, 100, None)
+    with pytest.raises(ValueError, match=r"ladder.lr=tuned: every rate tried for 'qk_norm' at rung 'ladder_c1' "
+                                         r"diverged \(0.004\); tune lower rates"):
+        tuned_lr(tmp_path, "lad", "qk_norm", "ladder_c1", [100])
 
 
 def test_a_rate_not_yet_run_on_every_selection_seed_does_not_decide_the_widening(tmp_path):
     _write_run(tmp_path, "baseline", 4e-3, 100, 5.0)
     _write_run(tmp_path, "baseline", 4e-3, 101, 5.0)
     _write_run(tmp_path, "baseline", 8e-3, 100, 4.0)  # the other selection seed's run is still to come
-    assert widened_lr(tmp_path, "lad", "baseline", "ladder_c1", [100, 101], "higher", 2.0)[0] == 8e-3
+    assert widened_lr(tmp_path, "lad", "baseline", "ladder_c1", [100, 101], "higher", 2.0, 101)[0] == 8e-3
+    rate, why = widened_lr(tmp_path, "lad", "baseline", "ladder_c1", [100, 101], "higher", 2.0, 100)
+    assert rate is None and why.endswith("0.008 has run at seed 100, not yet at every selection seed")
+    _write_run(tmp_path, "baseline", 8e-3, 101, 4.0)
+    assert widened_lr(tmp_path, "lad", "baseline", "ladder_c1", [100, 101], "higher", 2.0, 100)[0] == 0.016
 
 
 def test_runs_of_one_variant_and_rung_with_other_settings_are_refused_not_pooled(tmp_path):
-    from attnlab.runs import find_runs
-
     _write_run(tmp_path, "forgetting", 4e-3, 100, 5.0, options={"gate_bias_init": "range"})
     _write_run(tmp_path, "forgetting", 8e-3, 100, 4.9)
     _write_run(tmp_path, "baseline", 8e-3, 100, 4.9)  # another variant may differ
@@ -252,8 +256,8 @@ def test_the_widening_sweep_trains_only_beyond_a_choice_at_the_edge(tmp_path, co
              "+hydra.callbacks.estimate.seconds_per_run=10"]
     first = _train_cli(widen, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "widen: of 1 (variant, rung) choices, 1 at the lowest rate tried and 1 at the highest" in \
-        first.stdout + first.stderr
+    assert "choices under " in first.stdout and ", 1 at the lowest rate tried and 1 at the highest; 2 runs x ~10 s" \
+        in first.stdout
     # Each job decides on the runs finished when it starts; repeated, the sweep stops with the choice
     # inside a grid of steps of 2 around the first rate.
     for _ in range(6):

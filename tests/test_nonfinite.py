@@ -83,3 +83,27 @@ def test_skip_policy_still_stops_a_diverged_run(tmp_path, corpus):
 def test_unknown_policy_names_the_allowed_ones(tmp_path, corpus):
     with pytest.raises(ValueError, match="unknown trainer.nonfinite_loss 'ignore'; allowed: stop, skip"):
         train(compose_config(_overrides(tmp_path, corpus, "nan_bad", "trainer.nonfinite_loss=ignore")))
+
+
+def test_a_ladder_tuning_run_that_diverges_records_it_and_a_requeue_passes_over_it(tmp_path, corpus):
+    # Divergence at a selection seed says the rate is too high: the sweep must go on, and the
+    # rate must read as tried-and-failed (attnlab/ladder.py), not as missing.
+    from attnlab.ladder import ladder_frame, ladder_runs, select_learning_rates
+
+    ladder = ["ladder.name=lad", "seed=100", "model.preset=ladder_c1", "model.block_size=32"]
+    cfg = _overrides(tmp_path, corpus, "unused", *ladder)
+    run = train(compose_config(cfg), extra_callbacks=[PoisonLoss({5})])
+    summary = run.load_summary()
+    assert summary["diverged"].startswith("non-finite training loss (nan) at step 5")
+    assert summary["final_val_loss"] is None and summary["steps"] == 5
+    problems = run.problems()  # ordinary evaluations leave it out, saying why
+    assert len(problems) == 1 and problems[0].startswith("diverged: non-finite training loss (nan) at step 5")
+    frame = ladder_frame(ladder_runs(tmp_path / "runs", "lad"))
+    assert math.isnan(frame["loss"].iloc[0]) and select_learning_rates(frame, [100]).empty
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    assert train(compose_config([*cfg, "resume=auto"])).path == run.path
+    assert {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == before
+    # Outside the selection seeds (a compared run) divergence is an error, as for any run.
+    with pytest.raises(NonFiniteLossError):
+        train(compose_config([*_overrides(tmp_path, corpus, "x", *ladder[:1], *ladder[2:]), "seed=0"]),
+              extra_callbacks=[PoisonLoss({5})])

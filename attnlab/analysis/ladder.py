@@ -163,7 +163,7 @@ def multipliers_table(scaling: ScalingComparison, notes: list[str]) -> Table:
                  display, explain + notes)
 
 
-def lr_selection_table(chosen: pd.DataFrame, seeds: list[int]) -> Table:
+def lr_selection_table(chosen: pd.DataFrame, seeds: list[int], name: str) -> Table:
     display = pd.DataFrame({
         "variant": chosen["variant"], "rung": chosen["rung"], "grid": chosen["grid"],
         "chosen lr": chosen["lr"].map(lambda v: f"{v:g}"),
@@ -171,7 +171,7 @@ def lr_selection_table(chosen: pd.DataFrame, seeds: list[int]) -> Table:
         "runs": chosen["selection_runs"], "at the grid's edge": chosen["at_edge"].map({True: "yes", False: ""})})
     notes = [f"Chosen on the runs at seed(s) {', '.join(map(str, seeds))}: the lowest mean final validation loss; "
              f"those runs are in no other table. At the grid's edge: the lowest or highest rate tried, so a "
-             f"wider grid might choose another (python train.py -m experiment=<ladder>_widen tries one step "
+             f"wider grid might choose another (python train.py -m experiment={name}_widen tries one step "
              f"beyond). A rate marked diverged ended with a non-finite loss and bounds the grid on its side."]
     return Table("lr_selection", chosen, display, notes)
 
@@ -269,7 +269,7 @@ def evaluate_ladder(cfg: EvaluateConfig, name: str) -> Path:
     if fit_problem:
         log.warning(fit_problem)
     variants = variant_order(compared["variant"].unique(), cfg.baseline)
-    tables = [lr_selection_table(chosen, seeds),
+    tables = [lr_selection_table(chosen, seeds, name),
               per_rung_table(compared, scaling, cfg.baseline, variants, cfg, chosen, notes)]
     if scaling is not None:
         tables += [fits_table(scaling, notes), multipliers_table(scaling, notes)]

@@ -58,7 +58,19 @@ class SummaryCallback(L.Callback):
         self.train_seconds += time.perf_counter() - self._fit_start
         self._fit_start = 0.0
         # An interrupted run has no summary: evaluate.py must not mistake it for a finished one.
-        if not trainer.is_global_zero or trainer.global_step < (trainer.max_steps or 0):
+        if trainer.global_step >= (trainer.max_steps or 0):
+            self.write(trainer, pl_module)
+
+    def write_diverged(self, trainer: L.Trainer, pl_module: L.LightningModule, reason: str) -> None:
+        """A summary of a run stopped by a non-finite loss, for a ladder's tuning runs, where that
+        is a result about the learning rate (its loss reads as None; ``RunDir.problems`` says why)."""
+        self.train_seconds += time.perf_counter() - self._fit_start if self._fit_start else 0.0
+        self._fit_start = 0.0
+        self.last_val_loss = math.nan
+        self.write(trainer, pl_module, diverged=reason)
+
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule, diverged: str | None = None) -> None:
+        if not trainer.is_global_zero:
             return
         tokens = getattr(pl_module, "tokens_seen", 0)
         summary = {
@@ -72,6 +84,7 @@ class SummaryCallback(L.Callback):
             **({"final_val_acc": self.last_val_acc} if self.last_val_acc is not None else {}),
             "wall_time_s": round(self.train_seconds, 2),
             "tokens_per_s": round(tokens / self.train_seconds, 1) if self.train_seconds else None,
+            **({"diverged": diverged} if diverged else {}),
         }
         with atomic_write(self.path, encoding="utf-8") as file:
             file.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

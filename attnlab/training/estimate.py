@@ -21,6 +21,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from attnlab.ladder import widening
+
 log = logging.getLogger(__name__)
 
 
@@ -50,25 +52,23 @@ class WidenEstimate(TimeEstimate):
     grid train (attnlab/ladder.py ``widened_lr``); counts them from the runs already there."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from attnlab.ladder import ladder_frame, ladder_runs, select_learning_rates
-
         seeds = list(config.ladder.selection_seeds)
-        runs = ladder_runs(config.results_dir, config.ladder.name)
-        chosen = select_learning_rates(ladder_frame(runs), seeds) if runs else None
-        if chosen is None or chosen.empty:
+        try:
+            pairs, lowest, highest = widening(config.results_dir, config.ladder.name, seeds)
+        except (OSError, ValueError) as err:  # an estimate must never stop the sweep; the jobs will say
+            log.info(f"{self.experiment}: cannot count the runs to widen: {err}")
+            return
+        if pairs == 0:
             log.info(f"{self.experiment}: no tuning runs of ladder {config.ladder.name!r} under "
                      f"{config.results_dir} yet: python train.py -m experiment={config.ladder.name}_tune first")
-            return
-        lowest = int((chosen["lr"] == chosen["lowest_tried"]).sum())
-        highest = int((chosen["lr"] == chosen["highest_tried"]).sum())
-        if lowest + highest == 0:
-            log.info(f"{self.experiment}: all {len(chosen)} (variant, rung) choices lie inside their grids: "
-                     f"nothing to widen")
-            return
-        log.info(f"{self.experiment}: of {len(chosen)} (variant, rung) choices, {lowest} at the lowest rate tried "
-                 f"and {highest} at the highest; " + self.message((lowest + highest) * len(seeds),
-                                                                  parallel_workers(config))
-                 .removeprefix(f"{self.experiment}: ") + "; the sweep's other jobs have nothing to train")
+        elif lowest + highest == 0:
+            log.info(f"{self.experiment}: all {pairs} (variant, rung) choices under {config.results_dir} lie "
+                     f"inside their grids: nothing to widen")
+        else:
+            runs = self.message((lowest + highest) * len(seeds), parallel_workers(config))
+            log.info(f"{self.experiment}: of {pairs} (variant, rung) choices under {config.results_dir}, {lowest} "
+                     f"at the lowest rate tried and {highest} at the highest; {runs.split(': ', 1)[1]} at "
+                     f"selection seeds {', '.join(map(str, seeds))}; the sweep's other jobs have nothing to train")
 
 
 def parallel_workers(config: DictConfig) -> int:

@@ -28,7 +28,7 @@ from attnlab.training.datamodule import TokenDataModule
 from attnlab.training.hardware import (check_accelerator_available, check_kernel_can_train, choose_accelerator,
                                        choose_precision, should_compile)
 from attnlab.training.loggers import check_logger, run_loggers
-from attnlab.training.module import LanguageModelModule
+from attnlab.training.module import LanguageModelModule, NonFiniteLossError
 from attnlab.training.rundir import claim_run_dir, resume_checkpoint, trim_metrics, write_run_files
 from attnlab.training.summary import static_summary
 from attnlab.training.trainer import build_trainer
@@ -55,7 +55,7 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
                                     cfg.ladder.selection_seeds)
         elif cfg.ladder.lr in ("lower", "higher"):
             rate, why = widened_lr(cfg.results_dir, cfg.ladder.name, cfg.variant.name, cfg.model.preset,
-                                   cfg.ladder.selection_seeds, cfg.ladder.lr, cfg.ladder.widen_factor)
+                                   cfg.ladder.selection_seeds, cfg.ladder.lr, cfg.ladder.widen_factor, cfg.seed)
             log.info(why)
             if rate is None:
                 return None
@@ -88,15 +88,18 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
         raise ValueError(f"trainer.seq_len={cfg.trainer.seq_len} exceeds model.block_size="
                          f"{model_config.block_size} of preset {model_config.name!r}; use "
                          f"trainer.seq_len<={model_config.block_size} or a larger model.block_size")
+    done = run.load_summary() if cfg.resume and run.is_complete() else {}
+    if done and (done.get("steps", 0) >= cfg.trainer.max_steps or
+                 (done.get("diverged") and cfg.trainer.nonfinite_loss == "stop")):
+        # A requeued sweep (resume=auto) passes over its finished runs, leaving their files as they are
+        # (a tuning run that diverged too, unless it is to go on skipping non-finite batches).
+        log.info("%s is finished (%d of %d steps): nothing to resume", run.path, done.get("steps", 0),
+                 cfg.trainer.max_steps)
+        return run
     if ckpt_path is not None:
         check_checkpoint_matches(ckpt_path, model_config)
-        step = checkpoint_step(ckpt_path)
-        if run.is_complete() and step >= cfg.trainer.max_steps:
-            # A requeued sweep (resume=auto) passes over its finished runs, leaving their files as they are.
-            log.info("%s is finished (step %d of %d): nothing to resume", run.path, step, cfg.trainer.max_steps)
-            return run
         if is_rank_zero:
-            trim_metrics(run, step)
+            trim_metrics(run, checkpoint_step(ckpt_path))
     L.seed_everything(cfg.seed, workers=True)
     model = build_model(model_config, seed=cfg.seed)
     model.activation_checkpointing = cfg.trainer.activation_checkpointing
@@ -115,5 +118,12 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
     summary = SummaryCallback(run.summary, static_summary(cfg, model_config, prepared, precision))
     with run_loggers(cfg, run) as loggers:
         trainer = build_trainer(cfg, run, accelerator, precision, loggers, summary, extra_callbacks or [])
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        except NonFiniteLossError as err:
+            if cfg.ladder.name is None or cfg.seed not in cfg.ladder.selection_seeds:
+                raise
+            # A ladder's tuning run: divergence says the rate is too high; the sweep goes on.
+            summary.write_diverged(trainer, module, str(err))
+            log.warning("learning rate %g diverged; recorded in %s: %s", cfg.optim.lr, run.summary, err)
     return run

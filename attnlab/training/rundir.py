@@ -33,7 +33,7 @@ def claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
         ckpt = resume_checkpoint(run, cfg.resume)
         for directory in (run.path, run.checkpoints):  # left by a process killed while writing
             remove_partial_writes(directory)
-        if ckpt is None and run.metrics.is_file():
+        if ckpt is None and run.metrics.is_file() and not run.is_complete():
             # Killed before its first checkpoint: nothing to continue, start again in place.
             run.metrics.unlink()
         return ckpt
