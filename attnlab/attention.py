@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 NORMALISERS = ("softmax", "softmax_sink", "sigmoid")
+FLASH_MAX_HEAD_SIZE = 256  # FlashAttention-2 / SDPA's flash backend
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,16 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec = Attent
         return explicit_attention(q, k, v, spec, terms, scale=scale, q_offset=q_offset,
                                   need_weights=True)
     T, S = q.shape[-2], k.shape[-2]
-    gqa = q.shape[1] != k.shape[1]
     additive = _additive_terms(terms)
     plain = additive is None and spec.window is None and spec.normaliser == "softmax"
+    unmasked = plain and ((q_offset == 0 and T == S) or T == 1)  # causal by is_causal, or one query
+    gqa = q.shape[1] != k.shape[1]
+    if gqa and not (unmasked and q.shape[-1] <= FLASH_MAX_HEAD_SIZE):
+        # SDPA's enable_gqa reaches only the flash kernel (no mask, head_size <= 256); CUDA's
+        # memory-efficient kernel refuses it and SDPA would fall back to math, which keeps
+        # (B, H, T, S) maps: give every query head its own k and v instead.
+        k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+        gqa = False
     if plain and q_offset == 0 and T == S:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
         return y, None
@@ -191,7 +199,7 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec = Attent
         mask = torch.cat([mask.expand(B, H, T, S), sink], dim=-1)  # (B, H, T, S + 1)
         k = torch.cat([k, k.new_zeros(*k.shape[:2], 1, k.shape[-1])], dim=2)
         v = torch.cat([v, v.new_zeros(*v.shape[:2], 1, v.shape[-1])], dim=2)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return y, None
 
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from attnlab.attention import FLASH_MAX_HEAD_SIZE
 from attnlab.config import PRESETS, ModelConfig
 from attnlab.params import total_parameters, variant_at_preset
 from attnlab.variants import training_kernel
@@ -59,7 +60,6 @@ DEVICE_MEMORY: dict[str, int] = {
     "l4": 24 * GiB, "rtx4090": 24 * GiB, "a10": 24 * GiB, "v100": 32 * GiB, "v100-16": 16 * GiB,
     "t4": 16 * GiB,
 }
-FLASH_MAX_HEAD_SIZE = 256  # FlashAttention-2 / SDPA's flash backend
 TRANSIENT_MAPS = 3  # see KernelPlan.transient_bytes
 
 
@@ -202,12 +202,17 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     G = resolved.n_query_groups
     keys = S + 1 if "sink" in shapes else S  # the sink attends as one more key (a zero value)
     math_maps = _math_backend_tensors(B, H, G, T, keys, hs, a, new_v="sink" in shapes)
+    # Under GQA with a mask or a head too large for flash, k and v reach the kernel repeated to H
+    # heads (attnlab.attention.sdpa_attention), and with a sink's zero key: new tensors it saves.
+    repeated = G != H and (float_mask or bool_mask or hs > FLASH_MAX_HEAD_SIZE)
+    how = ", ".join([f"repeated to {H} heads"] * repeated + ["with the sink's zero key"] * ("sink" in shapes))
+    new_kv = [Tensor_(f"{x}, {how} (saved)", (B, H, keys, hs), a, per_position=True) for x in ("k", "v") if how]
     if device_type != "cuda":
         if float_mask and (terms_grad or "sink" in shapes):
             return KernelPlan(name, "math", "CPU: the float mask needs a gradient, which only SDPA's math "
                               "backend gives", tuple(extra + mask + math_maps))
         return KernelPlan(name, "cpu-flash", "CPU: SDPA's flash kernel for CPU (any head size)",
-                          tuple(extra + mask))
+                          tuple(extra + mask + new_kv))
     alignment = 8 if a == 2 else 4
     flash_ok = hs <= FLASH_MAX_HEAD_SIZE
     meff_ok = hs % alignment == 0
@@ -218,11 +223,8 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
                                      f"{FLASH_MAX_HEAD_SIZE}, a multiple of 8)")
     reason = head_note or "flash takes no attention mask"
     if meff_ok:
-        # It saves its inputs: with a sink those are new k and v, one zero key longer.
-        sink_kv = [Tensor_(f"{x} with the sink's zero key (saved)", (B, G, keys, hs), a, per_position=True)
-                   for x in ("k", "v") if "sink" in shapes]
         return KernelPlan(name, "memory-efficient", f"{reason}; memory-efficient takes head_size % "
-                          f"{alignment} == 0", tuple(extra + mask + sink_kv))
+                          f"{alignment} == 0", tuple(extra + mask + new_kv))
     return KernelPlan(name, "math", f"{reason}; memory-efficient needs head_size % {alignment} == 0 at "
                       f"{precision} (head_size={hs})", tuple(extra + mask + math_maps))
 

@@ -186,6 +186,24 @@ def test_with_a_sink_the_math_backend_tensors_are_what_the_sdpa_path_saves(preci
     assert sum(t.nbytes for t in plan.extra if t.what.startswith("math backend")) == saved
 
 
+def test_under_gqa_a_masked_sdpa_call_gets_its_own_k_and_v_and_stays_fused():
+    """CUDA's memory-efficient kernel refuses enable_gqa (SDPA would fall back to math): k and v
+    are repeated to the query heads first, new tensors the plan counts; the output is unchanged."""
+    from attnlab.attention import AttentionSpec, explicit_attention, sdpa_attention
+
+    config = ModelConfig.from_preset("gqa100m", variant="sliding_window")
+    plan = kernel_plan(config, 1024, 2, "bf16-mixed", "cuda", kernel="sdpa")
+    assert plan.backend == "memory-efficient"
+    repeated = [t for t in plan.extra if "repeated to 12 heads" in t.what]
+    assert [t.shape for t in repeated] == [(2, 12, 1024, 64)] * 2
+    assert not [t for t in kernel_plan(ModelConfig.from_preset("gqa100m"), 1024, 2, "bf16-mixed", "cuda").extra
+                if "repeated" in t.what]  # plain causal: flash takes GQA as it is
+    q, k, v = torch.randn(2, 6, 16, 8), torch.randn(2, 2, 16, 8), torch.randn(2, 2, 16, 8)
+    spec = AttentionSpec(window=5)
+    fused, _ = sdpa_attention(q, k, v, spec, scale=0.3, q_offset=0)
+    torch.testing.assert_close(fused, explicit_attention(q, k, v, spec, scale=0.3, q_offset=0)[0])
+
+
 def test_tiny_baseline_is_flash_on_cuda_and_talking_heads_is_explicit_with_its_maps():
     text = format_plan("tiny", 128, 8, "h200", "bf16-mixed", ["baseline", "talking_heads"])
     baseline, talking = text.split("\ntalking_heads")
