@@ -99,6 +99,10 @@ def test_a_tuned_run_cannot_use_a_seed_that_chose_its_learning_rate(tmp_path, co
     with pytest.raises(ValueError, match=r"ladder.lr=lower widens the learning-rate grid on the selection seeds: "
                                          r"seed=0 is not one of ladder.selection_seeds=\[100\]"):
         widen.validate()
+    widen.seed, widen.trainer.devices = 100, 2
+    with pytest.raises(ValueError, match=r"ladder.lr=lower decides its rate from the runs on disk in every "
+                                         r"process: run it on one device \(trainer.devices=1"):
+        widen.validate()
 
 
 def test_the_learning_rate_is_chosen_on_the_selection_seeds_only_and_a_choice_at_the_edge_is_flagged():

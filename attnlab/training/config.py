@@ -261,7 +261,15 @@ class TrainConfig:
         if self.ladder.lr == "tuned" and self.seed in self.ladder.selection_seeds:
             raise ValueError(f"seed={self.seed} is one of ladder.selection_seeds={self.ladder.selection_seeds}, "
                              f"which chose the learning rate: a ladder.lr=tuned run must use another seed")
-        if self.ladder.lr in ("lower", "higher") and self.seed not in self.ladder.selection_seeds:
+        widening = self.ladder.lr in ("lower", "higher")
+        if widening and (self.trainer.devices not in (1, "1") or self.trainer.num_nodes != 1):
+            # Each process reads the runs on disk; a sibling job finishing between two reads could
+            # give the processes of one run different rates.
+            raise ValueError(f"ladder.lr={self.ladder.lr} decides its rate from the runs on disk in every process: "
+                             f"run it on one device (trainer.devices=1 trainer.num_nodes=1, got "
+                             f"{self.trainer.devices!r} and {self.trainer.num_nodes!r}); several at once with "
+                             f"hydra/launcher=joblib")
+        if widening and self.seed not in self.ladder.selection_seeds:
             raise ValueError(f"ladder.lr={self.ladder.lr} widens the learning-rate grid on the selection seeds: "
                              f"seed={self.seed} is not one of ladder.selection_seeds={self.ladder.selection_seeds}")
         if not isinstance(self.experiment_name, str) or not self.experiment_name or "/" in self.experiment_name:
