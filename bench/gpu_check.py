@@ -16,7 +16,8 @@ the whole check stops at ``--deadline-s``, and whatever a phase finished is kept
    explicit kernel; the memory estimate against a measured CUDA step): pytest's summary.
 3. **steps** (the rest of the deadline): per (preset, T, variant), in order of importance
    (every variant at the first T, then the next), the kernel and SDPA backend
-   ``attnlab.plan`` predicts and its memory estimate; then a few training steps (forward,
+   ``attnlab.plan`` predicts and its memory estimate; on SDPA, the backend torch really calls
+   in one eager forward (``attnlab.observed_kernel``); then a few training steps (forward,
    cross-entropy, backward, fused AdamW; ``bench/throughput.py``'s step) at ``--precision``,
    compiled as ``train.py`` compiles (each block on its own): the first step's seconds
    (compilation), tokens/s, MFU (``attnlab.flops``' FLOPs per token against the device's
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from attnlab.config import ModelConfig
 from attnlab.flops import device_peak_flops, flops_per_token
 from attnlab.model import build_model
+from attnlab.observed_kernel import agrees_with_plan, observed_backends
 from attnlab.params import variant_at_preset
 from attnlab.plan import estimate_peak_bytes, kernel_plan
 from variants import available_variants, get_variant
@@ -94,6 +96,17 @@ def train_steps(config: ModelConfig, device: torch.device, precision: str, batch
     return result
 
 
+def observe_backend(config: ModelConfig, device: torch.device, precision: str, planned: str) -> dict:
+    """The SDPA backend torch really calls in one eager forward (batch 1, gradients on) against the plan's."""
+    torch.manual_seed(0)
+    model = build_model(config).to(device)
+    idx = torch.randint(0, config.vocab_size, (1, config.block_size), device=device)
+    seen = observed_backends(model, idx, torch.bfloat16 if precision == "bf16-mixed" else None)
+    del model
+    return {"observed_backend": ", ".join(sorted(seen)) or "no fused SDPA op",
+            "backend_agrees": agrees_with_plan(planned, seen)}
+
+
 def cases(presets: list[str], seq_lens: list[int], variants: list[str]) -> list[tuple[str, int, str]]:
     """(preset, T, variant) in order of importance: every variant at the first T, then the next."""
     return [(p, T, v) for T in seq_lens for p in presets for v in variants]
@@ -117,6 +130,8 @@ def run_case(preset: str, T: int, variant: str, args, device: torch.device) -> t
            "estimate_bytes": estimate_peak_bytes(config, T, batch_size, args.precision, plan, device.type)}
     fatal = False
     try:
+        if plan.kernel == "sdpa":  # the plan's backend is a prediction of torch's choice: check it
+            row.update(observe_backend(config, device, args.precision, plan.backend))
         row.update(train_steps(config, device, args.precision, batch_size, args.steps, not args.no_compile))
         if "peak_bytes" in row:
             row["estimate_vs_measured"] = row["estimate_bytes"] / row["peak_bytes"]
@@ -281,13 +296,17 @@ def markdown(report: dict) -> str:
     for r in report["steps"]:
         def fmt(key, spec, scale=1.0, r=r):
             return format(r[key] * scale, spec) if r.get(key) is not None else "-"
-        lines.append(f"| {r['preset']} | {r['seq_len']} | {r['variant']} | {r['kernel']} ({r['backend']}) | "
+        chose = "" if r.get("backend_agrees", True) else f"; torch chose {r['observed_backend']}"
+        lines.append(f"| {r['preset']} | {r['seq_len']} | {r['variant']} | {r['kernel']} ({r['backend']}{chose}) | "
                      f"{fmt('tokens_per_s', ',.0f')} | {fmt('mfu', '.1%')} | {fmt('peak_bytes', '.2f', 2 ** -30)} | "
                      f"{fmt('estimate_vs_measured', '.2f')} | {fmt('first_step_s', '.0f')} |"
                      + (f" {r['error']}" if r.get("error") else ""))
     if report["not_run"]:
         lines += ["", "Not run (deadline reached): " + ", ".join(f"{p}/T={T}/{v}" for p, T, v in report["not_run"])]
-    lines += ["", equality_line(report)]
+    observed = [r for r in report["steps"] if "backend_agrees" in r]
+    wrong = [f"{r['preset']}/T={r['seq_len']}/{r['variant']}" for r in observed if not r["backend_agrees"]]
+    lines += ["", f"SDPA backend as planned in {len(observed) - len(wrong)} of {len(observed)} cases"
+              + (f"; not in: {', '.join(wrong)}" if wrong else ""), equality_line(report)]
     if report.get("cuda_tests"):
         lines.append(f"CUDA-only tests: {report['cuda_tests']['summary']}")
     for phase, runs in report["processes"].items():

@@ -93,12 +93,16 @@ def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path)
     assert [r["variant"] for r in report["steps"]] == ["baseline", "qk_scale", "talking_heads"]
     assert all(_positive(r["tokens_per_s"]) and "error" not in r for r in report["steps"])
     assert {r["backend"] for r in report["steps"]} == {"cpu-flash", "math", "explicit"}
+    # torch's own choice, seen in a forward, against the plan's (the explicit kernel calls no SDPA).
+    assert [(r.get("observed_backend"), r.get("backend_agrees")) for r in report["steps"]] == [
+        ("cpu-flash", True), ("no fused SDPA op", True), (None, None)]
     assert report["not_run"] == [] and report["cuda_tests"] is None
     # sdpa against the explicit kernel; talking_heads has only the explicit one (flex: CUDA only).
     assert [(e["variant"], e["kernel"], e["ok"]) for e in report["equality"]] == [
         ("baseline", "sdpa", True), ("qk_scale", "sdpa", True), ("talking_heads", None, True)]
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| tiny | 64 | qk_scale | sdpa (math) |" in table and "Fused = explicit (2 variant-kernel pairs" in table
+    assert "SDPA backend as planned in 2 of 2 cases\n" in table
 
 
 @pytest.mark.slow

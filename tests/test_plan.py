@@ -263,3 +263,21 @@ def test_a_head_size_no_fused_kernel_takes_is_warned_about_and_a_flashable_one_i
     assert warning is not None and "head_size=620 is not flash-able" in warning
     assert "math backend" in warning and "model.attn_kernel=flex" in warning
     assert slow_kernel_warning(ModelConfig.from_preset("tiny"), 128, 8, "bf16-mixed") is None
+
+
+@pytest.mark.parametrize("variant, kernel, n_query_groups, planned", [
+    ("baseline", "auto", 4, "cpu-flash"),
+    ("qk_scale", "sdpa", 4, "math"),  # its float mask needs a gradient: only math gives one
+    ("sliding_window", "sdpa", 2, "cpu-flash"),  # GQA and a mask: k and v repeated, still fused
+    ("talking_heads", "auto", 4, "explicit"),
+])
+def test_the_backend_a_forward_calls_is_the_planned_one(variant, kernel, n_query_groups, planned):
+    from attnlab.model import build_model
+    from attnlab.observed_kernel import agrees_with_plan, observed_backends
+
+    config = ModelConfig(vocab_size=64, block_size=32, n_layer=1, n_head=4, n_query_groups=n_query_groups,
+                         n_embd=64, intermediate_size=64, variant=variant, attn_kernel=kernel)
+    assert kernel_plan(config, 32, 2, "32-true", "cpu").backend == planned
+    seen = observed_backends(build_model(config), torch.randint(0, 64, (2, 32)))
+    assert agrees_with_plan(planned, seen), seen
+    assert not agrees_with_plan("memory-efficient", seen)
