@@ -194,15 +194,17 @@ def test_the_ladder_experiments_compose_and_count_their_runs():
         cfg.validate()
         assert (cfg.ladder.name, cfg.ladder.lr, cfg.budget.tokens_per_param, cfg.trainer.threads) == \
             ("ladder", lr, 2.0, 1)
-    tune = OmegaConf.load(CONFIGS / "experiment" / "ladder_tune.yaml").hydra
     base = OmegaConf.load(CONFIGS / "experiment" / "ladder.yaml").hydra
-    params = {**base.sweeper.params, **tune.sweeper.params}
-    config = OmegaConf.create({"hydra": {
-        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": params},
-        "launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2},
-        "overrides": {"task": ["experiment=ladder_tune"]}}})
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
-        assert count_jobs(config) == 4 * 6 * 3  # rungs x variants x learning rates (one selection seed)
+    # rungs x variants x learning rates (one selection seed); x directions for the widening
+    for name, jobs in (("ladder_tune", 4 * 6 * 3), ("ladder_widen", 4 * 6 * 2)):
+        params = {**base.sweeper.params, **OmegaConf.load(CONFIGS / "experiment" / f"{name}.yaml").hydra.sweeper.params}
+        config = OmegaConf.create({"hydra": {
+            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": params},
+            "launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+                         "n_jobs": 2},
+            "overrides": {"task": [f"experiment={name}"]}}})
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+            assert count_jobs(config) == jobs, name
     assert parallel_workers(config) == 2
     assert TimeEstimate("ladder", 76).message(72, 2) == "ladder: 72 runs x ~76 s on 2 parallel workers ≈ 45.6 min"
     assert member_name("ladder", "ladder_c2", 0.004) == "ladder-ladder_c2-lr0.004"
