@@ -172,10 +172,11 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec = Attent
     plain = additive is None and spec.window is None and spec.normaliser == "softmax"
     unmasked = plain and ((q_offset == 0 and T == S) or T == 1)  # causal by is_causal, or one query
     gqa = q.shape[1] != k.shape[1]
-    if gqa and not (unmasked and q.shape[-1] <= FLASH_MAX_HEAD_SIZE):
-        # SDPA's enable_gqa reaches only the flash kernel (no mask, head_size <= 256); CUDA's
-        # memory-efficient kernel refuses it and SDPA would fall back to math, which keeps
-        # (B, H, T, S) maps: give every query head its own k and v instead.
+    device = q.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
+    if gqa and not sdpa_takes_gqa(device, dtype, (q.shape[-1], k.shape[-1], v.shape[-1]), unmasked):
+        # Give every query head its own k and v rather than fall back to SDPA's math backend,
+        # which keeps (B, H, T, S) maps.
         k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
         gqa = False
     if plain and q_offset == 0 and T == S:
@@ -199,8 +200,20 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec = Attent
         mask = torch.cat([mask.expand(B, H, T, S), sink], dim=-1)  # (B, H, T, S + 1)
         k = torch.cat([k, k.new_zeros(*k.shape[:2], 1, k.shape[-1])], dim=2)
         v = torch.cat([v, v.new_zeros(*v.shape[:2], 1, v.shape[-1])], dim=2)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return y, None
+
+
+def sdpa_takes_gqa(device_type: str, dtype: torch.dtype, head_sizes: tuple[int, int, int], unmasked: bool) -> bool:
+    """Whether an SDPA call can take fewer key/value heads than query heads (``enable_gqa``)
+    and stay fused. On CPU its flash kernel takes them with or without a mask. On CUDA only the
+    flash kernel does (CUDA's memory-efficient kernel refuses them): no mask, half precision,
+    one head size for q, k and v, at most ``FLASH_MAX_HEAD_SIZE``."""
+    if device_type != "cuda":
+        return True
+    q_size, k_size, v_size = head_sizes
+    return (unmasked and dtype in (torch.float16, torch.bfloat16)
+            and q_size == k_size == v_size <= FLASH_MAX_HEAD_SIZE)
 
 
 # Eager CUDA inference below this many scores (B*H*T*S) takes the explicit kernel rather than

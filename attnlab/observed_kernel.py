@@ -21,12 +21,20 @@ FUSED_SDPA_OPS = {
 
 
 class _RecordFusedAttention(TorchDispatchMode):
+    # FlexAttention is a higher-order operator: let it (and compiled code) run as without the mode.
+    supports_higher_order_operators = True
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        return True
+
     def __init__(self) -> None:
         super().__init__()
         self.seen: set[str] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        backend = FUSED_SDPA_OPS.get(func.overloadpacket.__name__)
+        packet = getattr(func, "overloadpacket", None)  # None: a higher-order operator
+        backend = FUSED_SDPA_OPS.get(packet.__name__) if packet is not None else None
         if backend is not None:
             self.seen.add(backend)
         return func(*args, **(kwargs or {}))

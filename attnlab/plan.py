@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from attnlab.attention import FLASH_MAX_HEAD_SIZE
+from attnlab.attention import FLASH_MAX_HEAD_SIZE, sdpa_takes_gqa
 from attnlab.config import PRESETS, ModelConfig
 from attnlab.params import total_parameters, variant_at_preset
 from attnlab.variants import training_kernel
@@ -202,11 +202,14 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     G = resolved.n_query_groups
     keys = S + 1 if "sink" in shapes else S  # the sink attends as one more key (a zero value)
     math_maps = _math_backend_tensors(B, H, G, T, keys, hs, a, new_v="sink" in shapes)
-    # Under GQA with a mask or a head too large for flash, k and v reach the kernel repeated to H
-    # heads (attnlab.attention.sdpa_attention), and with a sink's zero key: new tensors it saves.
-    repeated = G != H and (float_mask or bool_mask or hs > FLASH_MAX_HEAD_SIZE)
+    # Where SDPA cannot take GQA fused, k and v reach it repeated to H heads
+    # (attnlab.attention.sdpa_attention), and with a sink's zero key: new tensors the kernel saves.
+    vs = hs * block.value_head_factor
+    half = torch.bfloat16 if a == 2 else torch.float32
+    repeated = G != H and not sdpa_takes_gqa(device_type, half, (hs, hs, vs), not (float_mask or bool_mask))
     how = ", ".join([f"repeated to {H} heads"] * repeated + ["with the sink's zero key"] * ("sink" in shapes))
-    new_kv = [Tensor_(f"{x}, {how} (saved)", (B, H, keys, hs), a, per_position=True) for x in ("k", "v") if how]
+    new_kv = [Tensor_(f"{x}, {how} (saved)", (B, H, keys, size), a, per_position=True)
+              for x, size in (("k", hs), ("v", vs)) if how]
     if device_type != "cuda":
         if float_mask and (terms_grad or "sink" in shapes):
             return KernelPlan(name, "math", "CPU: the float mask needs a gradient, which only SDPA's math "
@@ -214,14 +217,19 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
         return KernelPlan(name, "cpu-flash", "CPU: SDPA's flash kernel for CPU (any head size)",
                           tuple(extra + mask + new_kv))
     alignment = 8 if a == 2 else 4
-    flash_ok = hs <= FLASH_MAX_HEAD_SIZE
-    meff_ok = hs % alignment == 0
+    flash_ok = hs <= FLASH_MAX_HEAD_SIZE and vs == hs and a == 2
+    meff_ok = hs % alignment == 0 and vs % alignment == 0
     if not float_mask and not bool_mask and flash_ok:
         return KernelPlan(name, "flash", f"plain causal softmax, head_size={hs} <= {FLASH_MAX_HEAD_SIZE}",
-                          tuple(extra))
-    head_note = "" if flash_ok else (f"head_size={hs} is not flash-able (flash takes head_size <= "
-                                     f"{FLASH_MAX_HEAD_SIZE}, a multiple of 8)")
-    reason = head_note or "flash takes no attention mask"
+                          tuple(extra + new_kv))
+    if hs > FLASH_MAX_HEAD_SIZE:
+        reason = f"head_size={hs} is not flash-able (flash takes head_size <= {FLASH_MAX_HEAD_SIZE}, a multiple of 8)"
+    elif vs != hs:
+        reason = f"flash takes one head size for q, k and v ({config.variant}'s values are {vs}, keys {hs})"
+    elif a != 2:
+        reason = f"flash takes fp16/bf16, not {precision}"
+    else:
+        reason = "flash takes no attention mask"
     if meff_ok:
         return KernelPlan(name, "memory-efficient", f"{reason}; memory-efficient takes head_size % "
                           f"{alignment} == 0", tuple(extra + mask + new_kv))

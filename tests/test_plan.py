@@ -188,9 +188,7 @@ def test_with_a_sink_the_math_backend_tensors_are_what_the_sdpa_path_saves(preci
 
 def test_under_gqa_a_masked_sdpa_call_gets_its_own_k_and_v_and_stays_fused():
     """CUDA's memory-efficient kernel refuses enable_gqa (SDPA would fall back to math): k and v
-    are repeated to the query heads first, new tensors the plan counts; the output is unchanged."""
-    from attnlab.attention import AttentionSpec, explicit_attention, sdpa_attention
-
+    are repeated to the query heads first, new tensors the plan counts."""
     config = ModelConfig.from_preset("gqa100m", variant="sliding_window")
     plan = kernel_plan(config, 1024, 2, "bf16-mixed", "cuda", kernel="sdpa")
     assert plan.backend == "memory-efficient"
@@ -198,10 +196,41 @@ def test_under_gqa_a_masked_sdpa_call_gets_its_own_k_and_v_and_stays_fused():
     assert [t.shape for t in repeated] == [(2, 12, 1024, 64)] * 2
     assert not [t for t in kernel_plan(ModelConfig.from_preset("gqa100m"), 1024, 2, "bf16-mixed", "cuda").extra
                 if "repeated" in t.what]  # plain causal: flash takes GQA as it is
+    # fp32 on CUDA: flash takes half precision only, so even plain causal GQA gets its own k and v.
+    fp32 = kernel_plan(ModelConfig.from_preset("gqa100m"), 1024, 2, "32-true", "cuda")
+    assert fp32.backend == "memory-efficient" and [t.shape for t in fp32.extra] == [(2, 12, 1024, 64)] * 2
+    assert kernel_plan(ModelConfig.from_preset("gqa100m", variant="diff_attn"), 1024, 2, "bf16-mixed",
+                       "cuda").backend == "memory-efficient"  # values of 2 x head_size: not flash
+
+
+def test_sdpa_keeps_gqa_only_where_the_kernel_it_reaches_takes_it(monkeypatch):
+    from attnlab import attention
+    from attnlab.attention import AttentionSpec, explicit_attention, sdpa_attention, sdpa_takes_gqa
+
+    bf16 = torch.bfloat16
+    assert sdpa_takes_gqa("cuda", bf16, (64, 64, 64), unmasked=True)
+    assert not sdpa_takes_gqa("cuda", bf16, (64, 64, 64), unmasked=False)  # a mask: memory-efficient
+    assert not sdpa_takes_gqa("cuda", torch.float32, (64, 64, 64), unmasked=True)  # flash: half only
+    assert not sdpa_takes_gqa("cuda", bf16, (64, 64, 128), unmasked=True)  # flash: one head size
+    assert not sdpa_takes_gqa("cuda", bf16, (320, 320, 320), unmasked=True)
+    assert sdpa_takes_gqa("cpu", torch.float32, (64, 64, 128), unmasked=False)  # CPU flash takes GQA
+    # Where it does not (as on CUDA), the call gets k and v repeated to the query heads: query
+    # head h reads key head h // (H / G), as enable_gqa and the explicit kernel do.
+    calls = []
+    real = attention.F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        calls.append((k.shape[1], v.shape[1], kwargs.get("enable_gqa", False)))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
     q, k, v = torch.randn(2, 6, 16, 8), torch.randn(2, 2, 16, 8), torch.randn(2, 2, 16, 8)
     spec = AttentionSpec(window=5)
-    fused, _ = sdpa_attention(q, k, v, spec, scale=0.3, q_offset=0)
-    torch.testing.assert_close(fused, explicit_attention(q, k, v, spec, scale=0.3, q_offset=0)[0])
+    for takes in (True, False):
+        monkeypatch.setattr(attention, "sdpa_takes_gqa", lambda *args, takes=takes: takes)
+        fused, _ = sdpa_attention(q, k, v, spec, scale=0.3, q_offset=0)
+        torch.testing.assert_close(fused, explicit_attention(q, k, v, spec, scale=0.3, q_offset=0)[0])
+    assert calls == [(2, 2, True), (6, 6, False)]
 
 
 def test_tiny_baseline_is_flash_on_cuda_and_talking_heads_is_explicit_with_its_maps():
@@ -281,3 +310,18 @@ def test_the_backend_a_forward_calls_is_the_planned_one(variant, kernel, n_query
     seen = observed_backends(build_model(config), torch.randint(0, 64, (2, 32)))
     assert agrees_with_plan(planned, seen), seen
     assert not agrees_with_plan("memory-efficient", seen)
+
+
+def test_flex_attention_runs_under_the_backend_recorder_and_shows_no_sdpa_op():
+    # FlexAttention is a higher-order operator: the recorder must let it through, not fail.
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from attnlab.observed_kernel import agrees_with_plan, observed_backends
+
+    class Flex(torch.nn.Module):
+        def forward(self, x):
+            return flex_attention(x, x, x)
+
+    with torch.no_grad():
+        seen = observed_backends(Flex(), torch.randn(1, 2, 16, 8))
+    assert agrees_with_plan("fused (flex)", seen)

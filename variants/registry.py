@@ -56,6 +56,7 @@ class AttentionBlock(nn.Module):
     weights_are_distributions: ClassVar[bool] = True
     kernels: ClassVar[tuple[str, ...] | None] = None
     supports_kv_cache: ClassVar[bool] = True  # incremental decoding equals the full forward
+    value_head_factor: ClassVar[int] = 1  # v's head size at the attention call, in head sizes (attnlab.plan)
     variant_name: ClassVar[str]
     layer_idx: int = 0  # 0-based depth of the block, set by the model that builds it
 
