@@ -161,21 +161,19 @@ def _defining_settings(config: dict) -> dict[str, object]:
     return flat
 
 
-def check_one_setting(runs: Sequence[RunDir]) -> None:
+def check_one_setting(runs: Sequence[RunDir], new: tuple[str, str, dict, Path] | None = None) -> None:
     """Refuse runs of one (variant, rung) that differ in anything but the learning rate and the seed
-    (variant options, budget, data, batch shape, optimiser), naming the setting and two runs."""
-    first: dict[tuple[str, str], tuple[RunDir, dict]] = {}
-    for run in runs:
-        config = run.load_config()
-        key = (run.variant, str(run.load_summary()["preset"]))
+    (variant options, budget, data, batch shape, optimiser), naming the setting and two runs.
+    ``new``: (variant, rung, resolved config, run directory) of a run about to train, checked
+    against the finished ones before it spends any compute."""
+    first: dict[tuple[str, str], tuple[Path, dict]] = {}
+    members = [(run.variant, str(run.load_summary()["preset"]), run.load_config(), run.path) for run in runs]
+    for variant, rung, config, path in [*members, *([new] if new else [])]:
         settings = _defining_settings(config)
-        if key not in first:
-            first[key] = (run, settings)
-            continue
-        other, expected = first[key]
+        other, expected = first.setdefault((variant, rung), (path, settings))
         for name in sorted(set(settings) | set(expected)):
             if settings.get(name) != expected.get(name):
                 raise ValueError(
-                    f"ladder runs of {run.variant} at {key[1]} differ in {name}: {expected.get(name)!r} in "
-                    f"{other.path}, {settings.get(name)!r} in {run.path}; a ladder compares one setting per "
-                    f"variant and rung: train a changed ladder into a fresh results_dir=, or move the old runs")
+                    f"ladder runs of {variant} at {rung} differ in {name}: {expected.get(name)!r} in {other}, "
+                    f"{settings.get(name)!r} in {path}; a ladder compares one setting per variant and rung: "
+                    f"train a changed ladder into a fresh results_dir=, or move the old runs")

@@ -183,6 +183,22 @@ def test_runs_of_one_variant_and_rung_with_other_settings_are_refused_not_pooled
         tuned_lr(tmp_path, "lad", "forgetting", "ladder_c1", [100])
 
 
+@pytest.mark.slow
+def test_a_ladder_run_whose_settings_differ_from_the_ladders_is_refused_before_it_trains(tmp_path, corpus):
+    from attnlab.runs import RunDir
+    from attnlab.training.run import train
+
+    common = [*tiny_overrides(tmp_path, corpus), "ladder.name=lad", "model.preset=ladder_c1", "model.block_size=32",
+              "seed=100"]
+    train(compose_config([*common, "optim.lr=1e-3"]))
+    changed = [*common, "optim.lr=2e-3", "trainer.batch_size=3"]
+    with pytest.raises(ValueError, match=r"ladder runs of baseline at ladder_c1 differ in trainer.batch_size: 2 in "
+                                         r".*lad-ladder_c1-lr0.001/baseline/seed100, 3 in .*lr0.002/baseline/seed100"):
+        train(compose_config(changed))
+    assert not RunDir.for_run(tmp_path / "runs", "lad-ladder_c1-lr0.002", "baseline", 100).path.exists()
+    train(compose_config([*common, "optim.lr=2e-3"]))  # the same settings at another rate: a member
+
+
 def test_the_ladder_experiments_compose_and_count_their_runs():
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf

@@ -11,13 +11,14 @@ import logging
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from attnlab.checkpoint import check_checkpoint_matches, checkpoint_step
 from attnlab.config import PRESETS
 from attnlab.data import check_vocab_fits, prepare_data
 from attnlab.flops import flops_per_token
-from attnlab.ladder import member_name, tuned_lr, widened_lr
+from attnlab.ladder import check_one_setting, ladder_runs, member_name, tuned_lr, widened_lr
 from attnlab.model import build_model
 from attnlab.plan import check_fits_device, slow_kernel_warning
 from attnlab.runs import RunDir
@@ -29,7 +30,8 @@ from attnlab.training.hardware import (check_accelerator_available, check_kernel
                                        choose_precision, should_compile)
 from attnlab.training.loggers import check_logger, run_loggers
 from attnlab.training.module import LanguageModelModule, NonFiniteLossError
-from attnlab.training.rundir import claim_run_dir, resume_checkpoint, trim_metrics, write_run_files
+from attnlab.training.rundir import (claim_run_dir, resolved_config, resume_checkpoint, trim_metrics,
+                                     write_run_files)
 from attnlab.training.summary import static_summary
 from attnlab.training.trainer import build_trainer
 
@@ -84,6 +86,10 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
     model_config = cfg.model.build(cfg.variant, prepared.vocab_size, cfg.trainer.seq_len)
     check_vocab_fits(prepared.vocab_size, model_config.vocab_size)
     apply_budget(cfg, model_config, None if prepared.task else prepared.train_tokens)
+    if cfg.ladder.name is not None and is_rank_zero:  # before any compute: the ladder's runs must agree
+        settings = yaml.safe_load(yaml.safe_dump(resolved_config(cfg, model_config)))  # as config.yaml reads
+        check_one_setting(ladder_runs(cfg.results_dir, cfg.ladder.name),
+                          (cfg.variant.name, cfg.model.preset, settings, run.path))
     if cfg.trainer.seq_len > model_config.block_size:
         raise ValueError(f"trainer.seq_len={cfg.trainer.seq_len} exceeds model.block_size="
                          f"{model_config.block_size} of preset {model_config.name!r}; use "

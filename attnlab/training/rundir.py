@@ -85,11 +85,15 @@ def trim_metrics(run: RunDir, step: int) -> None:
         frame[frame["step"] < step].to_csv(run.metrics, index=False)
 
 
+def resolved_config(cfg: TrainConfig, model_config: ModelConfig) -> dict:
+    """What ``config.yaml`` holds: the training configuration and the model it resolved to."""
+    return {**dataclasses.asdict(cfg), "resolved_model": model_config.to_dict()}
+
+
 def write_run_files(run: RunDir, cfg: TrainConfig, model_config: ModelConfig,
                     prepared: PreparedData) -> None:
     """``config.yaml`` (the resolved configuration) and the run's tokenizer (a synthetic task has none)."""
     run.path.mkdir(parents=True, exist_ok=True)
-    resolved = {**dataclasses.asdict(cfg), "resolved_model": model_config.to_dict()}
-    run.config.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    run.config.write_text(yaml.safe_dump(resolved_config(cfg, model_config), sort_keys=False, allow_unicode=True))
     if prepared.tokenizer_path is not None:
         shutil.copyfile(prepared.tokenizer_path, run.tokenizer)
