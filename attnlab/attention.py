@@ -172,9 +172,8 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec = Attent
     plain = additive is None and spec.window is None and spec.normaliser == "softmax"
     unmasked = plain and ((q_offset == 0 and T == S) or T == 1)  # causal by is_causal, or one query
     gqa = q.shape[1] != k.shape[1]
-    device = q.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
-    if gqa and not sdpa_takes_gqa(device, dtype, (q.shape[-1], k.shape[-1], v.shape[-1]), unmasked):
+    if gqa and not sdpa_takes_gqa(q.device.type, _sdpa_dtype(q), (q.shape[-1], k.shape[-1], v.shape[-1]),
+                                  unmasked):
         # Give every query head its own k and v rather than fall back to SDPA's math backend,
         # which keeps (B, H, T, S) maps.
         k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
@@ -202,6 +201,12 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec = Attent
         v = torch.cat([v, v.new_zeros(*v.shape[:2], 1, v.shape[-1])], dim=2)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return y, None
+
+
+def _sdpa_dtype(q: Tensor) -> torch.dtype:
+    """The dtype SDPA computes in: autocast's where it is on (it casts SDPA's inputs), else q's."""
+    device = q.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else q.dtype
 
 
 def sdpa_takes_gqa(device_type: str, dtype: torch.dtype, head_sizes: tuple[int, int, int], unmasked: bool) -> bool:
