@@ -40,6 +40,26 @@ from torch import Tensor
 
 NORMALISERS = ("softmax", "softmax_sink", "sigmoid")
 FLASH_MAX_HEAD_SIZE = 256  # FlashAttention-2 / SDPA's flash backend
+# FlexAttention's CUDA kernel stages q, k and v tiles with the head size rounded up to a power of
+# two. torch tunes its tiles for head sizes up to 256; above that (512 or more once rounded) its
+# default tiles need more shared memory than an H100 block has (227 KiB), and the compile fails
+# ("No valid triton configs ... out of resource: shared memory", reported for 512 on an H100).
+# Below 16, Inductor refuses to lower it (Triton's tl.dot needs 16).
+FLEX_MAX_HEAD_SIZE = 256
+FLEX_MIN_HEAD_SIZE = 16
+
+
+def flex_head_size_problem(head_sizes: tuple[int, ...]) -> str | None:
+    """Why FlexAttention's CUDA kernel cannot take these q/k and v head sizes, or None."""
+    largest, smallest = max(head_sizes), min(head_sizes)
+    if smallest < FLEX_MIN_HEAD_SIZE:
+        return (f"FlexAttention's CUDA kernel takes head sizes from {FLEX_MIN_HEAD_SIZE} (Inductor does not "
+                f"lower a smaller one), not {smallest}")
+    if largest > FLEX_MAX_HEAD_SIZE:
+        rounded = 1 << (largest - 1).bit_length()
+        return (f"FlexAttention's CUDA kernel takes head sizes up to {FLEX_MAX_HEAD_SIZE}: head size {largest} "
+                f"is staged as {rounded}, whose tiles need more shared memory than a GPU has, so its compile fails")
+    return None
 
 
 @dataclass(frozen=True)
@@ -378,16 +398,19 @@ def check_kernel(name: str, spec: AttentionSpec, variant: str) -> None:
                          f"kernels that can: auto, {', '.join(kernels_for(spec))}")
 
 
-def choose_kernel(spec: AttentionSpec, device_type: str) -> str:
+def choose_kernel(spec: AttentionSpec, device_type: str, head_sizes: tuple[int, ...]) -> str:
     """``auto``: the fastest kernel that can express ``spec`` on this device.
 
     CUDA: SDPA's flash kernel for a plain causal softmax; FlexAttention for anything with
     logit terms, a window, a cap or a sink (it reads them inside the fused kernel and skips
-    masked tiles, where SDPA would need a materialised float mask). CPU: SDPA, else the
+    masked tiles, where SDPA would need a materialised float mask), unless a head size (q/k
+    or v) is outside ``FLEX_MIN_HEAD_SIZE``..``FLEX_MAX_HEAD_SIZE``. CPU: SDPA, else the
     explicit kernel (FlexAttention has no CPU backward and runs unfused there).
     """
     if device_type == "cuda":
         order = ("sdpa", "flex", "explicit") if spec.plain_causal else ("flex", "sdpa", "explicit")
+        if flex_head_size_problem(head_sizes) is not None:
+            order = tuple(name for name in order if name != "flex")
     else:
         order = ("sdpa", "explicit")
     return next(name for name in order if KERNELS[name].limit(spec) is None)
@@ -397,7 +420,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec, terms: ScoreTer
            kernel: str, scale: float, q_offset: int, need_weights: bool = False
            ) -> tuple[Tensor, Tensor | None]:
     """Run the description on ``kernel`` (a name from ``KERNELS``, or ``auto``)."""
-    name = choose_kernel(spec, q.device.type) if kernel == "auto" else kernel
+    name = choose_kernel(spec, q.device.type, (q.shape[-1], v.shape[-1])) if kernel == "auto" else kernel
     return KERNELS[name].run(q, k, v, spec, terms, scale=scale, q_offset=q_offset,
                              need_weights=need_weights)
 

@@ -38,6 +38,7 @@ step. Variant-specific activations (qk_norm's norms, gates) are not counted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -45,11 +46,13 @@ from typing import Any
 
 import torch
 
-from attnlab.attention import FLASH_MAX_HEAD_SIZE, sdpa_takes_gqa
+from attnlab.attention import (FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE, FLEX_MIN_HEAD_SIZE, flex_head_size_problem,
+                               sdpa_takes_gqa)
 from attnlab.config import PRESETS, ModelConfig
 from attnlab.params import total_parameters, variant_at_preset
 from attnlab.variants import training_kernel
 from variants import available_variants, get_variant, resolve
+from variants.registry import supported_kernels
 
 GiB = 2 ** 30
 # Marketed memory per GPU (NVIDIA datasheets: H100 SXM/PCIe 80 GB, H200 141 GB, A100 40/80 GB,
@@ -173,9 +176,14 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
                   Tensor_("mixed weights (saved for weights @ v)", bhts, a)]
         return KernelPlan(name, "explicit", f"{config.variant} computes its attention itself "
                           f"(kernels={block.kernels})", tuple(extra))
+    vs = hs * block.value_head_factor
+    flex_problem = flex_head_size_problem((hs, vs)) if device_type == "cuda" else None
+    auto = kernel is None and resolved.attn_kernel == "auto"
+    # auto passed over FlexAttention for this head size: say so before the other kernel's reason
+    skipped = f"{flex_problem}; " if flex_problem is not None and auto and not spec.plain_causal else ""
     if name == "explicit":
-        why = ("no fused kernel expresses it" if kernel is None and resolved.attn_kernel == "auto"
-               else "model.attn_kernel=explicit")
+        why = (f"{skipped}SDPA cannot express it" if skipped else "no fused kernel expresses it") if auto \
+            else "model.attn_kernel=explicit"
         extra.append(Tensor_("softmax/sigmoid weights (fp32, saved)", bhts, 4))
         if spec.normaliser == "sigmoid":
             extra.append(Tensor_("masked sigmoid weights (saved for weights @ v)", bhts, a))
@@ -186,6 +194,8 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
         extra.append(Tensor_("boolean mask", (T, S), 1))
         return KernelPlan(name, "explicit", why, tuple(extra))
     if name == "flex":
+        if flex_problem is not None:  # forced: train.py refuses it (check_flex_head_size)
+            return KernelPlan(name, "none (refused)", flex_problem, tuple(extra))
         return KernelPlan(name, "fused (flex)", "FlexAttention reads the terms, cap and sink in a score_mod "
                           "and skips masked tiles: no (T, S) tensor", tuple(extra))
     # SDPA
@@ -204,7 +214,6 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     math_maps = _math_backend_tensors(B, H, G, T, keys, hs, a, new_v="sink" in shapes)
     # Where SDPA cannot take GQA fused, k and v reach it repeated to H heads
     # (attnlab.attention.sdpa_attention), and with a sink's zero key: new tensors the kernel saves.
-    vs = hs * block.value_head_factor
     half = torch.bfloat16 if a == 2 else torch.float32
     repeated = G != H and not sdpa_takes_gqa(device_type, half, (hs, hs, vs), not (float_mask or bool_mask))
     how = ", ".join([f"repeated to {H} heads"] * repeated + ["with the sink's zero key"] * ("sink" in shapes))
@@ -231,9 +240,9 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     else:
         reason = "flash takes no attention mask"
     if meff_ok:
-        return KernelPlan(name, "memory-efficient", f"{reason}; memory-efficient takes head_size % "
+        return KernelPlan(name, "memory-efficient", f"{skipped}{reason}; memory-efficient takes head_size % "
                           f"{alignment} == 0", tuple(extra + mask + new_kv))
-    return KernelPlan(name, "math", f"{reason}; memory-efficient needs head_size % {alignment} == 0 at "
+    return KernelPlan(name, "math", f"{skipped}{reason}; memory-efficient needs head_size % {alignment} == 0 at "
                       f"{precision} (head_size={hs})", tuple(extra + mask + math_maps))
 
 
@@ -340,10 +349,27 @@ def slow_kernel_warning(model_config: ModelConfig, seq_len: int, batch_size: int
     if plan.backend != "math":
         return None
     maps = sum(t.nbytes for t in plan.extra if t.score_map)
+    flex = kernel_plan(dataclasses.replace(model_config, attn_kernel="flex"), seq_len, batch_size, precision,
+                       "cuda") if "flex" in supported_kernels(get_variant(model_config.variant), model_config) else None
+    avoid = (f"a head_size that is a multiple of 8 and <= {min(FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE)} "
+             f"(model.n_head)" + (", or model.attn_kernel=flex," if flex and flex.backend == "fused (flex)" else ""))
     return (f"variant {model_config.variant!r} attends on SDPA's math backend ({plan.why}): it keeps "
             f"{_fmt(maps)} of (B, H, T, S) maps per layer and is several times slower than a fused kernel; "
-            f"a head_size that is a multiple of 8 and <= {FLASH_MAX_HEAD_SIZE} (model.n_head), or "
-            f"model.attn_kernel=flex, avoids it (python -m attnlab.plan shows every variant's kernel)")
+            f"{avoid} avoids it (python -m attnlab.plan shows every variant's kernel)")
+
+
+def check_flex_head_size(model_config: ModelConfig) -> None:
+    """Refuse ``model.attn_kernel=flex`` on a GPU at head sizes its kernel cannot compile, before
+    anything is written (it would fail at the first step's compile, after the run directory exists)."""
+    if model_config.attn_kernel != "flex":
+        return
+    block, resolved = resolve(model_config)
+    problem = flex_head_size_problem((resolved.head_size, resolved.head_size * block.value_head_factor))
+    if problem is not None:
+        raise ValueError(f"model.attn_kernel=flex cannot train variant {model_config.variant!r} at head_size="
+                         f"{resolved.head_size} on a GPU: {problem}; use model.attn_kernel=auto (the default), sdpa "
+                         f"or explicit, or a model.n_head that makes head_size "
+                         f"{FLEX_MIN_HEAD_SIZE}..{FLEX_MAX_HEAD_SIZE}")
 
 
 def format_plan(preset: str, seq_len: int, batch_size: int, device: str, precision: str,

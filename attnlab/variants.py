@@ -35,7 +35,8 @@ def training_kernel(block: type[AttentionBlock], config: ModelConfig, device_typ
     """The kernel ``model.attn_kernel=auto`` trains ``block`` on, on this kind of device."""
     if block.kernels is not None:
         return block.kernels[0]
-    return choose_kernel(block.attention_spec(config), device_type)
+    return choose_kernel(block.attention_spec(config), device_type,
+                         (config.head_size, config.head_size * block.value_head_factor))
 
 
 def head_layouts(block: type[AttentionBlock], config: ModelConfig) -> str:

@@ -5,26 +5,31 @@
         --steps 1 --no-compile --precision 32-true --phases equality steps   # a smoke run on a CPU
 
 Writes ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (the table for bench/RESULTS.md).
-Three phases, each in a process of its own with a time limit of its own, so that a hung
+Four phases, each in a process of its own with a time limit of its own, so that a hung
 compile or a CUDA error that spoils its process costs that phase's time and nothing more;
 the whole check stops at ``--deadline-s``, and whatever a phase finished is kept:
 
 1. **equality** (``--equality-s``): for every variant and every kernel it trains on here,
    logits and gradients of the same weights against the explicit kernel under the same
    precision, relative error at most ``EQUALITY_TOLERANCE``.
-2. **cuda-tests** (``--tests-s``): the CUDA-only tests (FlexAttention gradients against the
-   explicit kernel; the memory estimate against a measured CUDA step): pytest's summary.
-3. **steps** (the rest of the deadline): per (preset, T, variant), in order of importance
-   (every variant at the first T, then the next), the kernel and SDPA backend
-   ``attnlab.plan`` predicts and its memory estimate; on SDPA, the backend torch really calls
-   in one eager forward (``attnlab.observed_kernel``); then a few training steps (forward,
-   cross-entropy, backward, fused AdamW; ``bench/throughput.py``'s step) at ``--precision``,
-   compiled as ``train.py`` compiles (each block on its own): the first step's seconds
-   (compilation), tokens/s, MFU (``attnlab.flops``' FLOPs per token against the device's
-   peak), peak memory (``torch.cuda.max_memory_allocated``) and its ratio to the estimate.
-   An out-of-memory case is recorded as such. A case that leaves a CUDA error ends its
-   process; the phase goes on in a new one from the next case. Cases not reached are
-   listed as not run.
+2. **cuda-tests** (``--tests-s``): the CUDA-only tests (the memory estimate against a measured
+   CUDA step; FlexAttention gradients against the explicit kernel): pytest's summary.
+3. **train** (``--train-s``): ``train.py`` itself, as a researcher runs it on a GPU
+   (``TRAIN_OVERRIDES``: Lightning's loop, bf16-mixed, compiled, validation every 10 steps):
+   its exit code, steps, validation losses, tokens/s and MFU as it logged them, and the graphs
+   compiled by each validation's end, which must not grow after the first (no recompile at
+   every validation).
+4. **steps** (the rest of the deadline): per (preset, T, variant), in order of importance
+   (every variant at the first T, then the next; the presets side by side), the kernel and
+   SDPA backend ``attnlab.plan`` predicts and its memory estimate; on SDPA, the backend torch
+   really calls in one eager forward (``attnlab.observed_kernel``); then a few training steps
+   (forward, cross-entropy, backward, fused AdamW; ``bench/throughput.py``'s step) at
+   ``--precision``, compiled as ``train.py`` compiles (each block on its own): the first
+   step's seconds (compilation), tokens/s, MFU (``attnlab.flops``' FLOPs per token against
+   the device's peak), peak memory of the steps after the first
+   (``torch.cuda.max_memory_allocated``) and its ratio to the estimate. An out-of-memory case
+   is recorded as such. A case that leaves a CUDA error ends its process; the phase goes on
+   in a new one from the next case. Cases not reached are listed as not run.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import os
+import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,9 +64,16 @@ from throughput import Contestant, _sync  # noqa: E402
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parents[1]
 EQUALITY_TOLERANCE = 2e-2  # as tests/test_bf16.py: bf16's rounding (2^-8) x 5
-CUDA_TESTS = ["tests/test_flex_kernel.py", "tests/test_plan.py"]  # their tests named *cuda*
-PHASES = ("equality", "cuda-tests", "steps")
-CASE_RESERVE_S = 20  # a steps case is not started with less time than this left
+CUDA_TESTS = ["tests/test_plan.py", "tests/test_flex_kernel.py"]  # their tests named *cuda*; the quick file first
+PHASES = ("equality", "cuda-tests", "train", "steps")
+# The train phase: train.py as a researcher runs it on a GPU, short. gqa100m's heads of 64 put
+# qk_scale on FlexAttention, the most fragile path: its block mask and score_mod compiled inside
+# Lightning's loop, validation at another batch, the head-score probe on the explicit kernel.
+TRAIN_OVERRIDES = ["trainer=gpu", "model=gqa100m", "variant=qk_scale", "trainer.seq_len=2048",
+                   "trainer.batch_size=8", "trainer.max_steps=30", "trainer.val_every_n_steps=10",
+                   "trainer.val_batches=4", "trainer.log_every_n_steps=5", "trainer.progress_bar=false",
+                   "optim.warmup_steps=5"]
+CASE_RESERVE_S = 45  # a steps case (a cold compile, then steps) is not started with less time than this left
 CUDA_ERROR_EXIT = 3  # a steps process that hit a CUDA error exits with this, to be restarted
 
 
@@ -80,8 +94,10 @@ def train_steps(config: ModelConfig, device: torch.device, precision: str, batch
     T = config.block_size
     idx = torch.randint(0, config.vocab_size, (batch_size, T + 1), device=device)
     seconds = []
-    for _ in range(steps + 1):
+    for step in range(steps + 1):
         _sync(device)
+        if step == 1 and device.type == "cuda":  # the peak of training steps, not of compiling one
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         contestant.step(idx[:, :-1], idx[:, 1:])
         _sync(device)
@@ -108,14 +124,31 @@ def observe_backend(config: ModelConfig, device: torch.device, precision: str, p
 
 
 def cases(presets: list[str], seq_lens: list[int], variants: list[str]) -> list[tuple[str, int, str]]:
-    """(preset, T, variant) in order of importance: every variant at the first T, then the next."""
-    return [(p, T, v) for T in seq_lens for p in presets for v in variants]
+    """(preset, T, variant) in order of importance: every variant at the first T, then the next;
+    the presets side by side, so that a deadline leaves both with their first variants measured."""
+    return [(p, T, v) for T in seq_lens for v in variants for p in presets]
+
+
+def _causes(err: BaseException) -> list[BaseException]:
+    """``err`` and the errors it was raised from (Inductor wraps what fails inside a compile)."""
+    chain: list[BaseException] = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return any(isinstance(e, torch.OutOfMemoryError) or "CUDA out of memory" in str(e) for e in _causes(err))
 
 
 def is_cuda_error(err: BaseException) -> bool:
-    """An error after which this process's CUDA context cannot be trusted (not an OOM)."""
-    return isinstance(err, RuntimeError) and not isinstance(err, torch.OutOfMemoryError) and (
-        "CUDA error" in str(err) or type(err).__name__ == "AcceleratorError")
+    """An error after which this process's CUDA context cannot be trusted (not an OOM): torch's
+    own, or a Triton kernel's launch ("Triton Error [CUDA]"), also when a compile wrapped it."""
+    return not is_out_of_memory(err) and any(
+        isinstance(e, RuntimeError) and ("CUDA error" in str(e) or "Triton Error [CUDA]" in str(e)
+                                         or type(e).__name__ == "AcceleratorError")
+        for e in _causes(err))
 
 
 def run_case(preset: str, T: int, variant: str, args, device: torch.device) -> tuple[dict, bool]:
@@ -137,17 +170,24 @@ def run_case(preset: str, T: int, variant: str, args, device: torch.device) -> t
             try:
                 row.update(observe_backend(config, device, args.precision, plan.backend))
             except Exception as err:  # noqa: BLE001 - the measurements above stand
-                row["observed_backend"] = f"not observed: {type(err).__name__}: {str(err).splitlines()[0]}"
-    except torch.OutOfMemoryError as err:
-        row["error"] = f"out of memory: {str(err).splitlines()[0]}"
+                if device.type == "cuda" and is_cuda_error(err):
+                    raise  # this process's CUDA context is spoilt: below, it ends
+                row["observed_backend"] = f"not observed: {type(err).__name__}: {first_line(err)}"
     except Exception as err:  # noqa: BLE001 - one failing case must not lose the others
-        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        fatal = device.type == "cuda" and is_cuda_error(err)
+        if is_out_of_memory(err):
+            row["error"] = f"out of memory: {first_line(err)}"
+        else:
+            row["error"] = f"{type(err).__name__}: {first_line(err)}"
+            fatal = device.type == "cuda" and is_cuda_error(err)
     finally:
         torch._dynamo.reset()
         if device.type == "cuda" and not fatal:
             torch.cuda.empty_cache()
     return row, fatal
+
+
+def first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else ""
 
 
 def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
@@ -209,12 +249,79 @@ def equality_phase(args, device: torch.device, part: Path, until: float) -> int:
             rows = equality(variant, device, args.precision)
         except Exception as err:  # noqa: BLE001
             rows = [{"variant": variant, "kernel": "?", "ok": False,
-                     "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}]
+                     "error": f"{type(err).__name__}: {first_line(err)}"}]
             if device.type == "cuda" and is_cuda_error(err):
                 append_rows(part, rows)
                 return CUDA_ERROR_EXIT
         append_rows(part, rows or [{"variant": variant, "kernel": None, "ok": True}])  # explicit only
     return 0
+
+
+# --------------------------------------------------------------------------- phase: train
+
+def train_phase(overrides: list[str], until: float) -> dict:
+    """``train.py`` with ``overrides`` in a scratch results directory, until ``until``: its exit
+    code, steps, validation losses, tokens/s and MFU as it logged them, and the graphs compiled by
+    each validation's end (``compile/graphs``), which must not grow after the first."""
+    import pandas as pd
+
+    from attnlab.runs import RunDir
+
+    scratch = Path(tempfile.mkdtemp(prefix="gpu_check_train_"))
+    command = [sys.executable, "train.py", *overrides, f"results_dir={scratch / 'runs'}",
+               "experiment_name=gpu_check", f"hydra.run.dir={scratch / 'hydra'}"]
+    shown = "python train.py " + " ".join(overrides)
+    started = time.time()
+    try:
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                                timeout=max(1.0, until - time.time()))
+        returncode, output = result.returncode, result.stdout + result.stderr
+    except subprocess.TimeoutExpired as err:
+        returncode = None
+        output = "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (err.stdout, err.stderr))
+    report = {"command": shown, "returncode": returncode, "seconds": time.time() - started,
+              "warnings": [line.strip() for line in output.splitlines() if "WARNING" in line][:10],
+              "output_tail": output[-3000:]}
+    config = dict(item.split("=", 1) for item in overrides if "=" in item)
+    run = RunDir.for_run(scratch / "runs", "gpu_check", config.get("variant", "baseline"), int(config.get("seed", 0)))
+    if run.metrics.exists():
+        metrics = pd.read_csv(run.metrics)
+
+        def column(name: str) -> list[float]:
+            return metrics[name].dropna().tolist() if name in metrics else []
+
+        report.update({
+            # summary.json once the run finished, else the last step it logged
+            "steps": run.load_summary()["steps"] if run.summary.exists() else int(metrics["step"].max()),
+            "val_loss": column("val/loss"), "compiled_graphs_by_validation": column("compile/graphs"),
+            "tokens_per_s": _median(column("train/device/items_per_sec")),
+            "mfu": _median(column("train/device/mfu"))})
+    shutil.rmtree(scratch, ignore_errors=True)
+    return report
+
+
+def _median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
+
+
+def train_line(train: dict) -> str:
+    if train["returncode"] is None:
+        outcome = f"stopped at its limit after {train['seconds']:.0f} s"
+    else:
+        outcome = f"exit {train['returncode']} in {train['seconds']:.0f} s"
+    parts = [f"`{train['command']}`: {outcome}"]
+    if "steps" in train:
+        losses = ", ".join(f"{v:.3f}" for v in train["val_loss"]) or "none"
+        parts.append(f"{train['steps']} steps; validation loss {losses}")
+        if train["tokens_per_s"] is not None:
+            parts.append(f"{train['tokens_per_s']:,.0f} tokens/s"
+                         + (f", MFU {train['mfu']:.1%}" if train["mfu"] is not None else ""))
+        graphs = train["compiled_graphs_by_validation"]
+        if graphs:
+            again = graphs[-1] - graphs[0]
+            parts.append(f"graphs compiled by each validation's end {', '.join(f'{g:.0f}' for g in graphs)} ("
+                         + ("no recompile after the first" if again == 0 else f"{again:.0f} after the first") + ")")
+    return "train.py: " + "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- phases as processes
@@ -246,8 +353,8 @@ def run_phase_process(phase: str, argv: list[str], part: Path, until: float,
         before = len(read_rows(part))
         command = [sys.executable, str(script), *argv, "--run-phase", phase, "--part", str(part),
                    "--until", str(until)]
-        try:
-            code = subprocess.run(command, cwd=ROOT, timeout=max(1.0, until - time.time()) + 30).returncode
+        try:  # a few seconds' grace: the child stops itself before ``until``
+            code = subprocess.run(command, cwd=ROOT, timeout=max(1.0, until - time.time()) + 5).returncode
         except subprocess.TimeoutExpired:
             runs.append("stopped at the deadline")
             break
@@ -312,6 +419,8 @@ def markdown(report: dict) -> str:
               + (f"; not in: {', '.join(wrong)}" if wrong else ""), equality_line(report)]
     if report.get("cuda_tests"):
         lines.append(f"CUDA-only tests: {report['cuda_tests']['summary']}")
+    if report.get("train"):
+        lines.append(train_line(report["train"]))
     for phase, runs in report["processes"].items():
         if runs != ["exit 0"]:
             lines.append(f"Phase {phase}: {', '.join(runs)}")
@@ -331,7 +440,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     p.add_argument("--deadline-s", type=float, default=480, help="seconds for the whole check")
     p.add_argument("--equality-s", type=float, default=90, help="at most this for the equality phase")
-    p.add_argument("--tests-s", type=float, default=150, help="at most this for the CUDA-only tests")
+    p.add_argument("--tests-s", type=float, default=120, help="at most this for the CUDA-only tests")
+    p.add_argument("--train-s", type=float, default=100, help="at most this for the train phase")
+    p.add_argument("--train-overrides", nargs="+", default=TRAIN_OVERRIDES,
+                   help="train.py's overrides in the train phase (default: %(default)s)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_check")
     # Set by the check for the processes it starts:
@@ -358,12 +470,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     parts = {phase: args.out / f"part-{phase}.jsonl" for phase in ("equality", "steps")}
     for part in parts.values():
         part.unlink(missing_ok=True)
-    results, processes, tests = {}, {}, None
+    results, processes, tests, train = {}, {}, None, None
     for phase in [p for p in PHASES if p in args.phases]:
         print(f"== {phase} ({deadline - time.time():.0f} s left)", flush=True)
         if phase == "cuda-tests":
             tests = cuda_tests(min(deadline, time.time() + args.tests_s))
             processes[phase] = ["exit 0" if tests["returncode"] == 0 else f"pytest: {tests['summary']}"]
+            continue
+        if phase == "train":
+            train = train_phase(args.train_overrides, min(deadline, time.time() + args.train_s))
+            processes[phase] = [train_line(train)] if train["returncode"] != 0 else ["exit 0"]
             continue
         until = deadline if phase == "steps" else min(deadline, time.time() + args.equality_s)
         outcome = run_phase_process(phase, argv, parts[phase], until)
@@ -380,7 +496,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "variants": variant_list(args), "deadline_s": args.deadline_s, "steps": steps,
         "not_run": [c for c in cases(args.presets, args.seq_lens, variant_list(args)) if c not in done]
         if "steps" in args.phases else [],
-        "equality": results.get("equality", []), "cuda_tests": tests, "processes": processes,
+        "equality": results.get("equality", []), "cuda_tests": tests, "train": train, "processes": processes,
         "seconds": time.time() - started}
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     (args.out / "gpu_check.md").write_text(markdown(report), encoding="utf-8")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from attnlab.attention import (KERNELS, AttentionSpec, ScoreTerms, attend, check_kernel, choose_kernel,
-                               explicit_attention, kernels_for)
+                               explicit_attention, flex_head_size_problem, kernels_for)
 
 B, H, G, T, HS = 2, 4, 2, 9, 8
 SPECS = {
@@ -135,15 +135,32 @@ def test_weights_of_each_normaliser():
     assert (weights.tril(diagonal=-3) == 0).all() and (weights.triu(diagonal=1) == 0).all()
 
 
+def test_auto_passes_over_flex_at_head_sizes_its_cuda_kernel_cannot_compile():
+    """The study's head size 620 (staged as 1024) and diff_attn's value pairs of 2 x 160 are above
+    FlexAttention's 256; 8 is below Inductor's 16. SDPA takes the terms in a float mask instead."""
+    for sizes in ((620, 620), (160, 320), (8, 8)):
+        assert flex_head_size_problem(sizes) is not None
+        assert choose_kernel(SPECS["dense"], "cuda", sizes) == "sdpa"
+        assert choose_kernel(SPECS["window3"], "cuda", sizes) == "sdpa"
+        assert choose_kernel(SPECS["softcap"], "cuda", sizes) == "explicit"  # SDPA cannot cap
+    assert "staged as 1024" in flex_head_size_problem((620, 620))
+    assert "from 16" in flex_head_size_problem((8, 8))
+    for sizes in ((16, 16), (256, 256), (128, 256)):
+        assert flex_head_size_problem(sizes) is None
+        assert choose_kernel(SPECS["dense"], "cuda", sizes) == "flex"
+
+
 def test_auto_picks_the_fastest_kernel_that_can_express_the_spec():
-    assert choose_kernel(SPECS["causal"], "cpu") == "sdpa"
-    assert choose_kernel(SPECS["dense"], "cpu") == "sdpa"
-    assert choose_kernel(SPECS["softcap"], "cpu") == "explicit"  # SDPA cannot cap; flex cannot train
-    assert choose_kernel(SPECS["sigmoid"], "cpu") == "explicit"
-    assert choose_kernel(SPECS["causal"], "cuda") == "sdpa"  # the flash kernel
-    assert choose_kernel(SPECS["softcap"], "cuda") == "flex"
-    assert choose_kernel(SPECS["window3"], "cuda") == "flex"
-    assert choose_kernel(SPECS["sigmoid"], "cuda") == "explicit"
+    hs = (64, 64)
+    assert choose_kernel(SPECS["causal"], "cpu", hs) == "sdpa"
+    assert choose_kernel(SPECS["dense"], "cpu", hs) == "sdpa"
+    assert choose_kernel(SPECS["softcap"], "cpu", hs) == "explicit"  # SDPA cannot cap; flex cannot train
+    assert choose_kernel(SPECS["sigmoid"], "cpu", hs) == "explicit"
+    assert choose_kernel(SPECS["causal"], "cuda", hs) == "sdpa"  # the flash kernel
+    assert choose_kernel(SPECS["softcap"], "cuda", hs) == "flex"
+    assert choose_kernel(SPECS["window3"], "cuda", hs) == "flex"
+    assert choose_kernel(SPECS["dense"], "cuda", hs) == "flex"
+    assert choose_kernel(SPECS["sigmoid"], "cuda", hs) == "explicit"
     q, k, v, terms = _inputs(SPECS["softcap"], dtype=torch.float32)
     auto, _ = attend(q, k, v, SPECS["softcap"], terms, kernel="auto", scale=0.3, q_offset=0)
     explicit, _ = attend(q, k, v, SPECS["softcap"], terms, kernel="explicit", scale=0.3, q_offset=0)

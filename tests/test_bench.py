@@ -80,16 +80,28 @@ def test_flex_rows_are_refused_on_cpu_with_the_reason():
 
 
 @pytest.mark.slow
-def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path):
+def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path, corpus):
     import gpu_check
+    from test_training import tiny_overrides
 
+    # The train phase as on a GPU, compiled by Inductor, on a tiny model and corpus.
+    train = [o for o in tiny_overrides(tmp_path, corpus) if not o.startswith("results_dir=")]
+    train += ["trainer.compile=true", "trainer.max_steps=6", "variant=qk_scale"]
+    out = tmp_path / "out"
     args = ["--device", "cpu", "--presets", "tiny", "--seq-lens", "64", "--tokens-per-step", "128", "--steps", "1",
-            "--no-compile", "--precision", "32-true", "--phases", "equality", "steps", "--variants", "baseline",
-            "qk_scale", "talking_heads", "--out", str(tmp_path)]
+            "--no-compile", "--precision", "32-true", "--phases", "equality", "train", "steps", "--variants",
+            "baseline", "qk_scale", "talking_heads", "--out", str(out), "--train-overrides", *train]
     report = gpu_check.main(args)
-    assert json.loads((tmp_path / "gpu_check.json").read_text())["steps"] == json.loads(json.dumps(report["steps"]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md"]
-    assert report["processes"] == {"equality": ["exit 0"], "steps": ["exit 0"]}  # each phase in its own process
+    assert json.loads((out / "gpu_check.json").read_text())["steps"] == json.loads(json.dumps(report["steps"]))
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md"]
+    # each phase in its own process
+    assert report["processes"] == {"equality": ["exit 0"], "train": ["exit 0"], "steps": ["exit 0"]}
+    trained = report["train"]
+    assert trained["returncode"] == 0 and trained["steps"] == 6 and len(trained["val_loss"]) == 3
+    assert _positive(trained["tokens_per_s"]) and trained["mfu"] is None  # a CPU has no peak FLOP/s
+    graphs = trained["compiled_graphs_by_validation"]
+    assert len(graphs) == 3 and graphs[0] > 0 and graphs == [graphs[0]] * 3
+    assert not list(tmp_path.glob("gpu_check_train_*"))  # the scratch run is removed
     assert [r["variant"] for r in report["steps"]] == ["baseline", "qk_scale", "talking_heads"]
     assert all(_positive(r["tokens_per_s"]) and "error" not in r for r in report["steps"])
     assert {r["backend"] for r in report["steps"]} == {"cpu-flash", "math", "explicit"}
@@ -100,9 +112,13 @@ def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path)
     # sdpa against the explicit kernel; talking_heads has only the explicit one (flex: CUDA only).
     assert [(e["variant"], e["kernel"], e["ok"]) for e in report["equality"]] == [
         ("baseline", "sdpa", True), ("qk_scale", "sdpa", True), ("talking_heads", None, True)]
-    table = (tmp_path / "gpu_check.md").read_text()
+    table = (out / "gpu_check.md").read_text()
     assert "| tiny | 64 | qk_scale | sdpa (math) |" in table and "Fused = explicit (2 variant-kernel pairs" in table
     assert "SDPA backend as planned in 2 of 2 cases\n" in table
+    assert (f"train.py: `python train.py {' '.join(train)}`: exit 0 in {trained['seconds']:.0f} s; 6 steps; "
+            f"validation loss ") in table
+    assert f"graphs compiled by each validation's end {graphs[0]:.0f}, {graphs[0]:.0f}, {graphs[0]:.0f} (no " \
+           "recompile after the first)" in table
 
 
 @pytest.mark.slow
@@ -136,6 +152,22 @@ def test_the_gpu_check_restarts_its_process_after_a_cuda_error_but_not_after_an_
     assert gpu_check.is_cuda_error(RuntimeError("CUDA error: an illegal memory access was encountered"))
     assert not gpu_check.is_cuda_error(gpu_check.torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
     assert not gpu_check.is_cuda_error(ValueError("CUDA error"))
+    assert gpu_check.is_cuda_error(RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered"))
+
+    def raised_from(cause: BaseException) -> BaseException:
+        """As Inductor re-raises what fails inside a compile."""
+        try:
+            try:
+                raise cause
+            except BaseException as err:
+                raise RuntimeError("backend='inductor' raised: ...") from err
+        except RuntimeError as wrapped:
+            return wrapped
+
+    assert gpu_check.is_cuda_error(raised_from(RuntimeError("CUDA error: misaligned address")))
+    oom = raised_from(gpu_check.torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert gpu_check.is_out_of_memory(oom) and not gpu_check.is_cuda_error(oom)
+    assert not gpu_check.is_out_of_memory(raised_from(ValueError("shapes differ")))
 
 
 FLAKY_CHILD = """

@@ -1,6 +1,7 @@
 """attnlab.plan: the kernel each variant trains on, the tensors it materialises, and the peak
 memory estimate against a measured training step."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -290,8 +291,39 @@ def test_a_head_size_no_fused_kernel_takes_is_warned_about_and_a_flashable_one_i
     study = ModelConfig.from_preset("seed100m")  # one head of 620 per layer
     warning = slow_kernel_warning(study, 512, 8, "bf16-mixed")
     assert warning is not None and "head_size=620 is not flash-able" in warning
-    assert "math backend" in warning and "model.attn_kernel=flex" in warning
+    assert "math backend" in warning and "model.attn_kernel=flex" not in warning  # 620 > flex's 256 too
     assert slow_kernel_warning(ModelConfig.from_preset("tiny"), 128, 8, "bf16-mixed") is None
+    # qk_scale forced onto SDPA at head size 100: its float mask goes to math at bf16 (100 is not a
+    # multiple of 8), while FlexAttention would take it.
+    odd = ModelConfig(vocab_size=64, block_size=512, n_layer=1, n_head=4, n_embd=400, intermediate_size=64,
+                      variant="qk_scale", attn_kernel="sdpa")
+    assert "model.attn_kernel=flex" in slow_kernel_warning(odd, 512, 8, "bf16-mixed")
+
+
+def test_flex_is_planned_only_at_head_sizes_its_cuda_kernel_compiles_and_forcing_it_elsewhere_is_refused():
+    from attnlab.plan import check_flex_head_size
+
+    study = ModelConfig.from_preset("seed100m", variant="qk_scale")  # one head of 620: staged as 1024
+    plan = kernel_plan(study, 512, 8, "bf16-mixed", "cuda")
+    assert (plan.kernel, plan.backend) == ("sdpa", "math")
+    assert plan.why.startswith("FlexAttention's CUDA kernel takes head sizes up to 256: head size 620 is staged "
+                               "as 1024")
+    assert kernel_plan(ModelConfig.from_preset("gqa100m", variant="qk_scale"), 512, 8, "bf16-mixed",
+                       "cuda").kernel == "flex"  # heads of 64
+    forced = dataclasses.replace(study, attn_kernel="flex")
+    assert kernel_plan(forced, 512, 8, "bf16-mixed", "cuda").backend == "none (refused)"
+    with pytest.raises(ValueError) as err:
+        check_flex_head_size(forced)
+    assert str(err.value).startswith("model.attn_kernel=flex cannot train variant 'qk_scale' at head_size=620 on "
+                                     "a GPU: FlexAttention's CUDA kernel takes head sizes up to 256")
+    assert "use model.attn_kernel=auto (the default), sdpa or explicit" in str(err.value)
+    check_flex_head_size(study)  # auto: nothing to refuse
+    check_flex_head_size(ModelConfig.from_preset("gqa100m", variant="qk_scale", attn_kernel="flex"))
+    # diff_attn's values are pairs of heads: 2 x 160 = 320 is above 256 though its keys are not.
+    pairs = ModelConfig(vocab_size=64, block_size=64, n_layer=1, n_head=4, n_embd=640, intermediate_size=64,
+                        variant="diff_attn", attn_kernel="flex")
+    with pytest.raises(ValueError, match="head size 320 is staged as 512"):
+        check_flex_head_size(pairs)
 
 
 @pytest.mark.parametrize("variant, kernel, n_query_groups, planned", [

@@ -241,3 +241,15 @@ def test_cli_reports_bad_values_in_one_line(tmp_path, corpus):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: optim.lr must be positive, got -1.0"
     assert "Traceback" not in result.stderr
+
+
+def test_trainer_peak_flops_gives_the_logged_mfu(tmp_path, corpus):
+    """MFU = the model FLOP/s Lightning's monitor measures over the given peak (here a CPU, which
+    has no peak of its own, so without trainer.peak_flops no MFU is logged)."""
+    overrides = ["experiment_name=unit", *tiny_overrides(tmp_path, corpus), "trainer.max_steps=6"]
+    metrics = pd.read_csv(train(compose_config([*overrides, "trainer.peak_flops=1e9"])).metrics)
+    rows = metrics.dropna(subset=["train/device/mfu"])
+    assert len(rows) > 0
+    assert (rows["train/device/mfu"] == rows["train/device/flops_per_sec"] / 1e9).all()
+    plain = pd.read_csv(train(compose_config([*overrides, "seed=1"])).metrics)
+    assert "train/device/flops_per_sec" in plain.columns and "train/device/mfu" not in plain.columns

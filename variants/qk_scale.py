@@ -15,7 +15,8 @@ Extra parameters: C * block_size + block_size per layer (25.4M at seed100m).
 The term is a dense ``ScoreTerms`` entry, so every kernel expresses it: on CPU it
 travels in SDPA's float mask (with the causal -inf; SDPA's math backend, since the mask
 needs a gradient; at seed100m, T=512, the whole step costs ~1.05-1.1x the baseline's,
-bench/RESULTS.md); on CUDA ``auto`` passes it to FlexAttention as a ``score_mod``.
+bench/RESULTS.md); on CUDA ``auto`` passes it to FlexAttention as a ``score_mod`` (at head
+sizes up to 256; the study's 620 keeps SDPA's float mask).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ large logits from dominating (Gemma Team 2024, "Gemma 2: Improving Open Language
 at a Practical Size", attention logits capped at c = 50). Option ``cap`` = c.
 
 No extra parameters. SDPA cannot apply the tanh inside its kernel: ``auto`` trains on
-FlexAttention on CUDA (the cap is a ``score_mod``) and on the explicit kernel on CPU.
+FlexAttention on CUDA (the cap is a ``score_mod``; at head sizes up to 256) and on the
+explicit kernel on CPU.
 Analysis weights: the softmax probabilities of the capped logits.
 """
 

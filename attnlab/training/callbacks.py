@@ -120,7 +120,11 @@ class PeakFlopsThroughputMonitor(ThroughputMonitor):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if self.peak_flops:
+            # Each stage's Throughput took Lightning's own peak (None on a CPU or an unlisted GPU)
+            # when it was made above, and computes MFU from it: set it there, not only here.
             self.available_flops = int(self.peak_flops)
+            for throughput in self._throughputs.values():
+                throughput.available_flops = self.available_flops
 
 
 class LastCheckpoint(L.Callback):

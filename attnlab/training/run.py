@@ -20,7 +20,7 @@ from attnlab.data import check_vocab_fits, prepare_data
 from attnlab.flops import flops_per_token
 from attnlab.ladder import check_one_setting, ladder_runs, member_name, tuned_lr, widened_lr
 from attnlab.model import build_model
-from attnlab.plan import check_fits_device, slow_kernel_warning
+from attnlab.plan import check_fits_device, check_flex_head_size, slow_kernel_warning
 from attnlab.runs import RunDir
 from attnlab.training.budget import apply_budget
 from attnlab.training.callbacks import SummaryCallback, TrainingInterrupted
@@ -64,11 +64,12 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
             cfg.optim.lr = rate
         cfg.experiment_name = member_name(cfg.ladder.name, cfg.model.preset, cfg.optim.lr)
 
-    # Refuse a run whose estimated peak exceeds the GPU's memory before anything is written, and
-    # say when its attention cannot be fused (attnlab/plan.py); the preset's vocabulary stands in
-    # for the tokenizer's, not known yet.
+    # Refuse a run whose estimated peak exceeds the GPU's memory, or whose forced FlexAttention cannot
+    # compile at its head size, before anything is written, and say when its attention cannot be
+    # fused (attnlab/plan.py); the preset's vocabulary stands in for the tokenizer's, not known yet.
     if accelerator == "gpu" and torch.cuda.is_available():
         planned = cfg.model.build(cfg.variant, PRESETS[cfg.model.preset]["vocab_size"], cfg.trainer.seq_len)
+        check_flex_head_size(planned)
         slow = slow_kernel_warning(planned, cfg.trainer.seq_len, cfg.trainer.batch_size, precision)
         if slow is not None:
             log.warning(slow)

@@ -12,8 +12,9 @@ from attnlab.runs import RunDir
 from attnlab.training.callbacks import (GracefulStop, HeadScoresCallback, LastCheckpoint,
                                         PeakFlopsThroughputMonitor, SummaryCallback)
 from attnlab.training.checkpoint_io import AtomicCheckpointIO
+from attnlab.training.compile_watch import CompileWatch
 from attnlab.training.config import TrainConfig
-from attnlab.training.hardware import root_device
+from attnlab.training.hardware import root_device, should_compile
 
 
 def build_strategy(name: str) -> str | Strategy:
@@ -54,6 +55,8 @@ def build_trainer(cfg: TrainConfig, run: RunDir, accelerator: str, precision: st
             batch_size_fn=lambda batch: batch[0].shape[0],
             length_fn=lambda batch: batch[0].numel(), window_size=max(2, min(50, t.log_every_n_steps))),
         HeadScoresCallback(),  # heads/* at every validation: induction, previous-token, sink scores
+        # After the probe above, whose shapes compile too: compile/graphs at every validation.
+        *([CompileWatch()] if should_compile(t.compile, accelerator) else []),
         *extra_callbacks,
     ]
     if t.progress_bar:
