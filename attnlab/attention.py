@@ -42,8 +42,9 @@ NORMALISERS = ("softmax", "softmax_sink", "sigmoid")
 FLASH_MAX_HEAD_SIZE = 256  # FlashAttention-2 / SDPA's flash backend
 # FlexAttention's CUDA kernel stages q, k and v tiles with the head size rounded up to a power of
 # two. torch tunes its tiles for head sizes up to 256; above that (512 or more once rounded) its
-# default tiles need more shared memory than an H100 block has (227 KiB), and the compile fails
-# ("No valid triton configs ... out of resource: shared memory", reported for 512 on an H100).
+# default tiles need more shared memory than an H100 gives a kernel (227 KiB; other GPUs give
+# less), and the compile fails ("No valid triton configs ... out of resource: shared memory",
+# reported for 512 on an H100).
 # Below 16, Inductor refuses to lower it (Triton's tl.dot needs 16).
 FLEX_MAX_HEAD_SIZE = 256
 FLEX_MIN_HEAD_SIZE = 16
@@ -58,7 +59,8 @@ def flex_head_size_problem(head_sizes: tuple[int, ...]) -> str | None:
     if largest > FLEX_MAX_HEAD_SIZE:
         rounded = 1 << (largest - 1).bit_length()
         return (f"FlexAttention's CUDA kernel takes head sizes up to {FLEX_MAX_HEAD_SIZE}: head size {largest} "
-                f"is staged as {rounded}, whose tiles need more shared memory than a GPU has, so its compile fails")
+                f"is staged as {rounded}, whose tiles need more shared memory than an H100 gives a kernel, so "
+                f"its compile fails")
     return None
 
 

@@ -46,8 +46,8 @@ from typing import Any
 
 import torch
 
-from attnlab.attention import (FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE, FLEX_MIN_HEAD_SIZE, flex_head_size_problem,
-                               sdpa_takes_gqa)
+from attnlab.attention import (FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE, FLEX_MIN_HEAD_SIZE, KERNELS,
+                               flex_head_size_problem, sdpa_takes_gqa)
 from attnlab.config import PRESETS, ModelConfig
 from attnlab.params import total_parameters, variant_at_preset
 from attnlab.variants import training_kernel
@@ -180,7 +180,8 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     flex_problem = flex_head_size_problem((hs, vs)) if device_type == "cuda" else None
     auto = kernel is None and resolved.attn_kernel == "auto"
     # auto passed over FlexAttention for this head size: say so before the other kernel's reason
-    skipped = f"{flex_problem}; " if flex_problem is not None and auto and not spec.plain_causal else ""
+    skipped = (f"{flex_problem}; " if flex_problem is not None and auto and not spec.plain_causal
+               and KERNELS["flex"].limit(spec) is None else "")
     if name == "explicit":
         why = (f"{skipped}SDPA cannot express it" if skipped else "no fused kernel expresses it") if auto \
             else "model.attn_kernel=explicit"
@@ -343,17 +344,20 @@ def check_fits_device(model_config: ModelConfig, trainer: Any, device_name: str 
 
 
 def slow_kernel_warning(model_config: ModelConfig, seq_len: int, batch_size: int, precision: str) -> str | None:
-    """On CUDA: why a run's attention falls back to SDPA's math backend (it keeps (B, H, T, S)
-    maps in memory; e.g. the study's head size 620 at bf16), or None."""
+    """On CUDA: why a run's attention materialises (B, H, T, S) maps where a fused kernel would not,
+    or None: SDPA's math backend (e.g. the study's head size 620 at bf16), or the explicit kernel
+    where FlexAttention would express the variant but cannot take its head size."""
     plan = kernel_plan(model_config, seq_len, batch_size, precision, "cuda")
-    if plan.backend != "math":
-        return None
-    maps = sum(t.nbytes for t in plan.extra if t.score_map)
     flex = kernel_plan(dataclasses.replace(model_config, attn_kernel="flex"), seq_len, batch_size, precision,
                        "cuda") if "flex" in supported_kernels(get_variant(model_config.variant), model_config) else None
+    flex_skipped = plan.backend == "explicit" and flex is not None and flex.backend == "none (refused)"
+    if plan.backend != "math" and not flex_skipped:
+        return None
+    maps = sum(t.nbytes for t in plan.extra if t.score_map)
     avoid = (f"a head_size that is a multiple of 8 and <= {min(FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE)} "
              f"(model.n_head)" + (", or model.attn_kernel=flex," if flex and flex.backend == "fused (flex)" else ""))
-    return (f"variant {model_config.variant!r} attends on SDPA's math backend ({plan.why}): it keeps "
+    where = "SDPA's math backend" if plan.backend == "math" else "the explicit kernel"
+    return (f"variant {model_config.variant!r} attends on {where} ({plan.why}): it keeps "
             f"{_fmt(maps)} of (B, H, T, S) maps per layer and is several times slower than a fused kernel; "
             f"{avoid} avoids it (python -m attnlab.plan shows every variant's kernel)")
 

@@ -143,9 +143,10 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 def is_cuda_error(err: BaseException) -> bool:
-    """An error after which this process's CUDA context cannot be trusted (not an OOM): torch's
-    own, or a Triton kernel's launch ("Triton Error [CUDA]"), also when a compile wrapped it."""
-    return not is_out_of_memory(err) and any(
+    """An error after which this process's CUDA context cannot be trusted: torch's own, or a
+    Triton kernel's launch ("Triton Error [CUDA]"), also when a compile wrapped it or it was
+    raised while another error (an OOM) was being handled. An OOM alone is not one."""
+    return any(
         isinstance(e, RuntimeError) and ("CUDA error" in str(e) or "Triton Error [CUDA]" in str(e)
                                          or type(e).__name__ == "AcceleratorError")
         for e in _causes(err))
@@ -174,11 +175,11 @@ def run_case(preset: str, T: int, variant: str, args, device: torch.device) -> t
                     raise  # this process's CUDA context is spoilt: below, it ends
                 row["observed_backend"] = f"not observed: {type(err).__name__}: {first_line(err)}"
     except Exception as err:  # noqa: BLE001 - one failing case must not lose the others
-        if is_out_of_memory(err):
+        fatal = device.type == "cuda" and is_cuda_error(err)
+        if is_out_of_memory(err) and not fatal:
             row["error"] = f"out of memory: {first_line(err)}"
         else:
             row["error"] = f"{type(err).__name__}: {first_line(err)}"
-            fatal = device.type == "cuda" and is_cuda_error(err)
     finally:
         torch._dynamo.reset()
         if device.type == "cuda" and not fatal:
@@ -259,45 +260,54 @@ def equality_phase(args, device: torch.device, part: Path, until: float) -> int:
 
 # --------------------------------------------------------------------------- phase: train
 
-def train_phase(overrides: list[str], until: float) -> dict:
-    """``train.py`` with ``overrides`` in a scratch results directory, until ``until``: its exit
-    code, steps, validation losses, tokens/s and MFU as it logged them, and the graphs compiled by
-    each validation's end (``compile/graphs``), which must not grow after the first."""
+def train_phase(overrides: list[str], until: float, scratch_parent: Path) -> dict:
+    """``train.py`` with ``overrides`` in a scratch results directory under ``scratch_parent``
+    (removed after), until ``until``: its exit code, steps, validation losses, tokens/s and MFU
+    as it logged them, and the graphs compiled by each validation's end (``compile/graphs``),
+    which must not grow after the first."""
+    scratch = Path(tempfile.mkdtemp(prefix="train-scratch-", dir=scratch_parent))
+    command = [sys.executable, "train.py", *overrides, f"results_dir={scratch / 'runs'}",
+               "experiment_name=gpu_check", f"hydra.run.dir={scratch / 'hydra'}"]
+    report: dict = {"command": "python train.py " + " ".join(overrides), "returncode": None}
+    started = time.time()
+    try:
+        try:
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, errors="replace",
+                                    timeout=max(1.0, until - time.time()))
+            report["returncode"], output = result.returncode, result.stdout + result.stderr
+        except subprocess.TimeoutExpired as err:
+            output = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                             for x in (err.stdout, err.stderr))
+        report.update({"seconds": time.time() - started,
+                       "warnings": [line.strip() for line in output.splitlines() if "WARNING" in line][:10],
+                       "output_tail": output[-3000:]})
+        report.update(_logged(scratch / "runs", overrides))
+    except Exception as err:  # noqa: BLE001 - the other phases' results must still be written
+        report.update({"seconds": time.time() - started, "error": f"{type(err).__name__}: {first_line(err)}"})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return report
+
+
+def _logged(results_dir: Path, overrides: list[str]) -> dict:
+    """What the run logged: ``steps`` from its summary once it finished, else ``last_logged_step``."""
     import pandas as pd
 
     from attnlab.runs import RunDir
 
-    scratch = Path(tempfile.mkdtemp(prefix="gpu_check_train_"))
-    command = [sys.executable, "train.py", *overrides, f"results_dir={scratch / 'runs'}",
-               "experiment_name=gpu_check", f"hydra.run.dir={scratch / 'hydra'}"]
-    shown = "python train.py " + " ".join(overrides)
-    started = time.time()
-    try:
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                                timeout=max(1.0, until - time.time()))
-        returncode, output = result.returncode, result.stdout + result.stderr
-    except subprocess.TimeoutExpired as err:
-        returncode = None
-        output = "".join(x.decode() if isinstance(x, bytes) else (x or "") for x in (err.stdout, err.stderr))
-    report = {"command": shown, "returncode": returncode, "seconds": time.time() - started,
-              "warnings": [line.strip() for line in output.splitlines() if "WARNING" in line][:10],
-              "output_tail": output[-3000:]}
     config = dict(item.split("=", 1) for item in overrides if "=" in item)
-    run = RunDir.for_run(scratch / "runs", "gpu_check", config.get("variant", "baseline"), int(config.get("seed", 0)))
-    if run.metrics.exists():
-        metrics = pd.read_csv(run.metrics)
+    run = RunDir.for_run(results_dir, "gpu_check", config.get("variant", "baseline"), int(config.get("seed", 0)))
+    if not run.metrics.exists() or run.metrics.stat().st_size == 0:
+        return {}
+    metrics = pd.read_csv(run.metrics)
 
-        def column(name: str) -> list[float]:
-            return metrics[name].dropna().tolist() if name in metrics else []
+    def column(name: str) -> list[float]:
+        return metrics[name].dropna().tolist() if name in metrics else []
 
-        report.update({
-            # summary.json once the run finished, else the last step it logged
-            "steps": run.load_summary()["steps"] if run.summary.exists() else int(metrics["step"].max()),
-            "val_loss": column("val/loss"), "compiled_graphs_by_validation": column("compile/graphs"),
-            "tokens_per_s": _median(column("train/device/items_per_sec")),
-            "mfu": _median(column("train/device/mfu"))})
-    shutil.rmtree(scratch, ignore_errors=True)
-    return report
+    steps = {"steps": run.load_summary()["steps"]} if run.summary.exists() else {
+        "last_logged_step": int(metrics["step"].max()) if "step" in metrics and len(metrics) else 0}
+    return {**steps, "val_loss": column("val/loss"), "compiled_graphs_by_validation": column("compile/graphs"),
+            "tokens_per_s": _median(column("train/device/items_per_sec")), "mfu": _median(column("train/device/mfu"))}
 
 
 def _median(values: list[float]) -> float | None:
@@ -306,13 +316,17 @@ def _median(values: list[float]) -> float | None:
 
 def train_line(train: dict) -> str:
     if train["returncode"] is None:
-        outcome = f"stopped at its limit after {train['seconds']:.0f} s"
+        outcome = f"stopped at its limit after {train['seconds']:.0f} s" if not train.get("error") else "failed"
     else:
         outcome = f"exit {train['returncode']} in {train['seconds']:.0f} s"
     parts = [f"`{train['command']}`: {outcome}"]
-    if "steps" in train:
+    if train.get("error"):
+        parts.append(f"not read: {train['error']}")
+    if "val_loss" in train:
         losses = ", ".join(f"{v:.3f}" for v in train["val_loss"]) or "none"
-        parts.append(f"{train['steps']} steps; validation loss {losses}")
+        steps = (f"{train['steps']} steps" if "steps" in train
+                 else f"unfinished, last logged at step {train['last_logged_step']}")
+        parts.append(f"{steps}; validation loss {losses}")
         if train["tokens_per_s"] is not None:
             parts.append(f"{train['tokens_per_s']:,.0f} tokens/s"
                          + (f", MFU {train['mfu']:.1%}" if train["mfu"] is not None else ""))
@@ -422,7 +436,7 @@ def markdown(report: dict) -> str:
     if report.get("train"):
         lines.append(train_line(report["train"]))
     for phase, runs in report["processes"].items():
-        if runs != ["exit 0"]:
+        if runs and runs != ["exit 0"]:  # [] for a failed train phase: its own line says how
             lines.append(f"Phase {phase}: {', '.join(runs)}")
     return "\n".join(lines) + "\n"
 
@@ -478,8 +492,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             processes[phase] = ["exit 0" if tests["returncode"] == 0 else f"pytest: {tests['summary']}"]
             continue
         if phase == "train":
-            train = train_phase(args.train_overrides, min(deadline, time.time() + args.train_s))
-            processes[phase] = [train_line(train)] if train["returncode"] != 0 else ["exit 0"]
+            train = train_phase(args.train_overrides, min(deadline, time.time() + args.train_s), args.out)
+            processes[phase] = ["exit 0"] if train["returncode"] == 0 and "error" not in train else []
             continue
         until = deadline if phase == "steps" else min(deadline, time.time() + args.equality_s)
         outcome = run_phase_process(phase, argv, parts[phase], until)

@@ -48,6 +48,7 @@ from attnlab.data.shards import ShardWriter, dtype_for_vocab
 from attnlab.flops import device_peak_flops, flops_per_token
 from attnlab.model import build_model
 from attnlab.params import MULTI_HEAD, variant_at_preset
+from attnlab.plan import check_flex_head_size
 from variants import available_variants
 
 HF_NAME = "hf_llama"
@@ -442,6 +443,15 @@ def environment() -> dict:
     return env
 
 
+def _flex_refusal(variant: str, preset: str) -> str | None:
+    """Why ``variant`` cannot train on FlexAttention at ``preset`` on CUDA (its head size), or None."""
+    try:
+        check_flex_head_size(ModelConfig.from_preset(preset, variant=variant, attn_kernel="flex"))
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -477,21 +487,25 @@ def main(argv: list[str] | None = None) -> dict:
     precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
     variants = args.variants or available_variants()
     variants = ["baseline", *[v for v in variants if v != "baseline"]]
-    flex = args.flex
-    if flex is None:
-        flex = ["qk_scale"] if device.type == "cuda" and "qk_scale" in available_variants() else []
-    if flex and device.type != "cuda":
-        raise SystemExit(f"--flex {' '.join(flex)}: {FLEX_CPU_LIMIT}")
     if args.preset is None:
         cases = DEFAULT_CASES
     else:
         seq_len = args.seq_len or PRESETS[args.preset]["block_size"]
         cases = [Case(args.preset, seq_len, args.batch_size, args.steps, args.rounds, args.warmup)]
+    flex = args.flex
+    if flex and device.type != "cuda":
+        raise SystemExit(f"--flex {' '.join(flex)}: {FLEX_CPU_LIMIT}")
+    refusals = [r for v in flex or [] for case in cases if (r := _flex_refusal(v, case.preset))]
+    if refusals:
+        raise SystemExit(f"--flex {' '.join(flex)}: {refusals[0]}")
     summaries = []
     for case in cases:
         print(f"\n== {case.preset}, T={case.seq_len}, batch {case.batch_size} ==", flush=True)
+        # By default qk_scale's FlexAttention row, on CUDA at a head size its kernel takes.
+        case_flex = flex if flex is not None else ["qk_scale"] * (
+            device.type == "cuda" and "qk_scale" in available_variants() and not _flex_refusal("qk_scale", case.preset))
         summary = run_case(case, variants, device, precision, args.compile, not args.no_hf,
-                           args.clock, log=lambda s: print(s, flush=True), flex=flex)
+                           args.clock, log=lambda s: print(s, flush=True), flex=case_flex)
         summaries.append(summary)
         print("\n" + format_table(summary), flush=True)
     report = {"date": time.strftime("%Y-%m-%d"), "command": _portable_command(sys.argv),
@@ -502,9 +516,10 @@ def main(argv: list[str] | None = None) -> dict:
     hf_ratios = [s["baseline_vs_hf"] for s in summaries if "baseline_vs_hf" in s]
     if hf_ratios:
         report["baseline_vs_hf"] = min(hf_ratios)
+    flex_rows = dict.fromkeys(row for s in summaries for row in s["results"] if row.endswith(FLEX_SUFFIX))
     report["step_time_vs_baseline"] = {
-        v: max(s["results"][v]["step_time_vs_baseline"] for s in summaries)
-        for v in [*variants, *(f"{f}{FLEX_SUFFIX}" for f in flex)]}
+        v: max(s["results"][v]["step_time_vs_baseline"] for s in summaries if v in s["results"])
+        for v in [*variants, *flex_rows]}
     report["by_case"] = {f"{s['case']['preset']}@T{s['case']['seq_len']}": {
         "baseline_vs_hf": s.get("baseline_vs_hf"),
         "step_time_vs_baseline": {n: r["step_time_vs_baseline"] for n, r in s["results"].items()

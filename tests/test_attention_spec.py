@@ -150,6 +150,23 @@ def test_auto_passes_over_flex_at_head_sizes_its_cuda_kernel_cannot_compile():
         assert choose_kernel(SPECS["dense"], "cuda", sizes) == "flex"
 
 
+def test_attend_asks_for_the_kernel_with_the_calls_own_head_sizes(monkeypatch):
+    """diff_attn's maps attend over value pairs: the call's v head size (2 x hs), not the key's,
+    is what FlexAttention's limit is checked against."""
+    from attnlab import attention
+    from attnlab.model import build_model
+    from conftest import tiny_config
+
+    asked = []
+    choose = attention.choose_kernel
+    monkeypatch.setattr(attention, "choose_kernel", lambda spec, device, sizes: asked.append(sizes) or
+                        choose(spec, device, sizes))
+    for variant, sizes in (("baseline", (8, 8)), ("diff_attn", (8, 16))):
+        asked.clear()
+        build_model(tiny_config(variant))(torch.randint(0, 100, (1, 8)))
+        assert set(asked) == {sizes}, variant
+
+
 def test_auto_picks_the_fastest_kernel_that_can_express_the_spec():
     hs = (64, 64)
     assert choose_kernel(SPECS["causal"], "cpu", hs) == "sdpa"

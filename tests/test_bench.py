@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,14 @@ def test_flex_rows_are_refused_on_cpu_with_the_reason():
         throughput.main([*QUICK, "--no-hf", "--flex", "qk_scale"])
 
 
+def test_flex_rows_at_a_head_size_flex_cannot_compile_are_refused_before_any_device_work():
+    # Refused before a model is built, so --device cuda needs no GPU here.
+    with pytest.raises(SystemExit, match="--flex qk_scale: model.attn_kernel=flex cannot train variant 'qk_scale' "
+                                         "at head_size=620 on a GPU"):
+        throughput.main(["--preset", "seed100m", "--device", "cuda", "--no-hf", "--flex", "qk_scale"])
+    assert throughput._flex_refusal("qk_scale", "gqa100m") is None  # heads of 64
+
+
 @pytest.mark.slow
 def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path, corpus):
     import gpu_check
@@ -93,6 +102,7 @@ def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path,
             "baseline", "qk_scale", "talking_heads", "--out", str(out), "--train-overrides", *train]
     report = gpu_check.main(args)
     assert json.loads((out / "gpu_check.json").read_text())["steps"] == json.loads(json.dumps(report["steps"]))
+    # The train phase's scratch run directory (made under --out) is gone.
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md"]
     # each phase in its own process
     assert report["processes"] == {"equality": ["exit 0"], "train": ["exit 0"], "steps": ["exit 0"]}
@@ -101,7 +111,6 @@ def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path,
     assert _positive(trained["tokens_per_s"]) and trained["mfu"] is None  # a CPU has no peak FLOP/s
     graphs = trained["compiled_graphs_by_validation"]
     assert len(graphs) == 3 and graphs[0] > 0 and graphs == [graphs[0]] * 3
-    assert not list(tmp_path.glob("gpu_check_train_*"))  # the scratch run is removed
     assert [r["variant"] for r in report["steps"]] == ["baseline", "qk_scale", "talking_heads"]
     assert all(_positive(r["tokens_per_s"]) and "error" not in r for r in report["steps"])
     assert {r["backend"] for r in report["steps"]} == {"cpu-flash", "math", "explicit"}
@@ -211,3 +220,18 @@ def test_the_compile_time_bench_compiles_both_ways_in_fresh_processes(tmp_path):
     assert all("error" not in r and r["first_step_s"] > r["step_s"] > 0 for r in report["rows"])
     assert _positive(report["whole_over_blocks"]["baseline"])
     assert _positive(report["step_blocks_over_whole"]["baseline"])
+
+
+@pytest.mark.slow
+def test_the_gpu_check_train_phase_reports_a_failed_or_stopped_run_and_removes_its_scratch(tmp_path):
+    import gpu_check
+
+    failed = gpu_check.train_phase(["trainer.max_steps=0"], time.time() + 120, tmp_path)
+    assert failed["returncode"] not in (0, None) and "error" not in failed
+    assert "trainer.max_steps must be a positive integer, got 0" in failed["output_tail"]
+    assert gpu_check.train_line(failed).startswith(
+        f"train.py: `python train.py trainer.max_steps=0`: exit {failed['returncode']} in ")
+    stopped = gpu_check.train_phase(["trainer=cpu"], time.time() + 1, tmp_path)
+    assert stopped["returncode"] is None and "error" not in stopped
+    assert "stopped at its limit after" in gpu_check.train_line(stopped)
+    assert list(tmp_path.iterdir()) == []

@@ -319,6 +319,18 @@ def test_flex_is_planned_only_at_head_sizes_its_cuda_kernel_compiles_and_forcing
     assert "use model.attn_kernel=auto (the default), sdpa or explicit" in str(err.value)
     check_flex_head_size(study)  # auto: nothing to refuse
     check_flex_head_size(ModelConfig.from_preset("gqa100m", variant="qk_scale", attn_kernel="flex"))
+    # softcap: FlexAttention would take the cap, SDPA cannot: the explicit kernel, warned about.
+    capped = ModelConfig.from_preset("seed100m", variant="softcap")
+    plan = kernel_plan(capped, 512, 8, "bf16-mixed", "cuda")
+    assert plan.kernel == "explicit" and plan.why.endswith("is staged as 1024, whose tiles need more shared memory "
+                                                          "than an H100 gives a kernel, so its compile fails; SDPA "
+                                                          "cannot express it")
+    assert slow_kernel_warning(capped, 512, 8, "bf16-mixed").startswith(
+        "variant 'softcap' attends on the explicit kernel (FlexAttention's CUDA kernel takes head sizes up to 256")
+    # sigmoid_attn: no fused kernel at any head size, so neither the head size nor a warning.
+    sigmoid = ModelConfig.from_preset("seed100m", variant="sigmoid_attn")
+    assert kernel_plan(sigmoid, 512, 8, "bf16-mixed", "cuda").why == "no fused kernel expresses it"
+    assert slow_kernel_warning(sigmoid, 512, 8, "bf16-mixed") is None
     # diff_attn's values are pairs of heads: 2 x 160 = 320 is above 256 though its keys are not.
     pairs = ModelConfig(vocab_size=64, block_size=64, n_layer=1, n_head=4, n_embd=640, intermediate_size=64,
                         variant="diff_attn", attn_kernel="flex")

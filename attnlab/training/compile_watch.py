@@ -39,7 +39,7 @@ class CompileWatch(L.Callback):
             return
         graphs = compiled_graphs() - self._start
         pl_module.log("compile/graphs", float(graphs), rank_zero_only=True)
-        if self.at_validation and graphs > self.at_validation[-1]:
+        if self.at_validation and graphs > self.at_validation[-1] and trainer.is_global_zero:
             log.warning(
                 "torch.compile compiled %d more graph(s) between validations %d and %d (step %d), after "
                 "the run's shapes had all compiled: each is a recompile that may recur and cost its "
