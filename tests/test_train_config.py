@@ -31,6 +31,8 @@ BAD_VALUES = [
     ("trainer.strategy=dpp", "unknown trainer.strategy 'dpp'; allowed: auto, ddp, "),
     ("trainer.precision=fp8", "unknown trainer.precision 'fp8'; allowed: auto, 32-true, bf16-mixed"),
     ("trainer.nonfinite_loss=ignore", "unknown trainer.nonfinite_loss 'ignore'; allowed: stop, skip"),
+    ("trainer.float32_matmul_precision=low",
+     "unknown trainer.float32_matmul_precision 'low'; allowed: auto, highest, high, medium"),
     ("optim.lr=0", "optim.lr must be positive, got 0.0"),
     ("optim.lr=nan", "optim.lr must be positive, got nan"),
     ("optim.lr=inf", "optim.lr must be positive, got inf"),
@@ -62,6 +64,7 @@ def test_every_bad_setting_is_named_with_its_allowed_range(override, message):
     ["trainer.checkpoint_every_n_steps=null", "trainer.peak_flops=null"],
     ["trainer.checkpoint_every_n_steps=5", "trainer.peak_flops=1e12", "trainer.num_workers=0"],
     ["trainer=ddp"], ["trainer=fsdp"], ["trainer=multinode"], ["trainer.accelerator=cuda"],
+    ["trainer.float32_matmul_precision=highest"], ["trainer.float32_matmul_precision=medium"],
     ["logger=wandb"], ["logger=mlflow"], ["resume=auto"],
 ], ids=lambda o: " ".join(o))
 def test_the_edges_of_every_range_are_accepted(overrides):

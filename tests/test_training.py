@@ -253,3 +253,23 @@ def test_trainer_peak_flops_gives_the_logged_mfu(tmp_path, corpus):
     assert (rows["train/device/mfu"] == rows["train/device/flops_per_sec"] / 1e9).all()
     plain = pd.read_csv(train(compose_config([*overrides, "seed=1"])).metrics)
     assert "train/device/flops_per_sec" in plain.columns and "train/device/mfu" not in plain.columns
+
+
+def test_float32_matmul_precision_is_resolved_set_and_recorded(tmp_path, corpus):
+    from attnlab.training.hardware import choose_matmul_precision
+
+    assert choose_matmul_precision("auto", "gpu") == "high"  # TF32 on a GPU, as Lightning advises
+    assert choose_matmul_precision("auto", "cpu") is None  # torch's own setting stays
+    assert choose_matmul_precision("highest", "gpu") == "highest"
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        run = train(compose_config(["experiment_name=unit", *tiny_overrides(tmp_path, corpus),
+                                    "trainer.float32_matmul_precision=medium"]))
+        assert torch.get_float32_matmul_precision() == "medium"
+        assert run.load_summary()["float32_matmul_precision"] == "medium"
+        torch.set_float32_matmul_precision("highest")
+        auto = train(compose_config(["experiment_name=unit", *tiny_overrides(tmp_path, corpus), "seed=1"]))
+        assert auto.load_summary()["float32_matmul_precision"] == "highest"  # auto on a CPU: untouched
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -24,6 +24,7 @@ from variants.registry import option_fields, parse_options
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 NONFINITE_POLICIES = ("stop", "skip")
+MATMUL_PRECISIONS = ("auto", "highest", "high", "medium")  # torch.set_float32_matmul_precision's, and auto
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # cuda: the same as gpu
 LOGGERS = ("tensorboard", "wandb", "mlflow")
 MAX_SEED = 2**32 - 1  # numpy's seed range
@@ -119,6 +120,10 @@ class TrainerSection:
     # A NaN/Inf training loss: "stop" (raise, naming the step and the last good checkpoint)
     # or "skip" the batch (no update; still stops after 10 in a row).
     nonfinite_loss: str = "stop"
+    # torch.set_float32_matmul_precision for the run: "high" lets fp32 matmuls (those autocast
+    # leaves in fp32, or all of them at 32-true) use TF32 tensor cores; "highest" keeps exact fp32.
+    # auto: high on a GPU (as Lightning advises there), torch's own setting on a CPU.
+    float32_matmul_precision: str = "auto"
 
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "seq_len", "val_every_n_steps", "val_batches",
@@ -137,6 +142,7 @@ class TrainerSection:
         _check_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
         _check_choice("trainer.precision", self.precision, PRECISIONS)
         _check_choice("trainer.nonfinite_loss", self.nonfinite_loss, NONFINITE_POLICIES)
+        _check_choice("trainer.float32_matmul_precision", self.float32_matmul_precision, MATMUL_PRECISIONS)
         if self.strategy != "auto":
             from lightning.pytorch.strategies import StrategyRegistry
 

@@ -27,6 +27,14 @@ def choose_precision(requested: str, accelerator: str) -> str:
     return "32-true"
 
 
+def choose_matmul_precision(requested: str, accelerator: str) -> str | None:
+    """``trainer.float32_matmul_precision``, with ``auto`` resolved: ``high`` (TF32) on GPUs; None
+    (leave torch's setting) on other accelerators."""
+    if requested != "auto":
+        return requested
+    return "high" if accelerator == "gpu" else None
+
+
 def should_compile(requested: bool | None, accelerator: str) -> bool:
     """``trainer.compile``, with None resolved: on for GPUs, off for the CPU."""
     return requested if requested is not None else accelerator == "gpu"

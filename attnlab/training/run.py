@@ -27,7 +27,7 @@ from attnlab.training.callbacks import SummaryCallback, TrainingInterrupted
 from attnlab.training.config import TrainConfig
 from attnlab.training.datamodule import TokenDataModule
 from attnlab.training.hardware import (check_accelerator_available, check_kernel_can_train, choose_accelerator,
-                                       choose_precision, should_compile)
+                                       choose_matmul_precision, choose_precision, should_compile)
 from attnlab.training.loggers import check_logger, run_loggers
 from attnlab.training.module import LanguageModelModule, NonFiniteLossError
 from attnlab.training.rundir import (claim_run_dir, resolved_config, resume_checkpoint, trim_metrics,
@@ -51,6 +51,9 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
     check_kernel_can_train(cfg.model.attn_kernel, accelerator)
     if cfg.trainer.threads is not None:
         torch.set_num_threads(cfg.trainer.threads)
+    matmul = choose_matmul_precision(cfg.trainer.float32_matmul_precision, accelerator)
+    if matmul is not None:  # before the trainer reads the device's peak FLOP/s, which depends on it
+        torch.set_float32_matmul_precision(matmul)
     if cfg.ladder.name is not None:  # one experiment per rung and learning rate (attnlab/ladder.py)
         if cfg.ladder.lr == "tuned":
             cfg.optim.lr = tuned_lr(cfg.results_dir, cfg.ladder.name, cfg.variant.name, cfg.model.preset,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from attnlab.config import ModelConfig
 from attnlab.data import PreparedData
 from attnlab.data.stats import unigram_entropy_nats
@@ -42,6 +44,7 @@ def static_summary(cfg: TrainConfig, model_config: ModelConfig, prepared: Prepar
                  **({"task": prepared.task.settings()} if prepared.task else {})},
         "device": device_name(),
         "precision": precision,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),  # TF32 allowed or not
         "versions": versions(),
         "git_commit": git_commit(),
     }
