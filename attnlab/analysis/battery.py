@@ -220,24 +220,26 @@ def overall_table(scores: dict[tuple[str, str], pd.Series], reference: str, vari
     return Table("overall", numbers, display, explain + notes), per_seed
 
 
-def ladder_agreement_table(cfg: EvaluateConfig, per_seed: dict[str, pd.Series]) -> tuple[Table | None, dict]:
+def ladder_agreement_table(cfg: EvaluateConfig, per_seed: dict[str, pd.Series],
+                           task_scores: dict[tuple[str, str], pd.Series]) -> tuple[list[Table], dict]:
     """Spearman between the overall score and the ladder's top-rung multiplier, where the ladder
     ``cfg.ladder`` has runs, else from the ladder result ``cfg.ladder_result`` where that directory
-    exists (attnlab/analysis/agreement.py); else None and why."""
+    exists (attnlab/analysis/agreement.py), and the same for each task's score on its own
+    (``task_scores``: (variant, task) -> per-seed score); else no table and why."""
     runs_dir = cfg.ladder_runs_dir or cfg.runs_dir
     if cfg.ladder is not None and is_ladder(runs_dir, cfg.ladder):
         ladder, source = ladder_comparison(runs_dir, cfg.ladder, cfg), f"ladder {cfg.ladder!r}'s runs under {runs_dir}"
     elif cfg.ladder_result is not None and Path(cfg.ladder_result).is_dir():
         ladder, source = ladder_result_comparison(cfg.ladder_result, cfg), f"the ladder result {cfg.ladder_result}"
     else:
-        return None, {"reason": f"no ladder {cfg.ladder!r} under {runs_dir} and no ladder result "
-                                f"{cfg.ladder_result!r}"}
+        return [], {"reason": f"no ladder {cfg.ladder!r} under {runs_dir} and no ladder result "
+                              f"{cfg.ladder_result!r}"}
     scaling = ladder.scaling
     if scaling is None:
-        return None, {"reason": ladder.fit_problem, "ladder_source": source}
+        return [], {"reason": ladder.fit_problem, "ladder_source": source}
     result = battery_ladder_agreement(per_seed, scaling) | {"ladder_source": source}
     if "reason" in result:
-        return None, result
+        return [], result
     numbers = agreement_table(result)
     display = pd.DataFrame({
         "variant": numbers["variant"], "battery score": numbers["battery_score"].map(lambda v: f"{v:.4f}"),
@@ -250,7 +252,42 @@ def ladder_agreement_table(cfg: EvaluateConfig, per_seed: dict[str, pd.Series]) 
                f"{result['rho']:+.3f}, {result['confidence']:.0%} bootstrap interval over seeds "
                f"[{result['rho_low']:+.3f}, {result['rho_high']:+.3f}] ({result['resamples']} resamples). With "
                f"{len(numbers)} variants rho takes few values: read the interval, not the point."]
-    return Table("ladder_agreement", numbers, display, explain), result
+    per_task = per_task_agreement_table(result, task_scores, scaling, source)
+    result["per_task"] = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+                          for row in per_task.numbers.to_dict("records")]  # JSON has no NaN
+    return [Table("ladder_agreement", numbers, display, explain), per_task], result
+
+
+def per_task_agreement_table(overall: dict, task_scores: dict[tuple[str, str], pd.Series],
+                             scaling, source: str) -> Table:
+    """Does any single task rank the variants as the ladder does? rho for the overall score, then
+    for each task's score alone, over the variants the overall agreement uses."""
+    rows = [{"score": "overall", **_rho_columns(overall)}]
+    for task in sorted({t for _, t in task_scores}):
+        scores = {v: task_scores[(v, task)] for v in overall["variants"] if len(task_scores.get((v, task), ()))}
+        result = (battery_ladder_agreement(scores, scaling) if scores
+                  else {"reason": "no informative cell (as in per_task)"})
+        rows.append({"score": task, **_rho_columns(result)})
+    numbers = pd.DataFrame(rows)
+    display = pd.DataFrame({
+        "score": numbers["score"], "variants": numbers["variants"],
+        "rho (interval over seeds)": [
+            why if why else f"{rho:+.3f} [{low:+.3f}, {high:+.3f}]" if not math.isnan(rho) else
+            "undefined (every variant scores the same)"
+            for rho, low, high, why in zip(numbers["rho"], numbers["rho_low"], numbers["rho_high"],
+                                           numbers["reason"])]})
+    explain = [f"Spearman's rho between each score and the compute multiplier of {source} at its largest rung, "
+               f"with its {overall['confidence']:.0%} bootstrap interval over seeds, as in ladder_agreement; the "
+               f"overall score first, then each task's own (the mean over its informative cells). With "
+               f"{len(overall['variants'])} variants, one rho in several tables is expected to look strong by "
+               f"chance: a task that agrees here is a hypothesis for more variants, not a finding."]
+    return Table("ladder_agreement_per_task", numbers, display, explain)
+
+
+def _rho_columns(result: dict) -> dict:
+    return {"variants": len(result.get("variants", ())), "rho": result.get("rho", math.nan),
+            "rho_low": result.get("rho_low", math.nan), "rho_high": result.get("rho_high", math.nan),
+            "reason": result.get("reason", "")}
 
 
 def _measure(name: str, per_seed: pd.Series, reference: pd.Series | None, cfg: EvaluateConfig) -> dict:
@@ -406,8 +443,8 @@ def write_battery_evaluation(cfg: EvaluateConfig, name: str, frame: pd.DataFrame
     statuses = cells.numbers.drop_duplicates(["task", "cell"])[["task", "cell", "status"]]
     per_task, scores = per_task_table(frame, statuses, cfg.baseline, variants, cfg, notes)
     overall, per_seed = overall_table(scores, cfg.baseline, variants, cfg, [])
-    agreement, agreement_result = ladder_agreement_table(cfg, per_seed)
-    for table in (cells, per_task, overall, *([agreement] if agreement else [])):
+    agreement, agreement_result = ladder_agreement_table(cfg, per_seed, scores)
+    for table in (cells, per_task, overall, *agreement):
         table.write(out / "tables")
     # Every run's number, the one the tables average: a committed result can be re-read without its runs.
     per_run = frame.assign(settings=frame["settings"].map(lambda s: json.dumps(s, sort_keys=True)))

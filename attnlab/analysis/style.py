@@ -61,6 +61,8 @@ def save_figure(fig: Figure, out_dir: Path, name: str, formats: Sequence[str] = 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.{fmt}" for fmt in formats]
     for path in paths:
-        fig.savefig(path)
+        # No creation date in a PDF (a PNG has none): the same figure is the same file, so a
+        # committed figure can be checked byte for byte against its command's output.
+        fig.savefig(path, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     plt.close(fig)
     return paths

@@ -62,3 +62,24 @@ def test_fewer_than_three_shared_variants_say_why():
     result = battery_ladder_agreement(battery({"baseline": 0.5, "fast": 0.6, "other": 0.1}), scaling)
     assert set(result) == {"reason"}
     assert "2 variant(s)" in result["reason"] and "baseline, fast" in result["reason"]
+
+
+def test_each_task_is_correlated_with_the_ladder_on_its_own_beside_the_overall_score():
+    from attnlab.analysis.battery import per_task_agreement_table
+
+    scaling = ladder()
+    agrees = battery({"baseline": 0.5, "slow": 0.4, "fast": 0.6, "faster": 0.7})
+    reverses = battery({"baseline": 0.5, "slow": 0.6, "fast": 0.4, "faster": 0.3})
+    flat = battery(dict.fromkeys(MULTIPLIERS, 0.25))  # every variant at the same score
+    tasks = {(v, task): scores[v] for task, scores in (("copy", agrees), ("recall", reverses), ("flat", flat))
+             for v in MULTIPLIERS}
+    tasks.update({(v, "unsolvable"): pd.Series(dtype=float) for v in MULTIPLIERS})  # no informative cell
+    overall = battery_ladder_agreement({v: (2 * agrees[v] + reverses[v] + flat[v]) / 4 for v in MULTIPLIERS},
+                                       scaling)
+    table = per_task_agreement_table(overall, tasks, scaling, "the ladder").numbers.set_index("score")
+    assert list(table.index) == ["overall", "copy", "flat", "recall", "unsolvable"]
+    assert table.loc["copy", "rho"] == pytest.approx(1.0) and table.loc["recall", "rho"] == pytest.approx(-1.0)
+    assert np.isnan(table.loc["flat", "rho"]) and table.loc["flat", "variants"] == 4  # a constant ranking
+    assert table.loc["overall", "rho"] == overall["rho"]
+    assert table.loc["unsolvable", "reason"] == "no informative cell (as in per_task)"
+    assert table.loc["unsolvable", "variants"] == 0

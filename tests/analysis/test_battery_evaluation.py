@@ -166,6 +166,10 @@ def test_with_a_ladder_beside_it_the_battery_reports_the_rank_correlation(tmp_pa
     agreement = json.loads((out / "evaluation.json").read_text())["ladder_agreement"]
     assert agreement["rho"] == pytest.approx(1.0)
     assert "Spearman's rho" in (out / "tables" / "ladder_agreement.md").read_text()
+    # Each task on its own too: here both rank the variants as the ladder does.
+    per_task = pd.read_csv(out / "tables" / "ladder_agreement_per_task.csv").set_index("score")
+    assert per_task["rho"].to_dict() == pytest.approx({"overall": 1.0, "compression": 1.0, "icr": 1.0})
+    assert [row["score"] for row in agreement["per_task"]] == ["overall", "compression", "icr"]
     # Without the ladder's runs, its evaluation directory (tables/per_run.csv + evaluation.json, as a
     # committed reference result has them) gives the same multipliers and rho.
     ladder_out = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=200,

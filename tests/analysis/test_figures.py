@@ -28,3 +28,16 @@ def test_many_variants_move_the_legend_outside_and_widen_the_figure():
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == [f"{v} (n=2)" for v in variants]
     assert fig.get_size_inches()[0] > narrow
+
+
+def test_a_figure_saved_twice_is_the_same_file_byte_for_byte(tmp_path, monkeypatch):
+    from attnlab.analysis.style import save_figure
+
+    variants = ["baseline", "qk_scale"]
+    saved = []
+    for when in ("0", "3600"):  # an hour apart: a PDF's creation date would differ
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", when)
+        saved.append(save_figure(loss_curve_figure(_curves(variants), variants), tmp_path / when, "curves"))
+    assert [p.name for p in saved[0]] == ["curves.png", "curves.pdf"]
+    for a, b in zip(*saved):
+        assert a.read_bytes() == b.read_bytes(), a.name
