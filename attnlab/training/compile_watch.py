@@ -1,8 +1,9 @@
 """Watching ``torch.compile`` during a compiled run: graphs compiled by each validation's end.
 
 A compiled run compiles its training step once, and its validation, head-score probe and
-last partial batch once each, all by the end of the first validation (``tests/test_compile.py``
-asserts that bound). A graph compiled after that is a recompile that can come back at every
+last partial batch once each, all by the end of the first validation
+(``tests/test_compile_watch.py`` trains one and sees it; ``tests/test_compile.py`` bounds the
+compiles of each kind of call). A graph compiled after that is a recompile that can come back at every
 validation and cost minutes of a GPU run each time, so it is logged and warned about.
 """
 
