@@ -379,17 +379,32 @@ def run_phase_process(phase: str, argv: list[str], part: Path, until: float,
 
 
 def cuda_tests(until: float) -> dict:
-    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "", "-k", "cuda", *CUDA_TESTS]
+    # -v: a line per test as it ends, so a phase stopped at its limit still says how far it got
+    command = [sys.executable, "-m", "pytest", "-v", "--tb=short", "-rs", "-m", "", "-k", "cuda", *CUDA_TESTS]
+    shown = " ".join(["python", *command[1:]])
     try:
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, errors="replace",
                                 timeout=max(1.0, until - time.time()))
     except subprocess.TimeoutExpired as err:
-        out = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
-        return {"command": " ".join(["python", *command[1:]]), "returncode": None,
-                "summary": f"stopped at its limit of {err.timeout:.0f} s", "output_tail": out[-3000:]}
+        out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
+        return {"command": shown, "returncode": None,
+                "summary": f"stopped at its limit of {err.timeout:.0f} s after {tests_so_far(out)}",
+                "output_tail": out[-3000:]}
     lines = [line for line in result.stdout.strip().splitlines() if line.strip()]
-    return {"command": " ".join(["python", *command[1:]]), "returncode": result.returncode,
+    return {"command": shown, "returncode": result.returncode,
             "summary": lines[-1] if lines else result.stderr[-500:], "output_tail": result.stdout[-3000:]}
+
+
+def tests_so_far(verbose_output: str) -> str:
+    """'N passed, M failed, K skipped' from pytest -v's per-test lines (the summary never came)."""
+    counts = {outcome: 0 for outcome in ("PASSED", "FAILED", "ERROR", "SKIPPED")}
+    for line in verbose_output.splitlines():
+        if "::" in line:
+            for outcome in counts:
+                if f" {outcome}" in line:
+                    counts[outcome] += 1
+                    break
+    return ", ".join(f"{n} {outcome.lower()}" for outcome, n in counts.items()) or "no test"
 
 
 # --------------------------------------------------------------------------- report

@@ -235,3 +235,18 @@ def test_the_gpu_check_train_phase_reports_a_failed_or_stopped_run_and_removes_i
     assert stopped["returncode"] is None and "error" not in stopped
     assert "stopped at its limit after" in gpu_check.train_line(stopped)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cuda_tests_phase_says_how_far_it_got_when_stopped_at_its_limit():
+    import gpu_check
+
+    verbose = ("tests/test_plan.py::test_estimate_is_within_tolerance_of_a_measured_cuda_step[baseline] PASSED [ 7%]\n"
+               "tests/test_plan.py::test_estimate_is_within_tolerance_of_a_measured_cuda_step[talking_heads] FAILED "
+               "[ 14%]\n"
+               "tests/test_flex_kernel.py::test_flex_gradients_match_explicit_on_cuda[alibi] PASSED [ 21%]\n"
+               "tests/test_flex_kernel.py::test_flex_gradients_match_explicit_on_cuda[sigmoid_attn] SKIPPED (no) "
+               "[ 28%]\n")
+    assert gpu_check.tests_so_far(verbose) == "2 passed, 1 failed, 0 error, 1 skipped"
+    stopped = gpu_check.cuda_tests(time.time() + 0.5)  # pytest cannot even start in that time
+    assert stopped["returncode"] is None
+    assert stopped["summary"].startswith("stopped at its limit of 1 s after 0 passed, 0 failed")
