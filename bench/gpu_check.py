@@ -404,7 +404,7 @@ def tests_so_far(verbose_output: str) -> str:
                 if f" {outcome}" in line:
                     counts[outcome] += 1
                     break
-    return ", ".join(f"{n} {outcome.lower()}" for outcome, n in counts.items()) or "no test"
+    return ", ".join(f"{n} {outcome.lower()}" for outcome, n in counts.items() if n) or "no test"
 
 
 # --------------------------------------------------------------------------- report

@@ -246,7 +246,7 @@ def test_the_cuda_tests_phase_says_how_far_it_got_when_stopped_at_its_limit():
                "tests/test_flex_kernel.py::test_flex_gradients_match_explicit_on_cuda[alibi] PASSED [ 21%]\n"
                "tests/test_flex_kernel.py::test_flex_gradients_match_explicit_on_cuda[sigmoid_attn] SKIPPED (no) "
                "[ 28%]\n")
-    assert gpu_check.tests_so_far(verbose) == "2 passed, 1 failed, 0 error, 1 skipped"
+    assert gpu_check.tests_so_far(verbose) == "2 passed, 1 failed, 1 skipped"
     stopped = gpu_check.cuda_tests(time.time() + 0.5)  # pytest cannot even start in that time
     assert stopped["returncode"] is None
-    assert stopped["summary"].startswith("stopped at its limit of 1 s after 0 passed, 0 failed")
+    assert stopped["summary"] == "stopped at its limit of 1 s after no test"

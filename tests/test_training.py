@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
 import torch
@@ -261,14 +262,22 @@ def test_float32_matmul_precision_is_resolved_set_and_recorded(tmp_path, corpus)
     assert choose_matmul_precision("auto", "gpu") == "high"  # TF32 on a GPU, as Lightning advises
     assert choose_matmul_precision("auto", "cpu") is None  # torch's own setting stays
     assert choose_matmul_precision("highest", "gpu") == "highest"
+    from attnlab.training.callbacks import Float32MatmulPrecision
+
+    class SeenInSetup(L.Callback):  # what a spawned worker would train at: set again by a callback
+        def setup(self, trainer, pl_module, stage):
+            self.precision = torch.get_float32_matmul_precision()
+            self.callbacks = [type(c).__name__ for c in trainer.callbacks]
+
     before = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("highest")
+        seen = SeenInSetup()
         run = train(compose_config(["experiment_name=unit", *tiny_overrides(tmp_path, corpus),
-                                    "trainer.float32_matmul_precision=medium"]))
-        assert torch.get_float32_matmul_precision() == "medium"
+                                    "trainer.float32_matmul_precision=medium"]), [seen])
         assert run.load_summary()["float32_matmul_precision"] == "medium"
-        torch.set_float32_matmul_precision("highest")
+        assert seen.precision == "medium" and Float32MatmulPrecision.__name__ in seen.callbacks
+        assert torch.get_float32_matmul_precision() == "highest"  # restored: the next run starts from its own
         auto = train(compose_config(["experiment_name=unit", *tiny_overrides(tmp_path, corpus), "seed=1"]))
         assert auto.load_summary()["float32_matmul_precision"] == "highest"  # auto on a CPU: untouched
     finally:

@@ -253,8 +253,7 @@ def ladder_agreement_table(cfg: EvaluateConfig, per_seed: dict[str, pd.Series],
                f"[{result['rho_low']:+.3f}, {result['rho_high']:+.3f}] ({result['resamples']} resamples). With "
                f"{len(numbers)} variants rho takes few values: read the interval, not the point."]
     per_task = per_task_agreement_table(result, task_scores, scaling, source)
-    result["per_task"] = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
-                          for row in per_task.numbers.to_dict("records")]  # JSON has no NaN
+    result["per_task"] = per_task.numbers.to_dict("records")
     return [Table("ladder_agreement", numbers, display, explain), per_task], result
 
 
@@ -267,7 +266,7 @@ def per_task_agreement_table(overall: dict, task_scores: dict[tuple[str, str], p
         scores = {v: task_scores[(v, task)] for v in overall["variants"] if len(task_scores.get((v, task), ()))}
         result = (battery_ladder_agreement(scores, scaling) if scores
                   else {"reason": "no informative cell (as in per_task)"})
-        rows.append({"score": task, **_rho_columns(result)})
+        rows.append({"score": task, **_rho_columns(result), "variants": len(scores)})
     numbers = pd.DataFrame(rows)
     display = pd.DataFrame({
         "score": numbers["score"], "variants": numbers["variants"],
@@ -287,7 +286,7 @@ def per_task_agreement_table(overall: dict, task_scores: dict[tuple[str, str], p
 def _rho_columns(result: dict) -> dict:
     return {"variants": len(result.get("variants", ())), "rho": result.get("rho", math.nan),
             "rho_low": result.get("rho_low", math.nan), "rho_high": result.get("rho_high", math.nan),
-            "reason": result.get("reason", "")}
+            "resamples": result.get("resamples", 0), "reason": result.get("reason", "")}
 
 
 def _measure(name: str, per_seed: pd.Series, reference: pd.Series | None, cfg: EvaluateConfig) -> dict:
@@ -451,13 +450,24 @@ def write_battery_evaluation(cfg: EvaluateConfig, name: str, frame: pd.DataFrame
     per_run.sort_values(["task", "cell", "variant", "seed"]).to_csv(out / "tables" / "per_run.csv", index=False)
     save_figure(heatmap_figure(per_task.numbers, variants), out / "figures", "accuracy_heatmap")
     save_figure(difficulty_figure(cells.numbers, frame, keys, variants), out / "figures", "accuracy_vs_difficulty")
-    (out / "evaluation.json").write_text(json.dumps({
+    (out / "evaluation.json").write_text(json.dumps(_no_nan({
         "battery": name, "source": source, "reference": cfg.baseline, "rule": RULE,
         "chance_factor": CHANCE_FACTOR, "solved": SOLVED, "difficulty_keys": keys, "runs": sorted(frame["run_dir"]),
         "uninformative_cells": [f"{t}/{c} ({s})" for t, c, s in statuses.itertuples(index=False)
                                 if s != "informative"],
-        "notes": notes, "ladder_agreement": agreement_result}, indent=2, default=_json_default), encoding="utf-8")
+        "notes": notes, "ladder_agreement": agreement_result}), indent=2, default=_json_default), encoding="utf-8")
     return out
+
+
+def _no_nan(value):
+    """``value`` with every NaN as None: JSON has no NaN (Python would write a bare ``NaN``)."""
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_nan(v) for v in value]
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
+        return None
+    return value
 
 
 def _json_default(value):

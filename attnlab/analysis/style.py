@@ -63,6 +63,6 @@ def save_figure(fig: Figure, out_dir: Path, name: str, formats: Sequence[str] = 
     for path in paths:
         # No creation date in a PDF (a PNG has none): the same figure is the same file, so a
         # committed figure can be checked byte for byte against its command's output.
-        fig.savefig(path, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
+        fig.savefig(path, **({"metadata": {"CreationDate": None}} if path.suffix == ".pdf" else {}))
     plt.close(fig)
     return paths

@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import lightning.pytorch.strategies as pl_strategies
+import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 
 from attnlab.analysis.head_scores import model_head_scores, probe_segment_len, repeated_random_tokens, summarize_heads
@@ -108,6 +109,18 @@ class SummaryCallback(L.Callback):
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+class Float32MatmulPrecision(L.Callback):
+    """torch's fp32 matmul precision in every process that trains: ``train`` sets it in its own
+    before the Trainer exists, and a spawned worker (``trainer.strategy=ddp_spawn``) starts
+    without it."""
+
+    def __init__(self, precision: str) -> None:
+        self.precision = precision
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        torch.set_float32_matmul_precision(self.precision)
 
 
 class PeakFlopsThroughputMonitor(ThroughputMonitor):

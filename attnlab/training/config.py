@@ -121,8 +121,9 @@ class TrainerSection:
     # or "skip" the batch (no update; still stops after 10 in a row).
     nonfinite_loss: str = "stop"
     # torch.set_float32_matmul_precision for the run: "high" lets fp32 matmuls (those autocast
-    # leaves in fp32, or all of them at 32-true) use TF32 tensor cores; "highest" keeps exact fp32.
-    # auto: high on a GPU (as Lightning advises there), torch's own setting on a CPU.
+    # leaves in fp32, or all of them at 32-true) use TF32 tensor cores; "highest" keeps exact fp32
+    # (on a CPU, "high"/"medium" let oneDNN use TF32/bf16 too). auto: high on a GPU (as Lightning
+    # advises there), torch's own setting on a CPU.
     float32_matmul_precision: str = "auto"
 
     def validate(self) -> None:

@@ -42,6 +42,16 @@ __all__ = ["TrainingInterrupted", "check_checkpoint_matches", "train"]  # import
 def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> RunDir | None:
     """Train one run; ``extra_callbacks`` are added to the Trainer's (e.g. from notebooks). None:
     nothing to train (a ``ladder.lr=lower``/``higher`` run whose grid needs no widening there)."""
+    # The run's fp32 matmul precision is torch's global setting: restored after, so that the next
+    # run in this process (a notebook's, an in-process sweep's) starts from its own.
+    before = torch.get_float32_matmul_precision()
+    try:
+        return _train(cfg, extra_callbacks)
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir | None:
     # 1. Resolve the configuration: every value checked, "auto" settings decided.
     cfg.validate()
     check_logger(cfg.logger)

@@ -9,12 +9,12 @@ from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 
 from attnlab.flops import device_peak_flops
 from attnlab.runs import RunDir
-from attnlab.training.callbacks import (GracefulStop, HeadScoresCallback, LastCheckpoint,
+from attnlab.training.callbacks import (Float32MatmulPrecision, GracefulStop, HeadScoresCallback, LastCheckpoint,
                                         PeakFlopsThroughputMonitor, SummaryCallback)
 from attnlab.training.checkpoint_io import AtomicCheckpointIO
 from attnlab.training.compile_watch import CompileWatch
 from attnlab.training.config import TrainConfig
-from attnlab.training.hardware import root_device, should_compile
+from attnlab.training.hardware import choose_matmul_precision, root_device, should_compile
 
 
 def build_strategy(name: str) -> str | Strategy:
@@ -41,7 +41,9 @@ def build_trainer(cfg: TrainConfig, run: RunDir, accelerator: str, precision: st
     """A Trainer writing ``run``'s checkpoints; ``extra_callbacks`` run after the checkpointing
     and monitoring ones, before the progress bar and the signal handler."""
     t = cfg.trainer
+    matmul = choose_matmul_precision(t.float32_matmul_precision, accelerator)
     callbacks = [
+        *([Float32MatmulPrecision(matmul)] if matmul is not None else []),
         summary,
         ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val/loss", mode="min",
                         save_top_k=1, enable_version_counter=False),

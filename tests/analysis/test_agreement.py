@@ -83,3 +83,8 @@ def test_each_task_is_correlated_with_the_ladder_on_its_own_beside_the_overall_s
     assert table.loc["overall", "rho"] == overall["rho"]
     assert table.loc["unsolvable", "reason"] == "no informative cell (as in per_task)"
     assert table.loc["unsolvable", "variants"] == 0
+    assert table.loc["copy", "resamples"] == 200 and table.loc["unsolvable", "resamples"] == 0
+    # A task two variants have a score on: no rho, and the count says two.
+    tasks = {(v, "copy"): agrees[v] for v in ("baseline", "fast")}
+    two = per_task_agreement_table(overall, tasks, scaling, "the ladder").numbers.set_index("score")
+    assert two.loc["copy", "variants"] == 2 and "needs at least 3" in two.loc["copy", "reason"]

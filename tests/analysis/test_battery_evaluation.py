@@ -163,7 +163,9 @@ def test_with_a_ladder_beside_it_the_battery_reports_the_rank_correlation(tmp_pa
                                                                     "qk_norm": 0.5}, rel=1e-2)
     # Battery overall: gated_attn > baseline > qk_norm, the ladder's order too.
     assert table["battery_rank"].to_dict() == {"gated_attn": 1, "baseline": 2, "qk_norm": 3}
-    agreement = json.loads((out / "evaluation.json").read_text())["ladder_agreement"]
+    # Strict JSON: a NaN would be written as a bare NaN, which JSON does not have.
+    agreement = json.loads((out / "evaluation.json").read_text(),
+                           parse_constant=lambda name: pytest.fail(f"{name} in evaluation.json"))["ladder_agreement"]
     assert agreement["rho"] == pytest.approx(1.0)
     assert "Spearman's rho" in (out / "tables" / "ladder_agreement.md").read_text()
     # Each task on its own too: here both rank the variants as the ladder does.
