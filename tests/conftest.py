@@ -49,6 +49,8 @@ SLOW_TESTS = {
         "test_every_variant_trains_and_leaves_a_complete_run_directory",
         "test_same_seed_gives_identical_losses_and_data_order",
         "test_existing_run_directory_is_never_overwritten_silently",
+        "test_trainer_peak_flops_gives_the_logged_mfu",
+        "test_float32_matmul_precision_is_resolved_set_and_recorded",
     },
     "test_export.py": None,  # trains a run per exportable variant, loads each into transformers
     "test_loggers.py": None,  # training runs, one per logger

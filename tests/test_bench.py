@@ -237,7 +237,7 @@ def test_the_gpu_check_train_phase_reports_a_failed_or_stopped_run_and_removes_i
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_cuda_tests_phase_says_how_far_it_got_when_stopped_at_its_limit():
+def test_the_cuda_tests_progress_counts_the_outcomes_pytest_v_printed():
     import gpu_check
 
     verbose = ("tests/test_plan.py::test_estimate_is_within_tolerance_of_a_measured_cuda_step[baseline] PASSED [ 7%]\n"
@@ -247,6 +247,12 @@ def test_the_cuda_tests_phase_says_how_far_it_got_when_stopped_at_its_limit():
                "tests/test_flex_kernel.py::test_flex_gradients_match_explicit_on_cuda[sigmoid_attn] SKIPPED (no) "
                "[ 28%]\n")
     assert gpu_check.tests_so_far(verbose) == "2 passed, 1 failed, 1 skipped"
+
+
+@pytest.mark.slow  # a pytest subprocess, stopped
+def test_the_cuda_tests_phase_stopped_before_any_test_says_so():
+    import gpu_check
+
     stopped = gpu_check.cuda_tests(time.time() + 0.5)  # pytest cannot even start in that time
     assert stopped["returncode"] is None
     assert stopped["summary"] == "stopped at its limit of 1 s after no test"
