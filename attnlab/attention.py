@@ -50,18 +50,24 @@ FLEX_MAX_HEAD_SIZE = 256
 FLEX_MIN_HEAD_SIZE = 16
 
 
+def flex_takes_head_sizes(head_sizes: tuple[int, ...]) -> bool:
+    """Whether FlexAttention's CUDA kernel compiles at these q/k and v head sizes (cheap: asked at
+    every attention call that chooses its kernel)."""
+    return FLEX_MIN_HEAD_SIZE <= min(head_sizes) and max(head_sizes) <= FLEX_MAX_HEAD_SIZE
+
+
 def flex_head_size_problem(head_sizes: tuple[int, ...]) -> str | None:
     """Why FlexAttention's CUDA kernel cannot take these q/k and v head sizes, or None."""
+    if flex_takes_head_sizes(head_sizes):
+        return None
     largest, smallest = max(head_sizes), min(head_sizes)
     if smallest < FLEX_MIN_HEAD_SIZE:
         return (f"FlexAttention's CUDA kernel takes head sizes from {FLEX_MIN_HEAD_SIZE} (Inductor does not "
                 f"lower a smaller one), not {smallest}")
-    if largest > FLEX_MAX_HEAD_SIZE:
-        rounded = 1 << (largest - 1).bit_length()
-        return (f"FlexAttention's CUDA kernel takes head sizes up to {FLEX_MAX_HEAD_SIZE}: head size {largest} "
-                f"is staged as {rounded}, whose tiles need more shared memory than an H100 gives a kernel, so "
-                f"its compile fails")
-    return None
+    rounded = 1 << (largest - 1).bit_length()
+    return (f"FlexAttention's CUDA kernel takes head sizes up to {FLEX_MAX_HEAD_SIZE}: head size {largest} "
+            f"is staged as {rounded}, whose tiles need more shared memory than an H100 gives a kernel, so "
+            f"its compile fails")
 
 
 @dataclass(frozen=True)
@@ -411,7 +417,7 @@ def choose_kernel(spec: AttentionSpec, device_type: str, head_sizes: tuple[int, 
     """
     if device_type == "cuda":
         order = ("sdpa", "flex", "explicit") if spec.plain_causal else ("flex", "sdpa", "explicit")
-        if flex_head_size_problem(head_sizes) is not None:
+        if not flex_takes_head_sizes(head_sizes):
             order = tuple(name for name in order if name != "flex")
     else:
         order = ("sdpa", "explicit")

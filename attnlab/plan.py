@@ -38,7 +38,6 @@ step. Variant-specific activations (qk_norm's norms, gates) are not counted.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from typing import Any
 import torch
 
 from attnlab.attention import (FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE, FLEX_MIN_HEAD_SIZE, KERNELS,
-                               flex_head_size_problem, sdpa_takes_gqa)
+                               flex_head_size_problem, flex_takes_head_sizes, sdpa_takes_gqa)
 from attnlab.config import PRESETS, ModelConfig
 from attnlab.params import total_parameters, variant_at_preset
 from attnlab.variants import training_kernel
@@ -176,7 +175,7 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
                   Tensor_("mixed weights (saved for weights @ v)", bhts, a)]
         return KernelPlan(name, "explicit", f"{config.variant} computes its attention itself "
                           f"(kernels={block.kernels})", tuple(extra))
-    vs = hs * block.value_head_factor
+    _, vs = block.attention_head_sizes(resolved)
     flex_problem = flex_head_size_problem((hs, vs)) if device_type == "cuda" else None
     auto = kernel is None and resolved.attn_kernel == "auto"
     # auto passed over FlexAttention for this head size: say so before the other kernel's reason
@@ -348,14 +347,15 @@ def slow_kernel_warning(model_config: ModelConfig, seq_len: int, batch_size: int
     or None: SDPA's math backend (e.g. the study's head size 620 at bf16), or the explicit kernel
     where FlexAttention would express the variant but cannot take its head size."""
     plan = kernel_plan(model_config, seq_len, batch_size, precision, "cuda")
-    flex = kernel_plan(dataclasses.replace(model_config, attn_kernel="flex"), seq_len, batch_size, precision,
-                       "cuda") if "flex" in supported_kernels(get_variant(model_config.variant), model_config) else None
-    flex_skipped = plan.backend == "explicit" and flex is not None and flex.backend == "none (refused)"
+    block, resolved = resolve(model_config)
+    flex_expresses = "flex" in supported_kernels(block, resolved)
+    flex_compiles = flex_takes_head_sizes(block.attention_head_sizes(resolved))
+    flex_skipped = plan.backend == "explicit" and flex_expresses and not flex_compiles
     if plan.backend != "math" and not flex_skipped:
         return None
     maps = sum(t.nbytes for t in plan.extra if t.score_map)
     avoid = (f"a head_size that is a multiple of 8 and <= {min(FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE)} "
-             f"(model.n_head)" + (", or model.attn_kernel=flex," if flex and flex.backend == "fused (flex)" else ""))
+             f"(model.n_head)" + (", or model.attn_kernel=flex," if flex_expresses and flex_compiles else ""))
     where = "SDPA's math backend" if plan.backend == "math" else "the explicit kernel"
     return (f"variant {model_config.variant!r} attends on {where} ({plan.why}): it keeps "
             f"{_fmt(maps)} of (B, H, T, S) maps per layer and is several times slower than a fused kernel; "
@@ -368,7 +368,7 @@ def check_flex_head_size(model_config: ModelConfig) -> None:
     if model_config.attn_kernel != "flex":
         return
     block, resolved = resolve(model_config)
-    problem = flex_head_size_problem((resolved.head_size, resolved.head_size * block.value_head_factor))
+    problem = flex_head_size_problem(block.attention_head_sizes(resolved))
     if problem is not None:
         raise ValueError(f"model.attn_kernel=flex cannot train variant {model_config.variant!r} at head_size="
                          f"{resolved.head_size} on a GPU: {problem}; use model.attn_kernel=auto (the default), sdpa "

@@ -35,8 +35,7 @@ def training_kernel(block: type[AttentionBlock], config: ModelConfig, device_typ
     """The kernel ``model.attn_kernel=auto`` trains ``block`` on, on this kind of device."""
     if block.kernels is not None:
         return block.kernels[0]
-    return choose_kernel(block.attention_spec(config), device_type,
-                         (config.head_size, config.head_size * block.value_head_factor))
+    return choose_kernel(block.attention_spec(config), device_type, block.attention_head_sizes(config))
 
 
 def head_layouts(block: type[AttentionBlock], config: ModelConfig) -> str:

@@ -271,13 +271,8 @@ def train_phase(overrides: list[str], until: float, scratch_parent: Path) -> dic
     report: dict = {"command": "python train.py " + " ".join(overrides), "returncode": None}
     started = time.time()
     try:
-        try:
-            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, errors="replace",
-                                    timeout=max(1.0, until - time.time()))
-            report["returncode"], output = result.returncode, result.stdout + result.stderr
-        except subprocess.TimeoutExpired as err:
-            output = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
-                             for x in (err.stdout, err.stderr))
+        report["returncode"], stdout, stderr = run_until(command, until)
+        output = stdout + stderr
         report.update({"seconds": time.time() - started,
                        "warnings": [line.strip() for line in output.splitlines() if "WARNING" in line][:10],
                        "output_tail": output[-3000:]})
@@ -382,17 +377,27 @@ def cuda_tests(until: float) -> dict:
     # -v: a line per test as it ends, so a phase stopped at its limit still says how far it got
     command = [sys.executable, "-m", "pytest", "-v", "--tb=short", "-rs", "-m", "", "-k", "cuda", *CUDA_TESTS]
     shown = " ".join(["python", *command[1:]])
+    limit = max(1.0, until - time.time())
+    returncode, stdout, stderr = run_until(command, until)
+    if returncode is None:
+        return {"command": shown, "returncode": None,
+                "summary": f"stopped at its limit of {limit:.0f} s after {tests_so_far(stdout)}",
+                "output_tail": stdout[-3000:]}
+    lines = [line for line in stdout.strip().splitlines() if line.strip()]
+    return {"command": shown, "returncode": returncode,
+            "summary": lines[-1] if lines else stderr[-500:], "output_tail": stdout[-3000:]}
+
+
+def run_until(command: list[str], until: float) -> tuple[int | None, str, str]:
+    """``command`` in the repository, stopped at ``until``: (exit code, or None if stopped; its
+    stdout; its stderr), what it printed so far either way."""
     try:
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, errors="replace",
                                 timeout=max(1.0, until - time.time()))
     except subprocess.TimeoutExpired as err:
-        out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
-        return {"command": shown, "returncode": None,
-                "summary": f"stopped at its limit of {err.timeout:.0f} s after {tests_so_far(out)}",
-                "output_tail": out[-3000:]}
-    lines = [line for line in result.stdout.strip().splitlines() if line.strip()]
-    return {"command": shown, "returncode": result.returncode,
-            "summary": lines[-1] if lines else result.stderr[-500:], "output_tail": result.stdout[-3000:]}
+        return None, *(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                       for x in (err.stdout, err.stderr))
+    return result.returncode, result.stdout, result.stderr
 
 
 def tests_so_far(verbose_output: str) -> str:

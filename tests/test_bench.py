@@ -93,9 +93,11 @@ def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path,
     import gpu_check
     from test_training import tiny_overrides
 
-    # The train phase as on a GPU, compiled by Inductor, on a tiny model and corpus.
+    # The train phase as on a GPU, compiled by Inductor (where a C++ compiler lets it build CPU
+    # kernels; else uncompiled), on a tiny model and corpus.
+    inductor = shutil.which("g++") is not None or shutil.which("c++") is not None
     train = [o for o in tiny_overrides(tmp_path, corpus) if not o.startswith("results_dir=")]
-    train += ["trainer.compile=true", "trainer.max_steps=6", "variant=qk_scale"]
+    train += [f"trainer.compile={str(inductor).lower()}", "trainer.max_steps=6", "variant=qk_scale"]
     out = tmp_path / "out"
     args = ["--device", "cpu", "--presets", "tiny", "--seq-lens", "64", "--tokens-per-step", "128", "--steps", "1",
             "--no-compile", "--precision", "32-true", "--phases", "equality", "train", "steps", "--variants",
@@ -110,7 +112,10 @@ def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path,
     assert trained["returncode"] == 0 and trained["steps"] == 6 and len(trained["val_loss"]) == 3
     assert _positive(trained["tokens_per_s"]) and trained["mfu"] is None  # a CPU has no peak FLOP/s
     graphs = trained["compiled_graphs_by_validation"]
-    assert len(graphs) == 3 and graphs[0] > 0 and graphs == [graphs[0]] * 3
+    if inductor:
+        assert len(graphs) == 3 and graphs[0] > 0 and graphs == [graphs[0]] * 3
+    else:
+        assert graphs == []  # an uncompiled run counts nothing
     assert [r["variant"] for r in report["steps"]] == ["baseline", "qk_scale", "talking_heads"]
     assert all(_positive(r["tokens_per_s"]) and "error" not in r for r in report["steps"])
     assert {r["backend"] for r in report["steps"]} == {"cpu-flash", "math", "explicit"}
@@ -126,8 +131,9 @@ def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path,
     assert "SDPA backend as planned in 2 of 2 cases\n" in table
     assert (f"train.py: `python train.py {' '.join(train)}`: exit 0 in {trained['seconds']:.0f} s; 6 steps; "
             f"validation loss ") in table
-    assert f"graphs compiled by each validation's end {graphs[0]:.0f}, {graphs[0]:.0f}, {graphs[0]:.0f} (no " \
-           "recompile after the first)" in table
+    if inductor:
+        assert f"graphs compiled by each validation's end {graphs[0]:.0f}, {graphs[0]:.0f}, {graphs[0]:.0f} (no " \
+               "recompile after the first)" in table
 
 
 @pytest.mark.slow

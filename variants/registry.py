@@ -66,6 +66,11 @@ class AttentionBlock(nn.Module):
         return AttentionSpec()
 
     @classmethod
+    def attention_head_sizes(cls, config: ModelConfig) -> tuple[int, int]:
+        """(q/k, v) head sizes at the attention call, which decide the fused kernels that take it."""
+        return config.head_size, config.head_size * cls.value_head_factor
+
+    @classmethod
     def unsupported(cls, config: ModelConfig) -> str | None:
         """Why this model shape cannot host the variant (refused when it is built), or None."""
         return None
