@@ -29,6 +29,7 @@ Every kernel has one signature (as in transformers' ``ALL_ATTENTION_FUNCTIONS``)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -37,6 +38,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import sdpa_kernel
+
+from attnlab.cudnn_sdpa import call_backends
 
 NORMALISERS = ("softmax", "softmax_sink", "sigmoid")
 FLASH_MAX_HEAD_SIZE = 256  # FlashAttention-2 / SDPA's flash backend
@@ -207,10 +211,9 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec = Attent
         k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
         gqa = False
     if plain and q_offset == 0 and T == S:
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
-        return y, None
+        return _fused_sdpa(q, k, v, None, is_causal=True, scale=scale, enable_gqa=gqa), None
     if plain and T == 1:  # one new token attends the whole cache
-        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa), None
+        return _fused_sdpa(q, k, v, None, scale=scale, enable_gqa=gqa), None
     allowed = allowed_mask(T, S, q_offset, spec.window, q.device)
     if additive is None and spec.normaliser == "softmax":
         mask = allowed  # boolean: True where attending
@@ -227,8 +230,17 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec = Attent
         mask = torch.cat([mask.expand(B, H, T, S), sink], dim=-1)  # (B, H, T, S + 1)
         k = torch.cat([k, k.new_zeros(*k.shape[:2], 1, k.shape[-1])], dim=2)
         v = torch.cat([v, v.new_zeros(*v.shape[:2], 1, v.shape[-1])], dim=2)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
-    return y, None
+    return _fused_sdpa(q, k, v, mask, scale=scale, enable_gqa=gqa), None
+
+
+def _fused_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, scale: float, enable_gqa: bool,
+                is_causal: bool = False) -> Tensor:
+    """One SDPA call, kept off cuDNN's kernel where attnlab.cudnn_sdpa says so (a mask, or head
+    sizes over 128, on CUDA); elsewhere torch chooses."""
+    backends = call_backends(q.device.type, mask is not None, (q.shape[-1], v.shape[-1]))
+    with sdpa_kernel(backends) if backends is not None else contextlib.nullcontext():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
+                                              enable_gqa=enable_gqa)
 
 
 def _sdpa_dtype(q: Tensor) -> torch.dtype:

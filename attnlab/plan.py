@@ -48,6 +48,7 @@ import torch
 from attnlab.attention import (FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE, FLEX_MIN_HEAD_SIZE, KERNELS,
                                flex_head_size_problem, flex_takes_head_sizes, sdpa_takes_gqa)
 from attnlab.config import PRESETS, ModelConfig
+from attnlab.cudnn_sdpa import CUDNN_MAX_HEAD_SIZE, keeps_cudnn_out, prefers_cudnn
 from attnlab.params import total_parameters, variant_at_preset
 from attnlab.variants import training_kernel
 from variants import available_variants, get_variant, resolve
@@ -103,7 +104,7 @@ class Tensor_:
 @dataclass(frozen=True)
 class KernelPlan:
     kernel: str  # sdpa, flex or explicit
-    backend: str  # flash, memory-efficient, math, cpu-flash, fused (flex), explicit
+    backend: str  # cudnn, flash, memory-efficient, math, cpu-flash, fused (flex), explicit
     why: str
     extra: tuple[Tensor_, ...]  # per layer
 
@@ -147,14 +148,16 @@ def _mask_shape(shapes: dict[str, tuple[int, ...]], B: int, H: int, T: int, S: i
 
 
 def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: str, device_type: str,
-                kernel: str | None = None) -> KernelPlan:
+                kernel: str | None = None, cudnn_first: bool = False) -> KernelPlan:
     """The kernel one attention call of ``config`` trains on, why, and the tensors it materialises.
 
     ``kernel``: None for the configuration's ``attn_kernel`` (``auto`` resolved by the rule the
-    model uses). SDPA's backend on CUDA follows torch's ``sdp_utils``: flash needs no mask and
-    head_size <= 256 (a multiple of 8, else torch pads); memory-efficient takes a mask but needs
+    model uses). SDPA's backend on CUDA follows torch's ``sdp_utils``: where ``cudnn_first``
+    (``attnlab.cudnn_sdpa.prefers_cudnn`` of the device), cuDNN takes the unmasked bf16/fp16 calls
+    at head sizes up to 128 (multiples of 8; attnlab keeps it off the rest); flash needs no mask
+    and head_size <= 256 (a multiple of 8, else torch pads); memory-efficient takes a mask but needs
     head_size divisible by 8 in bf16/fp16 (4 in fp32) on sm80+; else math, which materialises the
-    (B, H, T, S) scores and probabilities.
+    (B, H, T, S) scores and probabilities. cuDNN, like flash, keeps no (T, S) map.
     """
     block, resolved = resolve(config)
     spec = block.attention_spec(resolved)
@@ -228,8 +231,16 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     alignment = 8 if a == 2 else 4
     flash_ok = hs <= FLASH_MAX_HEAD_SIZE and vs == hs and a == 2
     meff_ok = hs % alignment == 0 and vs % alignment == 0
-    if not float_mask and not bool_mask and flash_ok:
-        return KernelPlan(name, "flash", f"plain causal softmax, head_size={hs} <= {FLASH_MAX_HEAD_SIZE}",
+    masked = float_mask or bool_mask
+    if cudnn_first and a == 2:
+        if not keeps_cudnn_out(masked, (hs, vs)) and hs % 8 == 0 and vs % 8 == 0:
+            return KernelPlan(name, "cudnn", f"plain causal softmax, head sizes {hs}/{vs} <= {CUDNN_MAX_HEAD_SIZE}: "
+                              "torch tries cuDNN first on this GPU", tuple(extra + new_kv))
+        skipped += ("attnlab keeps cuDNN (first on this GPU) off masked calls; " if masked else
+                    f"attnlab keeps cuDNN (first on this GPU) off head sizes over {CUDNN_MAX_HEAD_SIZE}; "
+                    if max(hs, vs) > CUDNN_MAX_HEAD_SIZE else "")
+    if not masked and flash_ok:
+        return KernelPlan(name, "flash", f"{skipped}plain causal softmax, head_size={hs} <= {FLASH_MAX_HEAD_SIZE}",
                           tuple(extra + new_kv))
     if hs > FLASH_MAX_HEAD_SIZE:
         reason = f"head_size={hs} is not flash-able (flash takes head_size <= {FLASH_MAX_HEAD_SIZE}, a multiple of 8)"
@@ -381,12 +392,17 @@ def format_plan(preset: str, seq_len: int, batch_size: int, device: str, precisi
     device_type = "cpu" if device.lower() == "cpu" else "cuda"
     precision = _resolve_precision(precision, device_type)
     memory = device_memory(device)
+    cudnn_first = device_type == "cuda" and prefers_cudnn(device)
     lines = [f"Plan: preset {preset}, seq_len={seq_len}, batch_size={batch_size}, {precision}, "
-             f"device {device} ({_fmt(memory)})", ""]
+             f"device {device} ({_fmt(memory)})"]
+    if cudnn_first:
+        lines.append("SDPA tries cuDNN's kernel first on this GPU (compute capability 9.0/10.x, cuDNN > 9.15; "
+                     "a torch that bundles an older cuDNN tries flash first)")
+    lines.append("")
     for name in variants or available_variants():
         get_variant(name)  # an unknown name: the registry's error
         config, reason = variant_at_preset(preset, name)
-        plan = kernel_plan(config, seq_len, batch_size, precision, device_type)
+        plan = kernel_plan(config, seq_len, batch_size, precision, device_type, cudnn_first=cudnn_first)
         peak = estimate_peak_bytes(config, seq_len, batch_size, precision, plan, device_type)
         shape = f" (n_head={config.n_head}: {reason})" if reason else ""
         lines.append(f"{name}{shape}: kernel {plan.kernel}, backend {plan.backend}: {plan.why}")

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.config import ModelConfig
+from attnlab.cudnn_sdpa import prefers_cudnn
 from attnlab.flops import device_peak_flops, flops_per_token
 from attnlab.model import build_model
 from attnlab.observed_kernel import agrees_with_plan, observed_backends
@@ -64,7 +65,8 @@ from throughput import Contestant, _sync  # noqa: E402
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parents[1]
 EQUALITY_TOLERANCE = 2e-2  # as tests/test_bf16.py: bf16's rounding (2^-8) x 5
-CUDA_TESTS = ["tests/test_plan.py", "tests/test_flex_kernel.py"]  # their tests named *cuda*; the quick file first
+# Their tests named *cuda*, the quick files first.
+CUDA_TESTS = ["tests/test_plan.py", "tests/test_cudnn_sdpa.py", "tests/test_flex_kernel.py"]
 PHASES = ("equality", "cuda-tests", "train", "steps")
 # The train phase: train.py as a researcher runs it on a GPU, short. gqa100m's heads of 64 put
 # qk_scale on FlexAttention, the most fragile path: its block mask and score_mod compiled inside
@@ -157,7 +159,7 @@ def run_case(preset: str, T: int, variant: str, args, device: torch.device) -> t
     config, reason = variant_at_preset(preset, variant)
     config = dataclasses.replace(config, block_size=T)  # the run's context: trainer.seq_len = T
     batch_size = max(1, args.tokens_per_step // T)
-    plan = kernel_plan(config, T, batch_size, args.precision, device.type)
+    plan = kernel_plan(config, T, batch_size, args.precision, device.type, cudnn_first=prefers_cudnn(str(device)))
     row = {"preset": preset, "seq_len": T, "variant": variant, "batch_size": batch_size,
            "n_head": config.n_head, "shape_note": reason, "kernel": plan.kernel, "backend": plan.backend,
            "why": plan.why,

@@ -51,7 +51,7 @@ def test_variants_depend_on_config_and_kernels_only():
         import sys
         import variants
         ours = {m for m in sys.modules if m.split(".")[0] == "attnlab"}
-        assert ours <= {"attnlab", "attnlab.config", "attnlab.attention", "attnlab.norm"}, ours
+        assert ours <= {"attnlab", "attnlab.config", "attnlab.attention", "attnlab.cudnn_sdpa", "attnlab.norm"}, ours
     """))
     assert result.returncode == 0, result.stderr
 

@@ -234,10 +234,12 @@ def test_sdpa_keeps_gqa_only_where_the_kernel_it_reaches_takes_it(monkeypatch):
     assert calls == [(2, 2, True), (6, 6, False)]
 
 
-def test_tiny_baseline_is_flash_on_cuda_and_talking_heads_is_explicit_with_its_maps():
+def test_tiny_baseline_is_cudnn_on_hopper_flash_on_ampere_and_talking_heads_is_explicit_with_its_maps():
+    assert "kernel sdpa, backend flash" in format_plan("tiny", 128, 8, "a100", "bf16-mixed", ["baseline"])
     text = format_plan("tiny", 128, 8, "h200", "bf16-mixed", ["baseline", "talking_heads"])
+    assert "SDPA tries cuDNN's kernel first on this GPU" in text
     baseline, talking = text.split("\ntalking_heads")
-    assert "kernel sdpa, backend flash" in baseline and "per layer" not in baseline
+    assert "kernel sdpa, backend cudnn" in baseline and "per layer" not in baseline
     assert "kernel explicit" in talking
     # (B, H, T, S) = (8, 2, 128, 128) maps: 1 MiB in fp32, 0.5 MiB in bf16.
     assert "(8x2x128x128, 4 B each) = 1.0 MiB" in talking
