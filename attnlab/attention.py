@@ -235,9 +235,9 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec = Attent
 
 def _fused_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, scale: float, enable_gqa: bool,
                 is_causal: bool = False) -> Tensor:
-    """One SDPA call, kept off cuDNN's kernel where attnlab.cudnn_sdpa says so (a mask, or head
-    sizes over 128, on CUDA); elsewhere torch chooses."""
-    backends = call_backends(q.device.type, mask is not None, (q.shape[-1], v.shape[-1]))
+    """One SDPA call, kept off cuDNN's kernel where attnlab.cudnn_sdpa says so (on CUDA: any call
+    but a full causal one, head sizes over 128); elsewhere torch chooses."""
+    backends = call_backends(q.device.type, mask is None and is_causal, (q.shape[-1], v.shape[-1]))
     with sdpa_kernel(backends) if backends is not None else contextlib.nullcontext():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
                                               enable_gqa=enable_gqa)

@@ -4,13 +4,16 @@ Since torch 2.10, ``F.scaled_dot_product_attention`` on a GPU of compute capabil
 10.3 (H100/H200, B200/GB200, B300) tries cuDNN's kernel before flash when the cuDNN it runs with is
 newer than 9.15.0 (torch 2.11's PyPI wheels bundle 9.19) and the environment does not set
 ``TORCH_CUDNN_SDPA_DEPRIORITIZED=1``; deterministic algorithms rule it out (torch's
-``sdp_utils.cpp``). On a plain causal call it is the fastest kernel there. attnlab keeps it off
-two kinds of call, where SDPA then chooses among flash, memory-efficient and math as before:
+``sdp_utils.cpp``). On a plain causal call it is the fastest kernel there. attnlab lets it take
+only full causal calls (no mask, as many queries as keys: training's, a prompt's) at head sizes
+up to 128; elsewhere SDPA chooses among flash, memory-efficient and math as it would without it:
 
 - **calls with a mask.** cuDNN's op takes no gradient for the mask: autograd refuses a float mask
   that needs one (a variant's trainable logit terms, the attention sink) at the forward, and a
   masked cuDNN backward was reported to return NaN query gradients at sequence lengths of 64
   mod 128 with torch 2.11. The memory-efficient kernel takes the mask and its gradient.
+- **a decoding step** (one query against the cache): cuDNN builds an execution graph per shape,
+  and the cache's length grows by one every token.
 - **head sizes over 128.** torch 2.11 lets cuDNN take up to 256 on sm90; later torch refuses its
   backward between 128 and 256. Flash takes them, whatever the torch version.
 
@@ -41,16 +44,16 @@ NAMED_CAPABILITIES: dict[str, tuple[int, int]] = {
 ASSUMED_CUDNN = 91900
 
 
-def keeps_cudnn_out(masked: bool, head_sizes: tuple[int, ...]) -> bool:
-    """Whether attnlab keeps cuDNN off an SDPA call with (or without) a mask at these q/k and v
-    head sizes."""
-    return masked or max(head_sizes) > CUDNN_MAX_HEAD_SIZE
+def keeps_cudnn_out(full_causal: bool, head_sizes: tuple[int, ...]) -> bool:
+    """Whether attnlab keeps cuDNN off an SDPA call at these q/k and v head sizes; ``full_causal``:
+    the call has no mask and as many queries as keys (``is_causal``)."""
+    return not full_causal or max(head_sizes) > CUDNN_MAX_HEAD_SIZE
 
 
-def call_backends(device_type: str, masked: bool, head_sizes: tuple[int, ...]) -> list[SDPBackend] | None:
+def call_backends(device_type: str, full_causal: bool, head_sizes: tuple[int, ...]) -> list[SDPBackend] | None:
     """The SDPA backends an attention call may use (``torch.nn.attention.sdpa_kernel``), or None
     for torch's own choice: every call off CUDA, and the calls cuDNN may take."""
-    if device_type != "cuda" or not keeps_cudnn_out(masked, head_sizes):
+    if device_type != "cuda" or not keeps_cudnn_out(full_causal, head_sizes):
         return None
     return WITHOUT_CUDNN
 

@@ -233,7 +233,7 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     meff_ok = hs % alignment == 0 and vs % alignment == 0
     masked = float_mask or bool_mask
     if cudnn_first and a == 2:
-        if not keeps_cudnn_out(masked, (hs, vs)) and hs % 8 == 0 and vs % 8 == 0:
+        if not keeps_cudnn_out(not masked, (hs, vs)) and hs % 8 == 0 and vs % 8 == 0:
             return KernelPlan(name, "cudnn", f"plain causal softmax, head sizes {hs}/{vs} <= {CUDNN_MAX_HEAD_SIZE}: "
                               "torch tries cuDNN first on this GPU", tuple(extra + new_kv))
         skipped += ("attnlab keeps cuDNN (first on this GPU) off masked calls; " if masked else

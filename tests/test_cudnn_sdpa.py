@@ -11,6 +11,7 @@ from torch.nn.attention import SDPBackend
 import attnlab.attention
 from attnlab import cudnn_sdpa
 from attnlab.cudnn_sdpa import WITHOUT_CUDNN, call_backends, keeps_cudnn_out, prefers_cudnn, torch_prefers_cudnn
+from attnlab.generate import SamplingConfig, generate
 from attnlab.model import build_model
 from attnlab.observed_kernel import observed_backends
 from attnlab.plan import kernel_plan
@@ -75,15 +76,15 @@ def test_deterministic_algorithms_put_flash_first_unless_warn_only(_hopper_prese
     assert prefers_cudnn("cuda")
 
 
-def test_cudnn_is_kept_off_masked_calls_and_head_sizes_over_128_on_cuda_only():
-    assert call_backends("cuda", masked=False, head_sizes=(64, 64)) is None  # torch chooses: cuDNN may take it
-    assert call_backends("cuda", masked=False, head_sizes=(128, 128)) is None
-    assert call_backends("cuda", masked=True, head_sizes=(64, 64)) == WITHOUT_CUDNN
-    assert call_backends("cuda", masked=False, head_sizes=(160, 160)) == WITHOUT_CUDNN
-    assert call_backends("cuda", masked=False, head_sizes=(64, 256)) == WITHOUT_CUDNN
-    assert call_backends("cpu", masked=True, head_sizes=(620, 620)) is None
+def test_cudnn_takes_only_full_causal_calls_up_to_head_size_128_on_cuda():
+    assert call_backends("cuda", full_causal=True, head_sizes=(64, 64)) is None  # torch chooses: cuDNN may take it
+    assert call_backends("cuda", full_causal=True, head_sizes=(128, 128)) is None
+    assert call_backends("cuda", full_causal=False, head_sizes=(64, 64)) == WITHOUT_CUDNN  # a mask, or decoding
+    assert call_backends("cuda", full_causal=True, head_sizes=(160, 160)) == WITHOUT_CUDNN
+    assert call_backends("cuda", full_causal=True, head_sizes=(64, 256)) == WITHOUT_CUDNN
+    assert call_backends("cpu", full_causal=False, head_sizes=(620, 620)) is None
     assert SDPBackend.CUDNN_ATTENTION not in WITHOUT_CUDNN and SDPBackend.MATH in WITHOUT_CUDNN
-    assert keeps_cudnn_out(True, (16, 16)) and not keeps_cudnn_out(False, (16, 16))
+    assert keeps_cudnn_out(False, (16, 16)) and not keeps_cudnn_out(True, (16, 16))
 
 
 @pytest.fixture
@@ -91,20 +92,29 @@ def _rule_on_cpu(monkeypatch):
     """attnlab's rule applied to CPU calls, with the calls it is asked about recorded."""
     asked = []
 
-    def rule(device_type, masked, head_sizes):
-        asked.append((masked, tuple(head_sizes)))
-        return call_backends("cuda", masked, head_sizes)
+    def rule(device_type, full_causal, head_sizes):
+        asked.append((full_causal, tuple(head_sizes)))
+        return call_backends("cuda", full_causal, head_sizes)
 
     monkeypatch.setattr(attnlab.attention, "call_backends", rule)
     return asked
 
 
-def test_every_sdpa_call_asks_the_rule_with_its_mask_and_head_sizes(_rule_on_cpu):
+def test_every_sdpa_call_asks_the_rule_with_its_shape_and_head_sizes(_rule_on_cpu):
     idx = torch.randint(0, 100, (2, 16))
-    for variant, masked in (("baseline", False), ("qk_scale", True), ("sliding_window", True), ("attn_sink", True)):
+    for variant, full_causal in (("baseline", True), ("qk_scale", False), ("sliding_window", False),
+                                 ("attn_sink", False)):
         _rule_on_cpu.clear()
         build_model(tiny_config(variant, attn_kernel="sdpa"))(idx)
-        assert _rule_on_cpu == [(masked, (8, 8))] * 2, variant  # a call per layer
+        assert _rule_on_cpu == [(full_causal, (8, 8))] * 2, variant  # a call per layer
+
+
+def test_decoding_steps_are_not_full_causal_calls(_rule_on_cpu):
+    model = build_model(tiny_config("baseline", attn_kernel="sdpa")).eval()
+    with torch.no_grad():
+        generate(model, [5, 6, 7, 8, 9], 100, SamplingConfig(max_new_tokens=3, greedy=True))
+    # the prompt: one full causal call per layer; each later token (2 of 3): one per layer against the cache
+    assert _rule_on_cpu == [(True, (8, 8))] * 2 + [(False, (8, 8))] * 2 * 2, _rule_on_cpu
 
 
 def test_the_rule_decides_the_backend_a_call_runs_on(monkeypatch):
