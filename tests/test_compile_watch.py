@@ -40,6 +40,27 @@ def test_a_compiled_run_compiles_everything_by_its_first_validation(tmp_path, co
     assert not [r for r in caplog.records if r.name == "attnlab.training.compile_watch"]
 
 
+def test_runs_of_a_sweep_in_one_process_each_compile_their_own_graphs(tmp_path, corpus, monkeypatch):
+    """Every model's blocks share Block.forward's Dynamo cache: without a reset per run, the fourth
+    variant of an in-process sweep would find Dynamo's recompile limit (8) reached and train eager."""
+    compile_blocks = GPT.compile_blocks
+    monkeypatch.setattr(GPT, "compile_blocks", lambda self, **kw: compile_blocks(self, backend="eager", **kw))
+    first = []
+    for variant in ("baseline", "qk_scale", "sep_qkv", "gelu_bias"):
+        config = compose_config(["experiment_name=unit", *tiny_overrides(tmp_path, corpus), "trainer.compile=true",
+                                 f"variant={variant}", "trainer.max_steps=2"])
+        first.append(pd.read_csv(train(config).metrics)["compile/graphs"].dropna().iloc[0])
+    assert min(first) >= 3, first  # training, validation and the head-score probe, in every run
+
+
+def test_a_compiled_run_that_compiles_nothing_is_warned_about(tmp_path, corpus, monkeypatch, caplog):
+    monkeypatch.setattr(GPT, "compile_blocks", lambda self, **kw: None)  # as if Dynamo had given up
+    config = compose_config(["experiment_name=unit", *tiny_overrides(tmp_path, corpus), "trainer.compile=true"])
+    with caplog.at_level(logging.WARNING, logger="attnlab.training.compile_watch"):
+        train(config)
+    assert any("compiled no graph by the first validation" in r.getMessage() for r in caplog.records)
+
+
 def test_an_uncompiled_run_logs_no_compile_counts(tmp_path, corpus):
     run = train(compose_config(["experiment_name=unit", *tiny_overrides(tmp_path, corpus)]))
     assert "compile/graphs" not in pd.read_csv(run.metrics).columns

@@ -256,6 +256,35 @@ def test_trainer_peak_flops_gives_the_logged_mfu(tmp_path, corpus):
     assert "train/device/flops_per_sec" in plain.columns and "train/device/mfu" not in plain.columns
 
 
+def test_bf16_mixed_clips_gradients_with_the_fused_optimizer(tmp_path, corpus):
+    """trainer=gpu's precision with the fused AdamW and clipping: Lightning's mixed-precision plugin
+    refuses to clip for an optimizer that unscales gradients itself, which bf16 never needs."""
+    class ClippedNorms(L.Callback):
+        norms: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, *args):  # this step's gradients, clipped
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+            self.fused = trainer.optimizers[0].defaults["fused"]
+
+    seen = ClippedNorms()
+    run = train(compose_config(["experiment_name=unit", *tiny_overrides(tmp_path, corpus),
+                                "trainer.precision=bf16-mixed", "optim.grad_clip=0.001"]), [seen])
+    assert run.load_summary()["steps"] == 4 and seen.fused
+    assert len(seen.norms) == 4 and max(seen.norms) <= 0.001 * 1.001, seen.norms
+
+
+def test_validation_throughput_counts_forward_flops_only(tmp_path, corpus):
+    metrics = pd.read_csv(train(compose_config(["experiment_name=unit", *tiny_overrides(tmp_path, corpus),
+                                                "trainer.max_steps=6"])).metrics)
+    per_batch = {}
+    for stage in ("train", "validate"):
+        rows = metrics.dropna(subset=[f"{stage}/device/flops_per_sec"])
+        assert len(rows) > 0, stage
+        per_batch[stage] = (rows[f"{stage}/device/flops_per_sec"] / rows[f"{stage}/device/batches_per_sec"]).median()
+    assert per_batch["validate"] == pytest.approx(per_batch["train"] / 3, rel=0.05)
+
+
 def test_float32_matmul_precision_is_resolved_set_and_recorded(tmp_path, corpus):
     from attnlab.training.hardware import choose_matmul_precision
 

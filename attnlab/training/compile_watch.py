@@ -24,7 +24,8 @@ def compiled_graphs() -> int:
 
 class CompileWatch(L.Callback):
     """Logs ``compile/graphs`` (graphs compiled since fitting began) at each validation's end, and
-    warns when a validation after the first finds more than the one before it."""
+    warns when a validation after the first finds more than the one before it, or the first finds
+    none (the compiled run runs eager)."""
 
     def __init__(self) -> None:
         self._start = 0
@@ -40,6 +41,10 @@ class CompileWatch(L.Callback):
             return
         graphs = compiled_graphs() - self._start
         pl_module.log("compile/graphs", float(graphs), rank_zero_only=True)
+        if not self.at_validation and graphs == 0 and trainer.is_global_zero:
+            log.warning("trainer.compile is on but torch.compile compiled no graph by the first validation "
+                        "(step %d): the model runs eager, e.g. past Dynamo's recompile limit; "
+                        "TORCH_LOGS=recompiles says why", trainer.global_step)
         if self.at_validation and graphs > self.at_validation[-1] and trainer.is_global_zero:
             log.warning(
                 "torch.compile compiled %d more graph(s) between validations %d and %d (step %d), after "

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -43,8 +44,7 @@ class LanguageModelModule(L.LightningModule):
         self.model = model
         self.optim = optim
         self.max_steps = max_steps
-        if flops_per_batch is not None:
-            self.flops_per_batch = flops_per_batch  # read by Lightning's ThroughputMonitor
+        self.train_flops_per_batch = flops_per_batch
         # Checkpoints carry the model's settings so evaluate/resume can rebuild and check them.
         self.save_hyperparameters({"model_config": model.config.to_dict(),
                                    "optim": dataclasses.asdict(optim), "max_steps": max_steps})
@@ -76,6 +76,16 @@ class LanguageModelModule(L.LightningModule):
 
     def forward(self, idx: Tensor) -> Tensor:
         return self.model(idx)
+
+    @property
+    def flops_per_batch(self) -> float | None:
+        """FLOPs of one batch, read by Lightning's ThroughputMonitor at every stage: a training
+        step's (forward and backward), and a third of it while validating (forward only: 2 of the 6
+        FLOPs per weight, 4 of the 12 per attention score, attnlab.flops)."""
+        if self.train_flops_per_batch is None:
+            return None
+        trainer = self._trainer
+        return self.train_flops_per_batch if trainer is None or trainer.training else self.train_flops_per_batch / 3
 
     def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """The one step shared by training and validation: (logits, mean loss over the scored
@@ -143,8 +153,11 @@ class LanguageModelModule(L.LightningModule):
             # Norm gains, biases and embeddings are not shrunk towards zero (GPT-2/LLaMA practice).
             (no_decay if p.ndim < 2 or name.startswith("wte.") else decay).append(p)
         # The fused kernel: one pass over all parameters instead of a loop of small ops
-        # (tiny preset on CPU: 14 ms instead of 101 ms per step, bench/RESULTS.md).
-        fused = all(p.device.type in ("cpu", "cuda") for p in self.model.parameters())
+        # (tiny preset on CPU: 14 ms instead of 101 ms per step, bench/RESULTS.md). Not under
+        # 16-mixed: its gradient scaler would leave the unscaling to the fused step, and gradients
+        # still scaled cannot be clipped (configure_gradient_clipping).
+        fused = (all(p.device.type in ("cpu", "cuda") for p in self.model.parameters())
+                 and self._gradient_scaler() is None)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=fused)
@@ -156,6 +169,21 @@ class LanguageModelModule(L.LightningModule):
                                                         eta_min=o.lr * o.min_lr_ratio)],
             milestones=[warmup])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _gradient_scaler(self):
+        return getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip as Lightning does, except that its mixed-precision plugin refuses any optimizer that
+        unscales gradients itself (the fused AdamW), even under bf16-mixed, whose gradients are never
+        scaled: there they are clipped as under 32-true."""
+        if (gradient_clip_val and self._gradient_scaler() is None
+                and getattr(optimizer, "_step_supports_amp_scaling", False)):
+            plugin = self.trainer.precision_plugin
+            by_value = GradClipAlgorithmType(gradient_clip_algorithm or "norm") == GradClipAlgorithmType.VALUE
+            (plugin.clip_grad_by_value if by_value else plugin.clip_grad_by_norm)(optimizer, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen

@@ -121,6 +121,10 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
         if is_rank_zero:
             trim_metrics(run, checkpoint_step(ckpt_path))
     L.seed_everything(cfg.seed, workers=True)
+    # Dynamo's caches belong to the process: every model's blocks share Block.forward's, and the eager
+    # FlexAttention wrapper one more. Runs of a sweep in one process (Hydra's basic launcher) would
+    # fill its recompile limit (8 graphs) within three variants, and later runs would train eager.
+    torch._dynamo.reset()
     model = build_model(model_config, seed=cfg.seed)
     model.activation_checkpointing = cfg.trainer.activation_checkpointing
     if should_compile(cfg.trainer.compile, accelerator):
