@@ -14,6 +14,7 @@ a = 2 (bf16-mixed) or 4 (32-true) bytes per matmul activation:
     static = 16 P            fp32 weights 4P (Lightning keeps them fp32 under bf16-mixed: they
                              are the master weights), fp32 gradients 4P, AdamW's two fp32 moments 8P
            + 2 P             bf16-mixed only: autocast's bf16 copy of each weight in the forward
+    (bf16-true: 8 P, weights, gradients and AdamW's moments all in bf16)
     layer  = N * (16 h + 2 a h + a hs (4 H + 3 G) + 4 a f)  + extra tensors (kernel_plan)
     head   = N * ((8 + a) h + (8 + a) V)
     peak   = static + L * layer + head + transient
@@ -76,10 +77,13 @@ def device_memory(name: str) -> int:
     return DEVICE_MEMORY[key]
 
 
+HALF_TRUE = ("bf16-true", "16-true")  # weights and optimizer state in half precision too
+
+
 def activation_bytes(precision: str) -> int:
-    if precision not in ("bf16-mixed", "16-mixed", "32-true", "32"):
-        raise ValueError(f"precision must be bf16-mixed, 16-mixed or 32-true, got {precision!r}")
-    return 2 if precision.endswith("mixed") else 4
+    if precision not in ("bf16-mixed", "16-mixed", *HALF_TRUE, "32-true", "32"):
+        raise ValueError(f"precision must be bf16-mixed, 16-mixed, bf16-true, 16-true or 32-true, got {precision!r}")
+    return 2 if precision.endswith("mixed") or precision in HALF_TRUE else 4
 
 
 @dataclass(frozen=True)
@@ -292,7 +296,7 @@ def estimate_peak_bytes(model_config: ModelConfig, seq_len: int, batch_size: int
         kernel = kernel_plan(c, seq_len, batch_size, precision, device_type, kernel)
     a = activation_bytes(precision)
     P = total_parameters(c)
-    static = 16 * P + (2 * P if a == 2 else 0)
+    static = 8 * P if precision in HALF_TRUE else 16 * P + (2 * P if a == 2 else 0)
     N = batch_size * seq_len
     h, f, H, G, hs = c.n_embd, c.mlp_hidden_size, c.n_head, c.n_query_groups, c.head_size
     layer = N * (16 * h + 2 * a * h + a * hs * (4 * H + 3 * G) + 4 * a * f) + kernel.extra_bytes
@@ -423,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, required=True)
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--device", default="h100", help=f"cpu or one of {', '.join(sorted(DEVICE_MEMORY))}")
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16-mixed", "32-true"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16-mixed", "bf16-true", "32-true"])
     parser.add_argument("--variant", nargs="+", default=None, help="default: every registered variant")
     args = parser.parse_args(argv)
     print(format_plan(args.preset, args.seq_len, args.batch_size, args.device, args.precision, args.variant))

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from attnlab.config import ModelConfig
-from attnlab.plan import (check_fits_device, device_memory, estimate_peak_bytes, format_plan, kernel_plan, main,
-                          slow_kernel_warning)
+from attnlab.plan import (activation_bytes, check_fits_device, device_memory, estimate_peak_bytes, format_plan,
+                          kernel_plan, main, slow_kernel_warning)
 from attnlab.params import total_parameters
 from attnlab.training.config import TrainerSection
 
@@ -374,3 +374,15 @@ def test_flex_attention_runs_under_the_backend_recorder_and_shows_no_sdpa_op():
     with torch.no_grad():
         seen = observed_backends(Flex(), torch.randn(1, 2, 16, 8))
     assert agrees_with_plan("fused (flex)", seen)
+
+
+def test_bf16_true_keeps_weights_gradients_and_adamw_state_in_bf16():
+    """trainer.precision=bf16-true is accepted by the config, so the GPU checks before training
+    (slow_kernel_warning, check_fits_device) must plan it: 8 bytes a parameter, not 18."""
+    config = ModelConfig.from_preset("tiny", variant="qk_scale")
+    mixed, true = (estimate_peak_bytes(config, 64, 2, p, device_type="cuda") for p in ("bf16-mixed", "bf16-true"))
+    assert mixed - true == 10 * total_parameters(config)
+    assert kernel_plan(config, 64, 2, "bf16-true", "cuda", "sdpa").backend == "memory-efficient"
+    slow_kernel_warning(config, 64, 2, "bf16-true")
+    with pytest.raises(ValueError, match="precision must be bf16-mixed, 16-mixed, bf16-true"):
+        activation_bytes("8-true")
