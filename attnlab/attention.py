@@ -329,7 +329,8 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec =
     # (tests/test_compile.py); a copy each is cheap next to the attention itself.
     out = run(q.contiguous(), k.contiguous(), v.contiguous(), score_mod=score_mod,
               block_mask=block_mask, scale=scale, enable_gqa=H != k.shape[1],
-              return_aux=AuxRequest(lse=True) if sink else None)
+              return_aux=AuxRequest(lse=True) if sink else None,
+              kernel_options=FORCE_FLEX_KERNEL if q.is_cuda and T < FLEX_DECODING_BELOW else None)
     if not sink:
         return out, None
     y, aux = out
@@ -337,6 +338,14 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec =
     exact = torch.promote_types(y.dtype, torch.float32)
     keep = torch.sigmoid(aux.lse.to(exact) - terms.sink.to(exact).view(1, H, 1))  # (B, H, T)
     return y * keep.unsqueeze(-1).to(y.dtype), None
+
+
+# Below 128 queries Inductor's CUDA lowering takes its flex-decoding kernel, whose tile is T times
+# the query heads per key head rounded up to a power of two; torch 2.11 keeps only tiles dividing
+# 128, so e.g. T=100 with 2 query heads per key head finds no kernel (NoValidChoicesError). The
+# main FlexAttention kernel takes every T.
+FLEX_DECODING_BELOW = 128
+FORCE_FLEX_KERNEL = {"FORCE_USE_FLEX_ATTENTION": True}
 
 
 def _block_mask(T: int, window: int | None, device: torch.device):
