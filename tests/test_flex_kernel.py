@@ -104,15 +104,18 @@ def test_a_checkpoint_resumes_under_another_kernel(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA")
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_flex_gradients_match_explicit_on_cuda(variant):
-    torch._dynamo.reset()  # past Dynamo's recompile limit, later variants could run FlexAttention eager
     # Heads of 16 (n_embd 64 over 4 heads): FlexAttention's CUDA kernel takes no head size below 16.
-    flex = build_model(supported_config(variant, "flex", n_embd=64)).cuda()
-    explicit = build_model(supported_config(variant, "explicit", n_embd=64)).cuda()
+    _assert_flex_gradients_match_explicit_on_cuda(variant, _tokens(), n_embd=64)
+
+
+def _assert_flex_gradients_match_explicit_on_cuda(variant, idx, **config):
+    torch._dynamo.reset()  # past Dynamo's recompile limit, later variants could run FlexAttention eager
+    flex = build_model(supported_config(variant, "flex", **config)).cuda()
+    explicit = build_model(supported_config(variant, "explicit", **config)).cuda()
     explicit.load_state_dict(flex.state_dict())
-    idx = _tokens().cuda()
     grads = []
     for model in (flex, explicit):
-        model(idx).square().mean().backward()
+        model(idx.cuda()).square().mean().backward()
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for name, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][name], rtol=1e-3, atol=1e-5, msg=name)
@@ -123,18 +126,8 @@ def test_flex_gradients_match_explicit_on_cuda(variant):
 def test_flex_trains_short_grouped_query_sequences_on_cuda(T):
     """Below 128 queries, with 2 query heads per key head, torch 2.11's flex-decoding kernel has no
     tile for T * 2 > 128: the kernel is forced to FlexAttention's main one there."""
-    torch._dynamo.reset()
-    config = dict(n_embd=64, n_head=4, n_query_groups=2, block_size=128)
-    flex = build_model(supported_config("qk_scale", "flex", **config)).cuda()
-    explicit = build_model(supported_config("qk_scale", "explicit", **config)).cuda()
-    explicit.load_state_dict(flex.state_dict())
-    idx = _tokens(T=T).cuda()
-    grads = []
-    for model in (flex, explicit):
-        model(idx).square().mean().backward()
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-    for name, grad in grads[0].items():
-        torch.testing.assert_close(grad, grads[1][name], rtol=1e-3, atol=1e-5, msg=name)
+    _assert_flex_gradients_match_explicit_on_cuda("qk_scale", _tokens(T=T), n_embd=64, n_head=4, n_query_groups=2,
+                                                  block_size=128)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled FlexAttention wrapper runs on CUDA")
