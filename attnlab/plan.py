@@ -30,7 +30,10 @@ G) hs, the attention output and its contiguous copy for the projection 2 H hs (f
 (T, S) map; its log-sum-exp is negligible), and SwiGLU's four f-wide tensors (fc_1 and fc_2
 outputs, the silu output and the product). ``head``: the final norm, the logits in a bytes,
 their fp32 copy and log-softmax (8 V). ``transient``: 3 fp32 (B, H, T, S) maps where a kernel
-materialises such maps (the gradients alive in one layer's attention backward), else 0.
+materialises such maps (the gradients alive in one layer's attention backward), else 0; on
+FlexAttention, a trainable dense term that broadcasts over heads or batch has its gradient
+accumulated at the full (B, H, T, S) in fp32 and cast to the term's dtype before it is summed
+back to the term's shape.
 Gradients are counted whole while all activations are alive, so the estimate is an upper bound
 of the step's peak less allocator fragmentation; tests/test_plan.py compares it with a measured
 step. Variant-specific activations (qk_norm's norms, gates) are not counted.
@@ -111,6 +114,7 @@ class KernelPlan:
     backend: str  # cudnn, flash, memory-efficient, math, cpu-flash, fused (flex), explicit
     why: str
     extra: tuple[Tensor_, ...]  # per layer
+    backward: tuple[Tensor_, ...] = ()  # alive only in one layer's backward
 
     @property
     def extra_bytes(self) -> int:
@@ -119,9 +123,11 @@ class KernelPlan:
     @property
     def transient_bytes(self) -> int:
         """Once per step: the backward of one layer's materialised (B, H, T, S) maps holds the
-        gradients of the maps and of their inputs at once (TRANSIENT_MAPS fp32 maps)."""
+        gradients of the maps and of their inputs at once (TRANSIENT_MAPS fp32 maps), and the
+        kernel's own ``backward`` tensors."""
         maps = [t for t in self.extra if t.score_map]
-        return TRANSIENT_MAPS * 4 * max((math.prod(t.shape) for t in maps), default=0)
+        return (TRANSIENT_MAPS * 4 * max((math.prod(t.shape) for t in maps), default=0)
+                + sum(t.nbytes for t in self.backward))
 
 
 def _term_shapes(config: ModelConfig, B: int, T: int) -> tuple[dict[str, tuple[int, ...]], bool]:
@@ -203,8 +209,12 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     if name == "flex":
         if flex_problem is not None:  # forced: train.py refuses it (check_flex_head_size)
             return KernelPlan(name, "none (refused)", flex_problem, tuple(extra))
+        dense = shapes.get("dense")
+        broadcast = dense is not None and terms_grad and math.prod(dense) < B * H * T * S
+        # The term is captured expanded to every (b, h) (attnlab.attention.flex_attention_kernel).
+        backward = (Tensor_("gradient of the expanded dense term (fp32, then cast)", bhts, 4 + a),) if broadcast else ()
         return KernelPlan(name, "fused (flex)", "FlexAttention reads the terms, cap and sink in a score_mod "
-                          "and skips masked tiles: no (T, S) tensor", tuple(extra))
+                          "and skips masked tiles: no (T, S) tensor", tuple(extra), backward)
     # SDPA
     float_mask = bool(shapes) or spec.normaliser == "softmax_sink"
     bool_mask = not float_mask and spec.window is not None
@@ -410,9 +420,10 @@ def format_plan(preset: str, seq_len: int, batch_size: int, device: str, precisi
         peak = estimate_peak_bytes(config, seq_len, batch_size, precision, plan, device_type)
         shape = f" (n_head={config.n_head}: {reason})" if reason else ""
         lines.append(f"{name}{shape}: kernel {plan.kernel}, backend {plan.backend}: {plan.why}")
-        for t in plan.extra:
-            dims = "x".join(str(d) for d in t.shape)
-            lines.append(f"    per layer: {t.what} ({dims}, {t.bytes_per_element} B each) = {_fmt(t.nbytes)}")
+        for where, tensors in (("per layer", plan.extra), ("in one layer's backward", plan.backward)):
+            for t in tensors:
+                dims = "x".join(str(d) for d in t.shape)
+                lines.append(f"    {where}: {t.what} ({dims}, {t.bytes_per_element} B each) = {_fmt(t.nbytes)}")
         verdict = "fits" if peak <= memory else "DOES NOT FIT"
         recomputed = estimate_peak_bytes(config, seq_len, batch_size, precision, plan, device_type,
                                          checkpointing=True)

@@ -386,3 +386,18 @@ def test_bf16_true_keeps_weights_gradients_and_adamw_state_in_bf16():
     slow_kernel_warning(config, 64, 2, "bf16-true")
     with pytest.raises(ValueError, match="precision must be bf16-mixed, 16-mixed, bf16-true"):
         activation_bytes("8-true")
+
+
+def test_flex_counts_the_full_gradient_of_a_dense_term_that_broadcasts_over_heads():
+    """qk_scale's (B, 1, T, S) term reaches FlexAttention expanded to every head; torch accumulates
+    its gradient at (B, H, T, S) in fp32, cast to the term's dtype, in that layer's backward."""
+    config = ModelConfig.from_preset("tiny", variant="qk_scale", attn_kernel="flex", n_head=4, n_query_groups=4)
+    plan = kernel_plan(config, 64, 2, "bf16-mixed", "cuda")
+    assert [(t.shape, t.bytes_per_element) for t in plan.backward] == [((2, 4, 64, 64), 6)]
+    assert plan.transient_bytes == 3 * 4 * 2 * 1 * 64 * 64 + 6 * 2 * 4 * 64 * 64
+    one_head = ModelConfig.from_preset("tiny", variant="qk_scale", attn_kernel="flex", n_head=1, n_query_groups=1)
+    assert kernel_plan(one_head, 64, 2, "bf16-mixed", "cuda").backward == ()  # nothing to expand
+    assert "in one layer's backward: gradient of the expanded dense term" in format_plan(
+        "gqa100m", 64, 2, "h100", "bf16-mixed", ["qk_scale"])
+    alibi = kernel_plan(ModelConfig.from_preset("tiny", variant="alibi"), 64, 2, "bf16-mixed", "cuda")
+    assert alibi.kernel == "flex" and alibi.backward == ()  # per-position terms: small gradients
