@@ -240,6 +240,9 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
         if float_mask and (terms_grad or "sink" in shapes):
             return KernelPlan(name, "math", "CPU: the float mask needs a gradient, which only SDPA's math "
                               "backend gives", tuple(extra + mask + math_maps))
+        if vs != hs:
+            return KernelPlan(name, "math", f"CPU: SDPA's flash kernel takes one head size for q, k and v "
+                              f"({config.variant}'s values are {vs}, keys {hs})", tuple(extra + mask + math_maps))
         return KernelPlan(name, "cpu-flash", "CPU: SDPA's flash kernel for CPU (any head size)",
                           tuple(extra + mask + new_kv))
     alignment = 8 if a == 2 else 4

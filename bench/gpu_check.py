@@ -56,6 +56,7 @@ from attnlab.model import build_model
 from attnlab.observed_kernel import agrees_with_plan, observed_backends
 from attnlab.params import variant_at_preset
 from attnlab.plan import estimate_peak_bytes, kernel_plan
+from attnlab.training.hardware import choose_matmul_precision
 from variants import available_variants, get_variant
 from variants.registry import supported_kernels
 
@@ -201,6 +202,8 @@ def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
             continue
         if time.time() > until - CASE_RESERVE_S:
             break
+        # Where a process stopped at its limit was: the report names the case and its seconds.
+        started_file(part).write_text(json.dumps({"case": case, "started": time.time()}), encoding="utf-8")
         row, fatal = run_case(*case, args, device)
         append_rows(part, [row])
         if fatal:
@@ -262,9 +265,11 @@ def equality_phase(args, device: torch.device, part: Path, until: float) -> int:
 
 # --------------------------------------------------------------------------- phase: train
 
-def train_phase(overrides: list[str], until: float, scratch_parent: Path) -> dict:
-    """``train.py`` with ``overrides`` in a scratch results directory under ``scratch_parent``
-    (removed after), until ``until``: its exit code, steps, validation losses, tokens/s and MFU
+def train_phase(overrides: list[str], until: float, scratch_parent: Path | None = None) -> dict:
+    """``train.py`` with ``overrides`` in a scratch results directory under ``scratch_parent`` (the
+    system's temporary directory by default: its checkpoints are GBs, which must not be left in the
+    check's output if it is stopped; removed after), until ``until``: its exit code, steps, validation
+    losses, tokens/s and MFU
     as it logged them, and the graphs compiled by each validation's end (``compile/graphs``),
     which must not grow after the first."""
     scratch = Path(tempfile.mkdtemp(prefix="train-scratch-", dir=scratch_parent))
@@ -337,6 +342,22 @@ def train_line(train: dict) -> str:
 
 # --------------------------------------------------------------------------- phases as processes
 
+def started_file(part: Path) -> Path:
+    return part.with_suffix(".started")
+
+
+def stopped_case(part: Path, rows: list[dict]) -> dict | None:
+    """The steps case a process was stopped in (started, no row), with its seconds so far."""
+    started = started_file(part)
+    if not started.exists():
+        return None
+    last = json.loads(started.read_text(encoding="utf-8"))
+    case = tuple(last["case"])
+    if case in {(r["preset"], r["seq_len"], r["variant"]) for r in rows}:
+        return None
+    return {"case": case, "seconds": time.time() - last["started"]}
+
+
 def read_rows(part: Path) -> list[dict]:
     if not part.exists():
         return []
@@ -350,9 +371,15 @@ def append_rows(part: Path, rows: list[dict]) -> None:
             print(json.dumps(row, default=str), flush=True)
 
 
+# One variant per attention path first, so that a deadline leaves every path measured: plain causal
+# (cuDNN/flash; math at seed100m), logit terms (FlexAttention; math at seed100m), a sigmoid (explicit),
+# a cap (FlexAttention; explicit at seed100m), unequal q/v head sizes, the block's own attention.
+FIRST_VARIANTS = ("baseline", "qk_scale", "sigmoid_attn", "softcap", "diff_attn", "talking_heads")
+
+
 def variant_list(args) -> list[str]:
     variants = args.variants or available_variants()
-    return ["baseline", *[v for v in variants if v != "baseline"]]
+    return [*[v for v in FIRST_VARIANTS if v in variants], *[v for v in variants if v not in FIRST_VARIANTS]]
 
 
 def run_phase_process(phase: str, argv: list[str], part: Path, until: float,
@@ -434,7 +461,8 @@ def equality_line(report: dict) -> str:
 
 def markdown(report: dict) -> str:
     env = report["environment"]
-    lines = [f"GPU check: {env['device']}, torch {env['torch']}, {report['precision']}, "
+    lines = [f"GPU check: {env['device']}, torch {env['torch']} (cuDNN {env.get('cudnn')}), {report['precision']}, "
+             f"float32 matmuls {env.get('float32_matmul_precision')}, "
              f"{'compiled' if report['compiled'] else 'eager'}; `{report['command']}`; "
              f"{report['seconds']:.0f} s", "",
              "| preset | T | variant | kernel (backend) | tokens/s | MFU | peak GiB | est./measured | compile s |",
@@ -447,6 +475,9 @@ def markdown(report: dict) -> str:
                      f"{fmt('tokens_per_s', ',.0f')} | {fmt('mfu', '.1%')} | {fmt('peak_bytes', '.2f', 2 ** -30)} | "
                      f"{fmt('estimate_vs_measured', '.2f')} | {fmt('first_step_s', '.0f')} |"
                      + (f" {r['error']}" if r.get("error") else ""))
+    if report.get("stopped_in"):
+        (p, T, v), seconds = report["stopped_in"]["case"], report["stopped_in"]["seconds"]
+        lines += ["", f"Stopped at the deadline in {p}/T={T}/{v}, {seconds:.0f} s after it started"]
     if report["not_run"]:
         lines += ["", "Not run (deadline reached): " + ", ".join(f"{p}/T={T}/{v}" for p, T, v in report["not_run"])]
     observed = [r for r in report["steps"] if "backend_agrees" in r]
@@ -497,6 +528,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cuda":  # fp32 matmuls (SDPA's math backend computes bf16 in fp32) as train.py runs them
+        torch.set_float32_matmul_precision(choose_matmul_precision("auto", "gpu"))
     if args.run_phase:  # a child process: one phase, its rows appended to --part
         phase = steps_phase if args.run_phase == "steps" else equality_phase
         sys.exit(phase(args, device, args.part, args.until))
@@ -506,38 +539,47 @@ def main(argv: list[str] | None = None) -> dict | None:
     parts = {phase: args.out / f"part-{phase}.jsonl" for phase in ("equality", "steps")}
     for part in parts.values():
         part.unlink(missing_ok=True)
+        started_file(part).unlink(missing_ok=True)
     results, processes, tests, train = {}, {}, None, None
+
+    def write_report() -> dict:
+        # After every phase, not only the last: a check stopped from outside keeps what it finished.
+        steps = results.get("steps", [])
+        done = {(r["preset"], r["seq_len"], r["variant"]) for r in steps}
+        report = {
+            "command": "python bench/gpu_check.py " + " ".join(argv),
+            "environment": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+                            f"cpu ({platform.machine()})", "torch": torch.__version__,
+                            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+                            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                            "python": platform.python_version(), "cpus": os.cpu_count()},
+            "precision": args.precision, "compiled": not args.no_compile, "phases": args.phases,
+            "variants": variant_list(args), "deadline_s": args.deadline_s, "steps": steps,
+            "stopped_in": stopped_case(parts["steps"], steps),
+            "not_run": [c for c in cases(args.presets, args.seq_lens, variant_list(args)) if c not in done]
+            if "steps" in args.phases else [],
+            "equality": results.get("equality", []), "cuda_tests": tests, "train": train, "processes": processes,
+            "seconds": time.time() - started}
+        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        (args.out / "gpu_check.md").write_text(markdown(report), encoding="utf-8")
+        return report
+
     for phase in [p for p in PHASES if p in args.phases]:
         print(f"== {phase} ({deadline - time.time():.0f} s left)", flush=True)
         if phase == "cuda-tests":
             tests = cuda_tests(min(deadline, time.time() + args.tests_s))
             processes[phase] = ["exit 0" if tests["returncode"] == 0 else f"pytest: {tests['summary']}"]
-            continue
-        if phase == "train":
-            train = train_phase(args.train_overrides, min(deadline, time.time() + args.train_s), args.out)
+        elif phase == "train":
+            train = train_phase(args.train_overrides, min(deadline, time.time() + args.train_s))
             processes[phase] = ["exit 0"] if train["returncode"] == 0 and "error" not in train else []
-            continue
-        until = deadline if phase == "steps" else min(deadline, time.time() + args.equality_s)
-        outcome = run_phase_process(phase, argv, parts[phase], until)
-        results[phase], processes[phase] = outcome["rows"], outcome["processes"]
-    steps = results.get("steps", [])
-    done = {(r["preset"], r["seq_len"], r["variant"]) for r in steps}
-    report = {
-        "command": "python bench/gpu_check.py " + " ".join(argv),
-        "environment": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-                        f"cpu ({platform.machine()})", "torch": torch.__version__,
-                        "cuda": torch.version.cuda, "python": platform.python_version(),
-                        "cpus": os.cpu_count()},
-        "precision": args.precision, "compiled": not args.no_compile, "phases": args.phases,
-        "variants": variant_list(args), "deadline_s": args.deadline_s, "steps": steps,
-        "not_run": [c for c in cases(args.presets, args.seq_lens, variant_list(args)) if c not in done]
-        if "steps" in args.phases else [],
-        "equality": results.get("equality", []), "cuda_tests": tests, "train": train, "processes": processes,
-        "seconds": time.time() - started}
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    (args.out / "gpu_check.md").write_text(markdown(report), encoding="utf-8")
+        else:
+            until = deadline if phase == "steps" else min(deadline, time.time() + args.equality_s)
+            outcome = run_phase_process(phase, argv, parts[phase], until)
+            results[phase], processes[phase] = outcome["rows"], outcome["processes"]
+        report = write_report()
     for part in parts.values():
         part.unlink(missing_ok=True)
+        started_file(part).unlink(missing_ok=True)
     print(markdown(report))
     return report
 

@@ -104,7 +104,7 @@ def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path,
             "baseline", "qk_scale", "talking_heads", "--out", str(out), "--train-overrides", *train]
     report = gpu_check.main(args)
     assert json.loads((out / "gpu_check.json").read_text())["steps"] == json.loads(json.dumps(report["steps"]))
-    # The train phase's scratch run directory (made under --out) is gone.
+    # Only the report: the train phase's scratch run directory lived in the temporary directory.
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md"]
     # each phase in its own process
     assert report["processes"] == {"equality": ["exit 0"], "train": ["exit 0"], "steps": ["exit 0"]}
@@ -149,6 +149,27 @@ def test_the_gpu_check_keeps_what_it_finished_when_its_deadline_comes(tmp_path):
     assert report["steps"] == [] and report["not_run"] == [("tiny", 64, "baseline"), ("tiny", 64, "qk_scale")]
     table = (tmp_path / "gpu_check.md").read_text()
     assert "Not run (deadline reached): tiny/T=64/baseline, tiny/T=64/qk_scale" in table
+
+
+def test_the_gpu_check_measures_one_variant_per_attention_path_first_and_names_a_case_it_was_stopped_in(tmp_path):
+    import argparse
+
+    import gpu_check
+
+    order = gpu_check.variant_list(argparse.Namespace(variants=None))
+    assert order[:len(gpu_check.FIRST_VARIANTS)] == list(gpu_check.FIRST_VARIANTS)
+    assert sorted(order) == sorted(gpu_check.available_variants())
+    part = tmp_path / "part-steps.jsonl"
+    gpu_check.started_file(part).write_text(json.dumps({"case": ["gqa100m", 2048, "qk_scale"],
+                                                        "started": time.time() - 30}))
+    stopped = gpu_check.stopped_case(part, [])
+    assert stopped["case"] == ("gqa100m", 2048, "qk_scale") and 30 <= stopped["seconds"] < 60
+    row = {"preset": "gqa100m", "seq_len": 2048, "variant": "qk_scale"}
+    assert gpu_check.stopped_case(part, [row]) is None  # it finished: its row says how
+    report = {"environment": {"device": "x", "torch": "y"}, "precision": "bf16-mixed", "compiled": True,
+              "command": "c", "seconds": 1, "steps": [], "stopped_in": stopped, "not_run": [], "equality": [],
+              "processes": {}, "phases": ["steps"]}
+    assert "Stopped at the deadline in gqa100m/T=2048/qk_scale, 30 s after it started" in gpu_check.markdown(report)
 
 
 def test_the_gpu_check_refuses_cuda_without_a_gpu_naming_the_smoke_run(capsys):
