@@ -2,16 +2,18 @@
 
 Since torch 2.10, ``F.scaled_dot_product_attention`` on a GPU of compute capability 9.0, 10.0 or
 10.3 (H100/H200, B200/GB200, B300) tries cuDNN's kernel before flash when the cuDNN it runs with is
-newer than 9.15.0 (torch 2.11's PyPI wheels bundle 9.19) and the environment does not set
+newer than 9.15.0 (torch 2.11's Linux wheel on PyPI, built for CUDA 13.0, requires cuDNN 9.19;
+wheels built for older CUDA may bundle an older one) and the environment does not set
 ``TORCH_CUDNN_SDPA_DEPRIORITIZED=1``; deterministic algorithms rule it out (torch's
-``sdp_utils.cpp``). On a plain causal call it is the fastest kernel there. attnlab lets it take
+``sdp_utils.cpp``). attnlab lets it take
 only full causal calls (no mask, as many queries as keys: training's, a prompt's) at head sizes
 up to 128; elsewhere SDPA chooses among flash, memory-efficient and math as it would without it:
 
 - **calls with a mask.** cuDNN's op takes no gradient for the mask: autograd refuses a float mask
   that needs one (a variant's trainable logit terms, the attention sink) at the forward, and a
-  masked cuDNN backward was reported to return NaN query gradients at sequence lengths of 64
-  mod 128 with torch 2.11. The memory-efficient kernel takes the mask and its gradient.
+  masked cuDNN backward was reported to return NaN query gradients with torch 2.11 at sequence
+  lengths of 64 mod 128 where a query's log-sum-exp is below about -88.7. The memory-efficient
+  kernel takes the mask and its gradient.
 - **a decoding step** (one query against the cache): cuDNN builds an execution graph per shape,
   and the cache's length grows by one every token.
 - **head sizes over 128.** torch 2.11 lets cuDNN take up to 256 on sm90; later torch refuses its
@@ -35,8 +37,8 @@ WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDP
 PREFERRED_CAPABILITIES = frozenset({(9, 0), (10, 0), (10, 3)})
 PREFERRED_AFTER_CUDNN = 91500
 # For a GPU named rather than present (``python -m attnlab.plan --device h100``): its compute
-# capability, and the cuDNN torch 2.11's PyPI wheels bundle. A torch built for another CUDA may
-# bundle an older cuDNN, and then flash goes first; on the GPU itself the plan reads both.
+# capability, and the cuDNN torch 2.11's PyPI wheel (CUDA 13.0) requires. A torch built for another
+# CUDA may bundle an older cuDNN, and then flash goes first; on the GPU itself the plan reads both.
 NAMED_CAPABILITIES: dict[str, tuple[int, int]] = {
     "h100": (9, 0), "h200": (9, 0), "a100": (8, 0), "a100-40": (8, 0), "a100-80": (8, 0),
     "l4": (8, 9), "rtx4090": (8, 9), "a10": (8, 6), "v100": (7, 0), "v100-16": (7, 0), "t4": (7, 5),

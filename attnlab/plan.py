@@ -253,9 +253,11 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
         if not keeps_cudnn_out(not masked, (hs, vs)) and hs % 8 == 0 and vs % 8 == 0:
             return KernelPlan(name, "cudnn", f"plain causal softmax, head sizes {hs}/{vs} <= {CUDNN_MAX_HEAD_SIZE}: "
                               "torch tries cuDNN first on this GPU", tuple(extra + new_kv))
-        skipped += ("attnlab keeps cuDNN (first on this GPU) off masked calls; " if masked else
+        # Said only where cuDNN itself could take the call (head sizes <= 256, multiples of 8).
+        cudnn_could = max(hs, vs) <= FLASH_MAX_HEAD_SIZE and hs % 8 == 0 and vs % 8 == 0
+        skipped += ("attnlab keeps cuDNN (first on this GPU) off masked calls; " if masked and cudnn_could else
                     f"attnlab keeps cuDNN (first on this GPU) off head sizes over {CUDNN_MAX_HEAD_SIZE}; "
-                    if max(hs, vs) > CUDNN_MAX_HEAD_SIZE else "")
+                    if cudnn_could and max(hs, vs) > CUDNN_MAX_HEAD_SIZE else "")
     if not masked and flash_ok:
         return KernelPlan(name, "flash", f"{skipped}plain causal softmax, head_size={hs} <= {FLASH_MAX_HEAD_SIZE}",
                           tuple(extra + new_kv))

@@ -477,7 +477,8 @@ def markdown(report: dict) -> str:
                      + (f" {r['error']}" if r.get("error") else ""))
     if report.get("stopped_in"):
         (p, T, v), seconds = report["stopped_in"]["case"], report["stopped_in"]["seconds"]
-        lines += ["", f"Stopped at the deadline in {p}/T={T}/{v}, {seconds:.0f} s after it started"]
+        lines += ["", f"A steps process stopped in {p}/T={T}/{v}, {seconds:.0f} s after the case started "
+                  f"(at the deadline, or a crash: see the phase's processes)"]
     if report["not_run"]:
         lines += ["", "Not run (deadline reached): " + ", ".join(f"{p}/T={T}/{v}" for p, T, v in report["not_run"])]
     observed = [r for r in report["steps"] if "backend_agrees" in r]

@@ -52,6 +52,7 @@ SLOW_TESTS = {
         "test_trainer_peak_flops_gives_the_logged_mfu",
         "test_float32_matmul_precision_is_resolved_set_and_recorded",
         "test_bf16_mixed_clips_gradients_with_the_fused_optimizer",
+        "test_16_mixed_with_a_gradient_scaler_takes_the_unfused_optimizer_and_clips_unscaled",
         "test_validation_throughput_counts_forward_flops_only",
     },
     "test_export.py": None,  # trains a run per exportable variant, loads each into transformers

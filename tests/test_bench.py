@@ -151,7 +151,8 @@ def test_the_gpu_check_keeps_what_it_finished_when_its_deadline_comes(tmp_path):
     assert "Not run (deadline reached): tiny/T=64/baseline, tiny/T=64/qk_scale" in table
 
 
-def test_the_gpu_check_measures_one_variant_per_attention_path_first_and_names_a_case_it_was_stopped_in(tmp_path):
+def test_the_gpu_check_measures_one_variant_per_attention_path_first_and_names_a_case_it_was_stopped_in(
+        tmp_path, monkeypatch):
     import argparse
 
     import gpu_check
@@ -159,17 +160,46 @@ def test_the_gpu_check_measures_one_variant_per_attention_path_first_and_names_a
     order = gpu_check.variant_list(argparse.Namespace(variants=None))
     assert order[:len(gpu_check.FIRST_VARIANTS)] == list(gpu_check.FIRST_VARIANTS)
     assert sorted(order) == sorted(gpu_check.available_variants())
+    # A steps process that ends inside a case (its limit, a crash) leaves the case it started.
     part = tmp_path / "part-steps.jsonl"
-    gpu_check.started_file(part).write_text(json.dumps({"case": ["gqa100m", 2048, "qk_scale"],
-                                                        "started": time.time() - 30}))
+
+    def stopped_inside(*case_and_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check, "run_case", stopped_inside)
+    monkeypatch.setattr(gpu_check.time, "time", lambda: 1000.0)
+    args = argparse.Namespace(presets=["gqa100m"], seq_lens=[2048], variants=["qk_scale", "baseline"])
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.steps_phase(args, gpu_check.torch.device("cpu"), part, until=2000.0)
+    monkeypatch.setattr(gpu_check.time, "time", lambda: 1030.0)
     stopped = gpu_check.stopped_case(part, [])
-    assert stopped["case"] == ("gqa100m", 2048, "qk_scale") and 30 <= stopped["seconds"] < 60
-    row = {"preset": "gqa100m", "seq_len": 2048, "variant": "qk_scale"}
+    assert stopped == {"case": ("gqa100m", 2048, "baseline"), "seconds": 30.0}  # baseline goes first
+    row = {"preset": "gqa100m", "seq_len": 2048, "variant": "baseline"}
     assert gpu_check.stopped_case(part, [row]) is None  # it finished: its row says how
     report = {"environment": {"device": "x", "torch": "y"}, "precision": "bf16-mixed", "compiled": True,
               "command": "c", "seconds": 1, "steps": [], "stopped_in": stopped, "not_run": [], "equality": [],
               "processes": {}, "phases": ["steps"]}
-    assert "Stopped at the deadline in gqa100m/T=2048/qk_scale, 30 s after it started" in gpu_check.markdown(report)
+    assert "A steps process stopped in gqa100m/T=2048/baseline, 30 s after the case started" in \
+        gpu_check.markdown(report)
+
+
+@pytest.mark.slow
+def test_the_gpu_check_writes_its_report_after_every_phase(tmp_path, monkeypatch):
+    """A check stopped from outside (the device's time limit) keeps the phases it finished."""
+    import gpu_check
+
+    def stopped_from_outside(until):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpu_check, "cuda_tests", stopped_from_outside)
+    args = ["--device", "cpu", "--presets", "tiny", "--seq-lens", "64", "--tokens-per-step", "128", "--steps", "1",
+            "--no-compile", "--precision", "32-true", "--phases", "equality", "cuda-tests", "--variants", "baseline",
+            "--out", str(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        gpu_check.main(args)
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [(e["variant"], e["kernel"], e["ok"]) for e in report["equality"]] == [("baseline", "sdpa", True)]
+    assert "Fused = explicit (1 variant-kernel pairs" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_the_gpu_check_refuses_cuda_without_a_gpu_naming_the_smoke_run(capsys):

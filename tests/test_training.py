@@ -256,22 +256,49 @@ def test_trainer_peak_flops_gives_the_logged_mfu(tmp_path, corpus):
     assert "train/device/flops_per_sec" in plain.columns and "train/device/mfu" not in plain.columns
 
 
+class ClippedNorms(L.Callback):
+    """Each step's gradient norm after clipping, and whether the optimizer is the fused AdamW."""
+
+    def __init__(self):
+        self.norms, self.fused = [], None
+
+    def on_train_batch_end(self, trainer, pl_module, *args):  # this step's gradients, clipped
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads]))))
+        self.fused = trainer.optimizers[0].defaults["fused"]
+
+
 def test_bf16_mixed_clips_gradients_with_the_fused_optimizer(tmp_path, corpus):
     """trainer=gpu's precision with the fused AdamW and clipping: Lightning's mixed-precision plugin
     refuses to clip for an optimizer that unscales gradients itself, which bf16 never needs."""
-    class ClippedNorms(L.Callback):
-        norms: list[float] = []
-
-        def on_train_batch_end(self, trainer, pl_module, *args):  # this step's gradients, clipped
-            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-            self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
-            self.fused = trainer.optimizers[0].defaults["fused"]
-
     seen = ClippedNorms()
     run = train(compose_config(["experiment_name=unit", *tiny_overrides(tmp_path, corpus),
                                 "trainer.precision=bf16-mixed", "optim.grad_clip=0.001"]), [seen])
     assert run.load_summary()["steps"] == 4 and seen.fused
     assert len(seen.norms) == 4 and max(seen.norms) <= 0.001 * 1.001, seen.norms
+
+
+def test_16_mixed_with_a_gradient_scaler_takes_the_unfused_optimizer_and_clips_unscaled(tmp_path):
+    """16-mixed scales its gradients: the AdamW is unfused, so Lightning unscales them before it
+    clips. (Lightning turns 16-mixed into bf16-mixed on a CPU, so the scaler is given here.)"""
+    from lightning.pytorch.plugins import MixedPrecision
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from attnlab.model import build_model
+    from attnlab.training.config import OptimConfig
+    from attnlab.training.module import LanguageModelModule
+    from conftest import tiny_config
+
+    module = LanguageModelModule(build_model(tiny_config()), OptimConfig(warmup_steps=1, grad_clip=0.001), 3)
+    tokens = torch.randint(0, 100, (6, 17))
+    data = DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=2)
+    seen = ClippedNorms()
+    scaled = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, gradient_clip_val=0.001, plugins=[scaled], callbacks=[seen],
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(module, data)
+    assert seen.fused is False and len(seen.norms) == 3 and max(seen.norms) <= 0.001 * 1.001, seen.norms
 
 
 def test_validation_throughput_counts_forward_flops_only(tmp_path, corpus):
