@@ -271,6 +271,14 @@ FLEX_CPU_LIMIT = (f"FlexAttention has no CPU backward in torch {torch.__version_
                   f"model.attn_kernel=auto (the default) or sdpa, or train on a CUDA GPU")
 
 
+# Below 128 queries Inductor's CUDA lowering takes its flex-decoding kernel, whose tile is T times
+# the query heads per key head rounded up to a power of two; torch 2.11 keeps only tiles dividing
+# 128, so e.g. T=100 with 2 query heads per key head finds no kernel (NoValidChoicesError). The
+# main FlexAttention kernel takes every T.
+FLEX_DECODING_BELOW = 128
+FORCE_FLEX_KERNEL = {"FORCE_USE_FLEX_ATTENTION": True}
+
+
 def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec = AttentionSpec(),
                           terms: ScoreTerms = NO_TERMS, *, scale: float, q_offset: int,
                           need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -338,14 +346,6 @@ def flex_attention_kernel(q: Tensor, k: Tensor, v: Tensor, spec: AttentionSpec =
     exact = torch.promote_types(y.dtype, torch.float32)
     keep = torch.sigmoid(aux.lse.to(exact) - terms.sink.to(exact).view(1, H, 1))  # (B, H, T)
     return y * keep.unsqueeze(-1).to(y.dtype), None
-
-
-# Below 128 queries Inductor's CUDA lowering takes its flex-decoding kernel, whose tile is T times
-# the query heads per key head rounded up to a power of two; torch 2.11 keeps only tiles dividing
-# 128, so e.g. T=100 with 2 query heads per key head finds no kernel (NoValidChoicesError). The
-# main FlexAttention kernel takes every T.
-FLEX_DECODING_BELOW = 128
-FORCE_FLEX_KERNEL = {"FORCE_USE_FLEX_ATTENTION": True}
 
 
 def _block_mask(T: int, window: int | None, device: torch.device):

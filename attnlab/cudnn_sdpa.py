@@ -31,6 +31,7 @@ import torch
 from torch.nn.attention import SDPBackend
 
 CUDNN_MAX_HEAD_SIZE = 128  # the head sizes attnlab lets cuDNN take (see the module docstring)
+CUDNN_OWN_MAX_HEAD_SIZE = 256  # what torch 2.11 lets cuDNN take on sm90 (multiples of 8)
 WITHOUT_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 # torch's check_prefer_cudnn_attention: the compute capabilities where cuDNN goes first, and the
 # cuDNN version it must exceed (9.15.0; 9.15.1 fixed key lengths that are not a multiple of 128).
@@ -50,6 +51,11 @@ def keeps_cudnn_out(full_causal: bool, head_sizes: tuple[int, ...]) -> bool:
     """Whether attnlab keeps cuDNN off an SDPA call at these q/k and v head sizes; ``full_causal``:
     the call has no mask and as many queries as keys (``is_causal``)."""
     return not full_causal or max(head_sizes) > CUDNN_MAX_HEAD_SIZE
+
+
+def cudnn_takes(head_sizes: tuple[int, ...]) -> bool:
+    """Whether cuDNN itself (torch 2.11, sm90) takes these q/k and v head sizes, attnlab's rule aside."""
+    return max(head_sizes) <= CUDNN_OWN_MAX_HEAD_SIZE and all(size % 8 == 0 for size in head_sizes)
 
 
 def call_backends(device_type: str, full_causal: bool, head_sizes: tuple[int, ...]) -> list[SDPBackend] | None:

@@ -52,7 +52,7 @@ import torch
 from attnlab.attention import (FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE, FLEX_MIN_HEAD_SIZE, KERNELS,
                                flex_head_size_problem, flex_takes_head_sizes, sdpa_takes_gqa)
 from attnlab.config import PRESETS, ModelConfig
-from attnlab.cudnn_sdpa import CUDNN_MAX_HEAD_SIZE, keeps_cudnn_out, prefers_cudnn
+from attnlab.cudnn_sdpa import CUDNN_MAX_HEAD_SIZE, cudnn_takes, keeps_cudnn_out, prefers_cudnn
 from attnlab.params import total_parameters, variant_at_preset
 from attnlab.variants import training_kernel
 from variants import available_variants, get_variant, resolve
@@ -249,15 +249,12 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     flash_ok = hs <= FLASH_MAX_HEAD_SIZE and vs == hs and a == 2
     meff_ok = hs % alignment == 0 and vs % alignment == 0
     masked = float_mask or bool_mask
-    if cudnn_first and a == 2:
-        if not keeps_cudnn_out(not masked, (hs, vs)) and hs % 8 == 0 and vs % 8 == 0:
+    if cudnn_first and a == 2 and cudnn_takes((hs, vs)):
+        if not keeps_cudnn_out(not masked, (hs, vs)):
             return KernelPlan(name, "cudnn", f"plain causal softmax, head sizes {hs}/{vs} <= {CUDNN_MAX_HEAD_SIZE}: "
                               "torch tries cuDNN first on this GPU", tuple(extra + new_kv))
-        # Said only where cuDNN itself could take the call (head sizes <= 256, multiples of 8).
-        cudnn_could = max(hs, vs) <= FLASH_MAX_HEAD_SIZE and hs % 8 == 0 and vs % 8 == 0
-        skipped += ("attnlab keeps cuDNN (first on this GPU) off masked calls; " if masked and cudnn_could else
-                    f"attnlab keeps cuDNN (first on this GPU) off head sizes over {CUDNN_MAX_HEAD_SIZE}; "
-                    if cudnn_could and max(hs, vs) > CUDNN_MAX_HEAD_SIZE else "")
+        skipped += ("attnlab keeps cuDNN (first on this GPU) off masked calls; " if masked else
+                    f"attnlab keeps cuDNN (first on this GPU) off head sizes over {CUDNN_MAX_HEAD_SIZE}; ")
     if not masked and flash_ok:
         return KernelPlan(name, "flash", f"{skipped}plain causal softmax, head_size={hs} <= {FLASH_MAX_HEAD_SIZE}",
                           tuple(extra + new_kv))

@@ -196,7 +196,7 @@ def first_line(err: BaseException) -> str:
 
 def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
     """The step cases not yet in ``part``, appended to it one by one until ``until``."""
-    done = {(r["preset"], r["seq_len"], r["variant"]) for r in read_rows(part)}
+    done = {case_of(r) for r in read_rows(part)}
     for case in cases(args.presets, args.seq_lens, variant_list(args)):
         if case in done:
             continue
@@ -342,6 +342,11 @@ def train_line(train: dict) -> str:
 
 # --------------------------------------------------------------------------- phases as processes
 
+def case_of(row: dict) -> tuple[str, int, str]:
+    """A steps row's case: (preset, T, variant), as ``cases`` lists them."""
+    return row["preset"], row["seq_len"], row["variant"]
+
+
 def started_file(part: Path) -> Path:
     return part.with_suffix(".started")
 
@@ -353,7 +358,7 @@ def stopped_case(part: Path, rows: list[dict]) -> dict | None:
         return None
     last = json.loads(started.read_text(encoding="utf-8"))
     case = tuple(last["case"])
-    if case in {(r["preset"], r["seq_len"], r["variant"]) for r in rows}:
+    if case in {case_of(r) for r in rows}:
         return None
     return {"case": case, "seconds": time.time() - last["started"]}
 
@@ -546,7 +551,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     def write_report() -> dict:
         # After every phase, not only the last: a check stopped from outside keeps what it finished.
         steps = results.get("steps", [])
-        done = {(r["preset"], r["seq_len"], r["variant"]) for r in steps}
+        done = {case_of(r) for r in steps}
         report = {
             "command": "python bench/gpu_check.py " + " ".join(argv),
             "environment": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
