@@ -4,10 +4,11 @@
     python bench/gpu_check.py --device cpu --presets tiny --seq-lens 64 --tokens-per-step 128 \\
         --steps 1 --no-compile --precision 32-true --phases equality steps   # a smoke run on a CPU
 
-Writes ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (the table for bench/RESULTS.md).
-Four phases, each in a process of its own with a time limit of its own, so that a hung
-compile or a CUDA error that spoils its process costs that phase's time and nothing more;
-the whole check stops at ``--deadline-s``, and whatever a phase finished is kept:
+Writes ``<out>/gpu_check.json`` and ``<out>/gpu_check.md`` (the table for bench/RESULTS.md)
+after every phase and step case. Each part runs in processes of its own with a time limit of
+its own, so that a hung compile or a CUDA error that spoils its process costs that part's time
+and nothing more; the whole check stops at ``--deadline-s``, and whatever it finished is kept.
+Three phases in turn:
 
 1. **equality** (``--equality-s``): for every variant and every kernel it trains on here,
    logits and gradients of the same weights against the explicit kernel under the same
@@ -19,30 +20,38 @@ the whole check stops at ``--deadline-s``, and whatever a phase finished is kept
    its exit code, steps, validation losses, tokens/s and MFU as it logged them, and the graphs
    compiled by each validation's end, which must not grow after the first (no recompile at
    every validation).
-4. **steps** (the rest of the deadline): per (preset, T, variant), in order of importance
-   (every variant at the first T, then the next; the presets side by side), the kernel and
-   SDPA backend ``attnlab.plan`` predicts and its memory estimate; on SDPA, the backend torch
-   really calls in one eager forward (``attnlab.observed_kernel``); then a few training steps
-   (forward, cross-entropy, backward, fused AdamW; ``bench/throughput.py``'s step) at
-   ``--precision``, compiled as ``train.py`` compiles (each block on its own): the first
-   step's seconds (compilation), tokens/s, MFU (``attnlab.flops``' FLOPs per token against
-   the device's peak), peak memory of the steps after the first
-   (``torch.cuda.max_memory_allocated``) and its ratio to the estimate. An out-of-memory case
-   is recorded as such. A case that leaves a CUDA error ends its process; the phase goes on
-   in a new one from the next case. Cases not reached are listed as not run.
+
+and beside them, from the start until the deadline, **steps**: per (preset, T, variant), in
+order of importance (every variant at the first T, then the next; the presets side by side), the
+kernel and SDPA backend ``attnlab.plan`` predicts and its memory estimate; on SDPA, the backend
+torch really calls in one eager forward (``attnlab.observed_kernel``); then a few training steps
+(forward, cross-entropy, backward, fused AdamW; ``bench/throughput.py``'s step) at
+``--precision``, compiled as ``train.py`` compiles (each block on its own): the first step's
+seconds (compilation), tokens/s (median of ``--steps``), MFU (``attnlab.flops``' FLOPs per token
+against the device's peak), peak memory of the timed steps (``torch.cuda.max_memory_allocated``)
+and its ratio to the estimate. A cold compile is tens of seconds of CPU work and a case's timed
+steps seconds of GPU, so ``--workers`` processes compile side by side and time one at a time
+(``bench/gpu_share.py``): a case is admitted while the estimates of everything on the GPU
+(cases, and ``PHASE_RESERVE_GIB`` for the phase running) fit ``--memory-gib``; one out of
+memory beside others is retried once alone. A case that leaves a CUDA error ends its worker,
+which is replaced. Cases not reached are listed as not run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -61,10 +70,13 @@ from variants import available_variants, get_variant
 from variants.registry import supported_kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: the throughput bench's training step
+from gpu_share import WAIT, SharedGpu  # noqa: E402
 from throughput import Contestant, _sync  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 ROOT = SCRIPT.parents[1]
+EQUALITY_SHAPE = dict(vocab_size=512, block_size=256, n_layer=2, n_head=4, n_query_groups=2, n_embd=256,
+                      intermediate_size=512)  # batch 2
 EQUALITY_TOLERANCE = 2e-2  # as tests/test_bf16.py: bf16's rounding (2^-8) x 5
 # Their tests named *cuda*, the quick files first.
 CUDA_TESTS = ["tests/test_plan.py", "tests/test_cudnn_sdpa.py", "tests/test_flex_kernel.py"]
@@ -76,6 +88,10 @@ TRAIN_OVERRIDES = ["trainer=gpu", "model=gqa100m", "variant=qk_scale", "trainer.
                    "trainer.batch_size=8", "trainer.max_steps=30", "trainer.val_every_n_steps=10",
                    "trainer.val_batches=4", "trainer.log_every_n_steps=5", "trainer.progress_bar=false",
                    "optim.warmup_steps=5"]
+# GPU memory each phase holds while it runs beside the steps workers. The equality phase and the
+# CUDA-only tests train models of a few MB; the train phase's estimate (gqa100m, qk_scale, T=2048,
+# batch 8) is 15.4 GiB, and this leaves room for its error (--train-reserve-gib with other overrides).
+PHASE_RESERVE_GIB = {"equality": 4.0, "cuda-tests": 4.0, "train": 24.0}
 CASE_RESERVE_S = 45  # a steps case (a cold compile, then steps) is not started with less time than this left
 CUDA_ERROR_EXIT = 3  # a steps process that hit a CUDA error exits with this, to be restarted
 
@@ -87,8 +103,9 @@ def autocast(device: torch.device, precision: str):
 # --------------------------------------------------------------------------- phase: steps
 
 def train_steps(config: ModelConfig, device: torch.device, precision: str, batch_size: int, steps: int,
-                compile: bool) -> dict:
-    """One warm-up (compiling) step, then ``steps`` timed ones, each ``throughput.Contestant``'s step."""
+                compile: bool, timed_window=contextlib.nullcontext) -> dict:
+    """One warm-up (compiling) step, then ``steps`` timed ones inside ``timed_window()`` (the GPU to
+    this worker's timing alone), each ``throughput.Contestant``'s step."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         start_bytes = torch.cuda.memory_allocated(device)
@@ -96,20 +113,28 @@ def train_steps(config: ModelConfig, device: torch.device, precision: str, batch
     contestant = Contestant(config.variant, build_model(config), device, precision, compile)
     T = config.block_size
     idx = torch.randint(0, config.vocab_size, (batch_size, T + 1), device=device)
-    seconds = []
-    for step in range(steps + 1):
+
+    def step() -> float:
         _sync(device)
-        if step == 1 and device.type == "cuda":  # the peak of training steps, not of compiling one
-            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         contestant.step(idx[:, :-1], idx[:, 1:])
         _sync(device)
-        seconds.append(time.perf_counter() - start)
-    step = sorted(seconds[1:])[len(seconds[1:]) // 2]
-    tokens_per_s = batch_size * T / step
+        return time.perf_counter() - start
+
+    first = step()
+    asked = time.time()
+    with timed_window():
+        window = [time.time()]
+        if device.type == "cuda":  # the peak of training steps, not of compiling one
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds = sorted(step() for _ in range(steps))
+        window.append(time.time())
+    median = seconds[len(seconds) // 2]
+    tokens_per_s = batch_size * T / median
     peak_flops = device_peak_flops(device, precision)
-    result = {"first_step_s": seconds[0], "step_s": step, "tokens_per_s": tokens_per_s,
-              "mfu": flops_per_token(config, T) * tokens_per_s / peak_flops if peak_flops else None}
+    result = {"first_step_s": first, "step_s": median, "tokens_per_s": tokens_per_s,
+              "mfu": flops_per_token(config, T) * tokens_per_s / peak_flops if peak_flops else None,
+              "waited_for_window_s": window[0] - asked, "timed_window": window}
     if device.type == "cuda":  # weights, AdamW state and the step's peak, as the plan estimates
         result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - start_bytes
     return result
@@ -155,24 +180,41 @@ def is_cuda_error(err: BaseException) -> bool:
         for e in _causes(err))
 
 
-def run_case(preset: str, T: int, variant: str, args, device: torch.device) -> tuple[dict, bool]:
-    """The case's row, and whether its process must end (a CUDA error)."""
+def planned(preset: str, T: int, variant: str, args, device: torch.device) -> tuple[ModelConfig, int, object, str]:
+    """The case's model (the preset's variant at context T), batch size, kernel plan and the
+    plan's reason for the shape."""
     config, reason = variant_at_preset(preset, variant)
     config = dataclasses.replace(config, block_size=T)  # the run's context: trainer.seq_len = T
     batch_size = max(1, args.tokens_per_step // T)
     plan = kernel_plan(config, T, batch_size, args.precision, device.type, cudnn_first=prefers_cudnn(str(device)))
+    return config, batch_size, plan, reason
+
+
+def case_estimate(case: tuple[str, int, str], args, device: torch.device) -> int:
+    """The plan's peak training memory of ``case``: what its worker holds on the GPU."""
+    config, batch_size, plan, _ = planned(*case, args, device)
+    return estimate_peak_bytes(config, case[1], batch_size, args.precision, plan, device.type)
+
+
+def run_case(preset: str, T: int, variant: str, args, device: torch.device,
+             timed_window=contextlib.nullcontext) -> tuple[dict, bool]:
+    """The case's row, and whether its process must end (a CUDA error). Its timed steps and the
+    forward that observes the SDPA backend run inside ``timed_window()``."""
+    config, batch_size, plan, reason = planned(preset, T, variant, args, device)
     row = {"preset": preset, "seq_len": T, "variant": variant, "batch_size": batch_size,
            "n_head": config.n_head, "shape_note": reason, "kernel": plan.kernel, "backend": plan.backend,
            "why": plan.why,
            "estimate_bytes": estimate_peak_bytes(config, T, batch_size, args.precision, plan, device.type)}
     fatal = False
     try:
-        row.update(train_steps(config, device, args.precision, batch_size, args.steps, not args.no_compile))
+        row.update(train_steps(config, device, args.precision, batch_size, args.steps, not args.no_compile,
+                               timed_window))
         if "peak_bytes" in row:
             row["estimate_vs_measured"] = row["estimate_bytes"] / row["peak_bytes"]
         if plan.kernel == "sdpa":  # the plan's backend is a prediction of torch's choice: check it
             try:
-                row.update(observe_backend(config, device, args.precision, plan.backend))
+                with timed_window():
+                    row.update(observe_backend(config, device, args.precision, plan.backend))
             except Exception as err:  # noqa: BLE001 - the measurements above stand
                 if device.type == "cuda" and is_cuda_error(err):
                     raise  # this process's CUDA context is spoilt: below, it ends
@@ -195,17 +237,37 @@ def first_line(err: BaseException) -> str:
 
 
 def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
-    """The step cases not yet in ``part``, appended to it one by one until ``until``."""
-    done = {case_of(r) for r in read_rows(part)}
-    for case in cases(args.presets, args.seq_lens, variant_list(args)):
-        if case in done:
-            continue
-        if time.time() > until - CASE_RESERVE_S:
+    """Worker ``args.worker``: step cases claimed from the shared GPU's ledger, one at a time,
+    their rows appended to ``part``, until none is left or ``until``."""
+    shared = SharedGpu(share_dir_of(part), args.share_bytes)
+    holder = f"worker {args.worker}"
+    order = cases(args.presets, args.seq_lens, variant_list(args))
+    while time.time() <= until - CASE_RESERVE_S:
+        claim = shared.claim(order, lambda case: case_estimate(case, args, device), holder)
+        if claim is None:
             break
+        if claim == WAIT:
+            time.sleep(0.5)
+            continue
+        case = claim["case"]
         # Where a process stopped at its limit was: the report names the case and its seconds.
-        started_file(part).write_text(json.dumps({"case": case, "started": time.time()}), encoding="utf-8")
-        row, fatal = run_case(*case, args, device)
-        append_rows(part, [row])
+        started_file(part, args.worker).write_text(json.dumps({"case": case, "started": time.time()}),
+                                                   encoding="utf-8")
+        claimed = time.time()
+        try:
+            row, fatal = run_case(*case, args, device, shared.timed_window)
+        finally:
+            shared.release(holder)
+        row.update(worker=args.worker, case_window=[claimed, time.time()], beside_bytes=claim["beside_bytes"])
+        if claim["retry_of"]:
+            row["retried_alone_after"] = claim["retry_of"]
+        beside = claim["beside_bytes"]
+        # Others' memory may have been the reason: the case runs again with the GPU to itself.
+        if row.get("error", "").startswith("out of memory") and beside and shared.retry_alone(
+                case, f"{row['error']} (beside {beside / 2**30:.1f} GiB of others' estimates)"):
+            started_file(part, args.worker).unlink(missing_ok=True)
+        else:
+            append_rows(part, [row])
         if fatal:
             return CUDA_ERROR_EXIT
     return 0
@@ -215,8 +277,7 @@ def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
 
 def equality(variant: str, device: torch.device, precision: str) -> list[dict]:
     """Every kernel ``variant`` trains on here against the explicit kernel, same weights."""
-    shape = dict(vocab_size=512, block_size=256, n_layer=2, n_head=4, n_query_groups=2, n_embd=256,
-                 intermediate_size=512, variant=variant)
+    shape = dict(EQUALITY_SHAPE, variant=variant)
     block = get_variant(variant)
     rows = []
     # Each variant's score_mod is another compile of FlexAttention's wrapper: without a reset,
@@ -347,20 +408,40 @@ def case_of(row: dict) -> tuple[str, int, str]:
     return row["preset"], row["seq_len"], row["variant"]
 
 
-def started_file(part: Path) -> Path:
-    return part.with_suffix(".started")
+def share_dir_of(part: Path) -> Path:
+    """The shared GPU's ledger of the steps workers that append to ``part``."""
+    return part.with_suffix(".share")
 
 
-def stopped_case(part: Path, rows: list[dict]) -> dict | None:
-    """The steps case a process was stopped in (started, no row), with its seconds so far."""
-    started = started_file(part)
-    if not started.exists():
-        return None
-    last = json.loads(started.read_text(encoding="utf-8"))
-    case = tuple(last["case"])
-    if case in {case_of(r) for r in rows}:
-        return None
-    return {"case": case, "seconds": time.time() - last["started"]}
+def clean_parts(parts) -> None:
+    """The phases' rows, their workers' notes and ledger: gone before a check and after it."""
+    for part in parts:
+        part.unlink(missing_ok=True)
+        for started in part.parent.glob(f"{part.stem}.started-*"):
+            started.unlink()
+        shutil.rmtree(share_dir_of(part), ignore_errors=True)
+
+
+def device_total_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def started_file(part: Path, worker: int) -> Path:
+    """Where worker ``worker`` notes the case it started, and when."""
+    return part.with_suffix(f".started-{worker}")
+
+
+def stopped_cases(part: Path, rows: list[dict]) -> list[dict]:
+    """The steps cases a worker was stopped in (started, no row), with their seconds so far."""
+    stopped = []
+    for started in sorted(part.parent.glob(f"{part.stem}.started-*")):
+        last = json.loads(started.read_text(encoding="utf-8"))
+        case = tuple(last["case"])
+        if case not in {case_of(r) for r in rows}:
+            stopped.append({"case": case, "seconds": time.time() - last["started"]})
+    return stopped
 
 
 def read_rows(part: Path) -> list[dict]:
@@ -371,6 +452,7 @@ def read_rows(part: Path) -> list[dict]:
 
 def append_rows(part: Path, rows: list[dict]) -> None:
     with part.open("a", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # steps workers append side by side
         for row in rows:
             f.write(json.dumps(row, default=str) + "\n")
             print(json.dumps(row, default=str), flush=True)
@@ -405,6 +487,66 @@ def run_phase_process(phase: str, argv: list[str], part: Path, until: float,
         if code != CUDA_ERROR_EXIT or len(read_rows(part)) == before:
             break
     return {"processes": runs, "rows": read_rows(part)}
+
+
+class StepsPool:
+    """``workers`` steps workers (child processes of ``script``, each in a process group of its own,
+    so that stopping one stops its compile processes too) side by side until every case is done or
+    ``until``. A worker that ends in a CUDA error or a signal is replaced while time is left (its
+    case stays with it: the report names it). ``on_rows()`` is called when rows arrive."""
+
+    def __init__(self, argv: list[str], part: Path, until: float, workers: int, script: Path = SCRIPT,
+                 on_rows=None) -> None:
+        self.argv, self.part, self.until, self.workers, self.script = argv, part, until, workers, script
+        self.on_rows = on_rows
+        self.running: dict[int, subprocess.Popen] = {}
+        self._lock = threading.Lock()  # ``stop`` may come from another thread (an interrupt)
+        self.env = dict(os.environ)
+        if workers > 1:  # Inductor's Triton compile threads, shared out between the workers
+            self.env.setdefault("TORCHINDUCTOR_COMPILE_THREADS",
+                                str(max(1, (os.cpu_count() or 1) // (workers + 1))))
+
+    def _start(self, worker: int) -> None:
+        self.running[worker] = subprocess.Popen(
+            [sys.executable, str(self.script), *self.argv, "--run-phase", "steps", "--part", str(self.part),
+             "--until", str(self.until), "--worker", str(worker)],
+            cwd=ROOT, env=self.env, start_new_session=True)
+
+    def run(self) -> dict:
+        for worker in range(self.workers):
+            self._start(worker)
+        runs, replaced, seen = [], 0, 0
+        while self.running:
+            with self._lock:
+                for worker, process in list(self.running.items()):
+                    code = process.poll()
+                    if code is None:
+                        continue
+                    runs.append(f"worker {worker}: exit {code}")
+                    del self.running[worker]
+                    if ((code == CUDA_ERROR_EXIT or code < 0) and replaced < 2 * self.workers
+                            and time.time() < self.until - CASE_RESERVE_S):
+                        self._start(worker)
+                        replaced += 1
+            if time.time() > self.until + 5:  # a case ran past the deadline
+                runs += [f"worker {worker}: stopped at the deadline" for worker in self.stop()]
+            rows = len(read_rows(self.part))
+            if rows != seen and self.on_rows is not None:
+                self.on_rows()
+            seen = rows
+            time.sleep(0.2)
+        return {"processes": runs, "rows": read_rows(self.part)}
+
+    def stop(self) -> list[int]:
+        """Stop the running workers' process groups; the workers stopped."""
+        with self._lock:
+            stopped = list(self.running)
+            for process in self.running.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            self.running.clear()
+        return stopped
 
 
 def cuda_tests(until: float) -> dict:
@@ -470,6 +612,10 @@ def markdown(report: dict) -> str:
              f"float32 matmuls {env.get('float32_matmul_precision')}, "
              f"{'compiled' if report['compiled'] else 'eager'}; `{report['command']}`; "
              f"{report['seconds']:.0f} s", "",
+             f"Steps: {report.get('workers', 1)} worker(s) compiling side by side (compile s: the first step, "
+             f"beside the other workers' compiles and phases), each case admitted while the estimates of "
+             f"everything on the device fit {report.get('memory_bytes', 0) / 2**30:.0f} GiB; timed steps (median "
+             f"of {report.get('timed_steps', '?')}) one worker at a time.", "",
              "| preset | T | variant | kernel (backend) | tokens/s | MFU | peak GiB | est./measured | compile s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in report["steps"]:
@@ -479,10 +625,11 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['preset']} | {r['seq_len']} | {r['variant']} | {r['kernel']} ({r['backend']}{chose}) | "
                      f"{fmt('tokens_per_s', ',.0f')} | {fmt('mfu', '.1%')} | {fmt('peak_bytes', '.2f', 2 ** -30)} | "
                      f"{fmt('estimate_vs_measured', '.2f')} | {fmt('first_step_s', '.0f')} |"
-                     + (f" {r['error']}" if r.get("error") else ""))
-    if report.get("stopped_in"):
-        (p, T, v), seconds = report["stopped_in"]["case"], report["stopped_in"]["seconds"]
-        lines += ["", f"A steps process stopped in {p}/T={T}/{v}, {seconds:.0f} s after the case started "
+                     + (f" {r['error']}" if r.get("error") else "")
+                     + (f" (retried alone after: {r['retried_alone_after']})" if r.get("retried_alone_after") else ""))
+    for stopped in report.get("stopped_in") or []:
+        (p, T, v), seconds = stopped["case"], stopped["seconds"]
+        lines += ["", f"A steps worker stopped in {p}/T={T}/{v}, {seconds:.0f} s after the case started "
                   f"(at the deadline, or a crash: see the phase's processes)"]
     if report["not_run"]:
         lines += ["", "Not run (deadline reached): " + ", ".join(f"{p}/T={T}/{v}" for p, T, v in report["not_run"])]
@@ -495,7 +642,7 @@ def markdown(report: dict) -> str:
     if report.get("train"):
         lines.append(train_line(report["train"]))
     for phase, runs in report["processes"].items():
-        if runs and runs != ["exit 0"]:  # [] for a failed train phase: its own line says how
+        if runs and not all(run.endswith("exit 0") for run in runs):  # [] for a failed train phase: its own line
             lines.append(f"Phase {phase}: {', '.join(runs)}")
     return "\n".join(lines) + "\n"
 
@@ -507,7 +654,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seq-lens", nargs="+", type=int, default=[2048, 4096])
     p.add_argument("--variants", nargs="+", default=None, choices=available_variants())
     p.add_argument("--tokens-per-step", type=int, default=16_384, help="batch size = this // T")
-    p.add_argument("--steps", type=int, default=3, help="timed steps after the compiling one")
+    p.add_argument("--steps", type=int, default=5, help="timed steps after the compiling one (their median)")
     p.add_argument("--precision", choices=["bf16-mixed", "32-true"], default="bf16-mixed")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
@@ -517,13 +664,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-s", type=float, default=100, help="at most this for the train phase")
     p.add_argument("--train-overrides", nargs="+", default=TRAIN_OVERRIDES,
                    help="train.py's overrides in the train phase (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="steps workers compiling side by side, timing one at a time (default: a quarter of "
+                        "the CPUs, at most 4, on CUDA; 1 on a CPU)")
+    p.add_argument("--memory-gib", type=float, default=None,
+                   help="what the estimates of the cases and phases running at once may add up to "
+                        "(default: 85%% of the device's memory: room for each process's CUDA context and "
+                        "the estimates' error)")
+    p.add_argument("--train-reserve-gib", type=float, default=PHASE_RESERVE_GIB["train"],
+                   help="GPU memory held for the train phase while it runs beside the steps workers "
+                        "(default: %(default)s, above the estimate of the default --train-overrides)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_check")
     # Set by the check for the processes it starts:
     p.add_argument("--run-phase", choices=["equality", "steps"], help=argparse.SUPPRESS)
     p.add_argument("--part", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--until", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--share-bytes", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.workers is None:
+        args.workers = min(4, max(1, (os.cpu_count() or 1) // 4)) if args.device.startswith("cuda") else 1
+    if args.workers < 1:
+        p.error(f"--workers {args.workers}: at least 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: no CUDA device is visible (torch {torch.__version__}); "
                 f"on a CPU machine pass --device cpu for a smoke run (see the module docstring)")
@@ -543,49 +706,73 @@ def main(argv: list[str] | None = None) -> dict | None:
     deadline = started + args.deadline_s
     args.out.mkdir(parents=True, exist_ok=True)
     parts = {phase: args.out / f"part-{phase}.jsonl" for phase in ("equality", "steps")}
-    for part in parts.values():
-        part.unlink(missing_ok=True)
-        started_file(part).unlink(missing_ok=True)
+    share_dir = share_dir_of(parts["steps"])
+    clean_parts(parts.values())
+    order = cases(args.presets, args.seq_lens, variant_list(args))
     results, processes, tests, train = {}, {}, None, None
+    reporting = threading.Lock()  # the steps pool's thread reports too
 
     def write_report() -> dict:
-        # After every phase, not only the last: a check stopped from outside keeps what it finished.
-        steps = results.get("steps", [])
-        done = {case_of(r) for r in steps}
-        report = {
-            "command": "python bench/gpu_check.py " + " ".join(argv),
-            "environment": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-                            f"cpu ({platform.machine()})", "torch": torch.__version__,
-                            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-                            "float32_matmul_precision": torch.get_float32_matmul_precision(),
-                            "python": platform.python_version(), "cpus": os.cpu_count()},
-            "precision": args.precision, "compiled": not args.no_compile, "phases": args.phases,
-            "variants": variant_list(args), "deadline_s": args.deadline_s, "steps": steps,
-            "stopped_in": stopped_case(parts["steps"], steps),
-            "not_run": [c for c in cases(args.presets, args.seq_lens, variant_list(args)) if c not in done]
-            if "steps" in args.phases else [],
-            "equality": results.get("equality", []), "cuda_tests": tests, "train": train, "processes": processes,
-            "seconds": time.time() - started}
-        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-        (args.out / "gpu_check.md").write_text(markdown(report), encoding="utf-8")
-        return report
+        # After every phase and steps case: a check stopped from outside keeps what it finished.
+        with reporting:
+            steps = sorted(read_rows(parts["steps"]), key=lambda r: order.index(case_of(r)))
+            done = {case_of(r) for r in steps}
+            report = {
+                "command": "python bench/gpu_check.py " + " ".join(argv),
+                "environment": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+                                f"cpu ({platform.machine()})", "torch": torch.__version__,
+                                "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+                                "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                                "python": platform.python_version(), "cpus": os.cpu_count()},
+                "precision": args.precision, "compiled": not args.no_compile, "phases": args.phases,
+                "variants": variant_list(args), "deadline_s": args.deadline_s, "workers": args.workers,
+                "timed_steps": args.steps,
+                "memory_bytes": memory_bytes, "steps": steps, "stopped_in": stopped_cases(parts["steps"], steps),
+                "not_run": [c for c in order if c not in done] if "steps" in args.phases else [],
+                "equality": results.get("equality", []), "cuda_tests": tests, "train": train,
+                "processes": dict(processes), "seconds": time.time() - started}
+            (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+            (args.out / "gpu_check.md").write_text(markdown(report), encoding="utf-8")
+            return report
 
-    for phase in [p for p in PHASES if p in args.phases]:
-        print(f"== {phase} ({deadline - time.time():.0f} s left)", flush=True)
-        if phase == "cuda-tests":
-            tests = cuda_tests(min(deadline, time.time() + args.tests_s))
-            processes[phase] = ["exit 0" if tests["returncode"] == 0 else f"pytest: {tests['summary']}"]
-        elif phase == "train":
-            train = train_phase(args.train_overrides, min(deadline, time.time() + args.train_s))
-            processes[phase] = ["exit 0"] if train["returncode"] == 0 and "error" not in train else []
-        else:
-            until = deadline if phase == "steps" else min(deadline, time.time() + args.equality_s)
-            outcome = run_phase_process(phase, argv, parts[phase], until)
-            results[phase], processes[phase] = outcome["rows"], outcome["processes"]
+    memory_bytes = int(args.memory_gib * 2**30) if args.memory_gib else int(0.85 * device_total_bytes(device))
+    pool, pool_thread = None, None
+    if "steps" in args.phases:  # beside the other phases, from the start: compiling is most of it
+        print(f"== steps: {args.workers} worker(s) beside the other phases until the deadline", flush=True)
+        pool = StepsPool([*argv, "--share-bytes", str(memory_bytes)], parts["steps"], deadline, args.workers,
+                         on_rows=write_report)
+
+        def steps_pool() -> None:
+            processes["steps"] = pool.run()["processes"]
+
+        pool_thread = threading.Thread(target=steps_pool, daemon=True)
+        pool_thread.start()
+    shared = SharedGpu(share_dir, memory_bytes)
+    try:
+        for phase in [p for p in PHASES if p in args.phases and p != "steps"]:
+            print(f"== {phase} ({deadline - time.time():.0f} s left)", flush=True)
+            reserve = args.train_reserve_gib if phase == "train" else PHASE_RESERVE_GIB[phase]
+            shared.hold(phase, int(reserve * 2**30))  # the workers keep this memory free
+            try:
+                if phase == "cuda-tests":
+                    tests = cuda_tests(min(deadline, time.time() + args.tests_s))
+                    processes[phase] = ["exit 0" if tests["returncode"] == 0 else f"pytest: {tests['summary']}"]
+                elif phase == "train":
+                    train = train_phase(args.train_overrides, min(deadline, time.time() + args.train_s))
+                    processes[phase] = ["exit 0"] if train["returncode"] == 0 and "error" not in train else []
+                else:
+                    outcome = run_phase_process(phase, argv, parts[phase], min(deadline, time.time() + args.equality_s))
+                    results[phase], processes[phase] = outcome["rows"], outcome["processes"]
+            finally:
+                shared.release(phase)
+            write_report()
+        if pool_thread is not None:
+            pool_thread.join()
         report = write_report()
-    for part in parts.values():
-        part.unlink(missing_ok=True)
-        started_file(part).unlink(missing_ok=True)
+    finally:
+        if pool is not None:  # stopped from outside (an interrupt): its workers' groups too
+            pool.stop()
+    clean_parts(parts.values())
     print(markdown(report))
     return report
 

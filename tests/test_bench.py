@@ -107,7 +107,7 @@ def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path,
     # Only the report: the train phase's scratch run directory lived in the temporary directory.
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md"]
     # each phase in its own process
-    assert report["processes"] == {"equality": ["exit 0"], "train": ["exit 0"], "steps": ["exit 0"]}
+    assert report["processes"] == {"equality": ["exit 0"], "train": ["exit 0"], "steps": ["worker 0: exit 0"]}
     trained = report["train"]
     assert trained["returncode"] == 0 and trained["steps"] == 6 and len(trained["val_loss"]) == 3
     assert _positive(trained["tokens_per_s"]) and trained["mfu"] is None  # a CPU has no peak FLOP/s
@@ -168,18 +168,22 @@ def test_the_gpu_check_measures_one_variant_per_attention_path_first_and_names_a
 
     monkeypatch.setattr(gpu_check, "run_case", stopped_inside)
     monkeypatch.setattr(gpu_check.time, "time", lambda: 1000.0)
-    args = argparse.Namespace(presets=["gqa100m"], seq_lens=[2048], variants=["qk_scale", "baseline"])
+    args = argparse.Namespace(presets=["gqa100m"], seq_lens=[2048], variants=["qk_scale", "baseline"], worker=3,
+                              share_bytes=2**40, tokens_per_step=16_384, precision="bf16-mixed")
     with pytest.raises(KeyboardInterrupt):
         gpu_check.steps_phase(args, gpu_check.torch.device("cpu"), part, until=2000.0)
     monkeypatch.setattr(gpu_check.time, "time", lambda: 1030.0)
-    stopped = gpu_check.stopped_case(part, [])
-    assert stopped == {"case": ("gqa100m", 2048, "baseline"), "seconds": 30.0}  # baseline goes first
+    stopped = gpu_check.stopped_cases(part, [])
+    assert stopped == [{"case": ("gqa100m", 2048, "baseline"), "seconds": 30.0}]  # baseline goes first
     row = {"preset": "gqa100m", "seq_len": 2048, "variant": "baseline"}
-    assert gpu_check.stopped_case(part, [row]) is None  # it finished: its row says how
+    assert gpu_check.stopped_cases(part, [row]) == []  # it finished: its row says how
+    # The case it was stopped in holds no memory any more: the next worker goes on with the next case.
+    shared = gpu_check.SharedGpu(gpu_check.share_dir_of(part), 1)
+    assert shared.claim([("gqa100m", 2048, "qk_scale")], lambda case: 2**40, "worker 4")["beside_bytes"] == 0
     report = {"environment": {"device": "x", "torch": "y"}, "precision": "bf16-mixed", "compiled": True,
               "command": "c", "seconds": 1, "steps": [], "stopped_in": stopped, "not_run": [], "equality": [],
               "processes": {}, "phases": ["steps"]}
-    assert "A steps process stopped in gqa100m/T=2048/baseline, 30 s after the case started" in \
+    assert "A steps worker stopped in gqa100m/T=2048/baseline, 30 s after the case started" in \
         gpu_check.markdown(report)
 
 
@@ -263,6 +267,85 @@ def test_the_gpu_check_starts_a_new_process_after_a_cuda_error_until_the_phase_e
     assert outcome["rows"] == [{"case": i} for i in range(len(runs))]
 
 
+FLAKY_WORKER = """
+import json, os, pathlib, subprocess, sys, time
+part = pathlib.Path(sys.argv[sys.argv.index("--part") + 1])
+done = part.read_text().splitlines() if part.exists() else []
+part.write_text("".join(line + "\\n" for line in [*done, json.dumps({"case": len(done)})]))
+code = {exit_codes}[len(done)]
+if code == "hang":  # a case past the deadline, with a compile process of its own
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    (part.parent / "helper.pid").write_text(str(helper.pid))
+    time.sleep(120)
+if code < 0:
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return " Z " in Path(f"/proc/{pid}/stat").read_text()  # a zombie is gone, awaiting its reaper
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("exit_codes, runs", [
+    ([3, -9, 0], ["worker 0: exit 3", "worker 0: exit -9", "worker 0: exit 0"]),
+    ([3, 1], ["worker 0: exit 3", "worker 0: exit 1"])])
+def test_the_steps_pool_replaces_a_worker_ended_by_a_cuda_error_or_a_signal(tmp_path, exit_codes, runs):
+    import gpu_check
+
+    child = tmp_path / "worker.py"
+    child.write_text(FLAKY_WORKER.replace("{exit_codes}", repr(exit_codes)))
+    part = tmp_path / "part.jsonl"
+    outcome = gpu_check.StepsPool([], part, time.time() + 120, 1, script=child).run()
+    assert outcome["processes"] == runs
+    assert outcome["rows"] == [{"case": i} for i in range(len(runs))]
+
+
+@pytest.mark.slow  # the pool's grace after the deadline
+def test_the_steps_pool_stops_a_worker_past_the_deadline_with_its_compile_processes(tmp_path):
+    import gpu_check
+
+    child = tmp_path / "worker.py"
+    child.write_text(FLAKY_WORKER.replace("{exit_codes}", repr(["hang"])))
+    outcome = gpu_check.StepsPool([], tmp_path / "part.jsonl", time.time() + 1, 1, script=child).run()
+    assert outcome["processes"] == ["worker 0: stopped at the deadline"]
+    helper = int((tmp_path / "helper.pid").read_text())
+    deadline = time.time() + 10
+    while not _gone(helper) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _gone(helper), "the worker's own child process outlived it"
+
+
+@pytest.mark.slow
+def test_the_gpu_check_workers_share_the_device_timing_one_at_a_time_within_its_memory(tmp_path):
+    """Two workers: every case once, no two timed windows overlapping; with memory for one case
+    at a time, no two cases overlapping either."""
+    import gpu_check
+
+    args = ["--device", "cpu", "--presets", "tiny", "--seq-lens", "64", "128", "--tokens-per-step", "128",
+            "--steps", "2", "--no-compile", "--precision", "32-true", "--phases", "steps", "--workers", "2",
+            "--variants", "baseline", "qk_scale", "talking_heads"]
+
+    def disjoint(windows) -> bool:
+        windows = sorted(windows)
+        return all(end <= next_start for (_, end), (next_start, _) in zip(windows, windows[1:]))
+
+    shared = gpu_check.main([*args, "--out", str(tmp_path / "shared")])
+    assert [gpu_check.case_of(r) for r in shared["steps"]] == gpu_check.cases(
+        ["tiny"], [64, 128], ["baseline", "qk_scale", "talking_heads"])
+    assert all("error" not in r and _positive(r["tokens_per_s"]) for r in shared["steps"])
+    assert disjoint([r["timed_window"] for r in shared["steps"]])
+    assert sorted(shared["processes"]["steps"]) == ["worker 0: exit 0", "worker 1: exit 0"]
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["gpu_check.json", "gpu_check.md"]
+    one_at_a_time = gpu_check.main([*args, "--memory-gib", "0.001", "--out", str(tmp_path / "alone")])
+    assert len(one_at_a_time["steps"]) == 6
+    assert disjoint([r["case_window"] for r in one_at_a_time["steps"]])
+    assert all(r["beside_bytes"] == 0 for r in one_at_a_time["steps"])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="Inductor's CPU backend needs a C++ compiler")
@@ -313,3 +396,29 @@ def test_the_cuda_tests_phase_stopped_before_any_test_says_so():
     stopped = gpu_check.cuda_tests(time.time() + 0.5)  # pytest cannot even start in that time
     assert stopped["returncode"] is None
     assert stopped["summary"] == "stopped at its limit of 1 s after no test"
+
+
+def test_the_memory_the_gpu_check_holds_for_each_phase_covers_the_plans_estimate_of_it():
+    """The steps workers keep this much free while a phase runs beside them: the estimate of what
+    that phase trains, with room for the estimate's error."""
+    import dataclasses
+
+    import gpu_check
+    from attnlab.config import ModelConfig
+    from attnlab.params import variant_at_preset
+    from attnlab.plan import estimate_peak_bytes, kernel_plan
+
+    def estimate(config: ModelConfig, T: int, B: int) -> float:
+        plan = kernel_plan(config, T, B, "bf16-mixed", "cuda", cudnn_first=True)
+        return estimate_peak_bytes(config, T, B, "bf16-mixed", plan, "cuda") / 2**30
+
+    train = dict(o.split("=", 1) for o in gpu_check.TRAIN_OVERRIDES)
+    T, B = int(train["trainer.seq_len"]), int(train["trainer.batch_size"])
+    config = dataclasses.replace(variant_at_preset(train["model"], train["variant"])[0], block_size=T)
+    assert 1.25 * estimate(config, T, B) <= gpu_check.PHASE_RESERVE_GIB["train"]
+    # The equality phase's model, the largest of the CUDA-only tests' (tests/test_plan.py) no larger.
+    equality = ModelConfig(**gpu_check.EQUALITY_SHAPE, variant="talking_heads")
+    assert 1.25 * estimate(equality, 256, 2) <= gpu_check.PHASE_RESERVE_GIB["equality"]
+    from test_plan import SMALL
+    assert 1.25 * estimate(ModelConfig(**{**SMALL, "variant": "talking_heads"}), 256, 8) \
+        <= gpu_check.PHASE_RESERVE_GIB["cuda-tests"]
