@@ -30,11 +30,13 @@ torch really calls in one eager forward (``attnlab.observed_kernel``); then a fe
 seconds (compilation), tokens/s (median of ``--steps``), MFU (``attnlab.flops``' FLOPs per token
 against the device's peak), peak memory of the timed steps (``torch.cuda.max_memory_allocated``)
 and its ratio to the estimate. A cold compile is tens of seconds of CPU work and a case's timed
-steps seconds of GPU, so ``--workers`` processes compile side by side and time one at a time
-(``bench/gpu_share.py``): a case is admitted while the estimates of everything on the GPU
-(cases, and ``PHASE_RESERVE_GIB`` for the phase running) fit ``--memory-gib``; one out of
-memory beside others is retried once alone. A case that leaves a CUDA error ends its worker,
-which is replaced. Cases not reached are listed as not run.
+steps seconds of GPU, so ``--workers`` processes compile side by side and time one at a time,
+never while ``train.py`` trains (``bench/gpu_share.py``): a case is admitted while the estimates
+of everything on the GPU fit ``--memory-gib`` (the cases running, and the most any phase still
+to run needs, ``PHASE_RESERVE_GIB``, held from the start and shrunk as phases end); one out of
+memory beside others is retried once with no other case beside it. Each row names what else ran
+on the GPU during its timed steps. A case that leaves a CUDA error ends its worker, which is
+replaced. Cases not reached are listed as not run; cases a worker was stopped in, by name.
 """
 
 from __future__ import annotations
@@ -103,9 +105,9 @@ def autocast(device: torch.device, precision: str):
 # --------------------------------------------------------------------------- phase: steps
 
 def train_steps(config: ModelConfig, device: torch.device, precision: str, batch_size: int, steps: int,
-                compile: bool, timed_window=contextlib.nullcontext) -> dict:
-    """One warm-up (compiling) step, then ``steps`` timed ones inside ``timed_window()`` (the GPU to
-    this worker's timing alone), each ``throughput.Contestant``'s step."""
+                compile: bool, gpu: SharedGpu | None = None, holder: str | None = None) -> dict:
+    """One warm-up (compiling) step, then ``steps`` timed ones, each ``throughput.Contestant``'s
+    step; with ``gpu``, the timed steps in its timed window (the GPU to this worker's timing alone)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         start_bytes = torch.cuda.memory_allocated(device)
@@ -121,20 +123,21 @@ def train_steps(config: ModelConfig, device: torch.device, precision: str, batch
         _sync(device)
         return time.perf_counter() - start
 
-    first = step()
+    with gpu.first_step(holder) if gpu else contextlib.nullcontext():
+        first = step()
     asked = time.time()
-    with timed_window():
-        window = [time.time()]
+    with gpu.timed_window(holder) if gpu else contextlib.nullcontext({}) as window:
+        waited = time.time() - asked
         if device.type == "cuda":  # the peak of training steps, not of compiling one
             torch.cuda.reset_peak_memory_stats(device)
         seconds = sorted(step() for _ in range(steps))
-        window.append(time.time())
     median = seconds[len(seconds) // 2]
     tokens_per_s = batch_size * T / median
     peak_flops = device_peak_flops(device, precision)
-    result = {"first_step_s": first, "step_s": median, "tokens_per_s": tokens_per_s,
+    result = {"first_step_s": first, "step_s": median, "fastest_step_s": seconds[0], "tokens_per_s": tokens_per_s,
               "mfu": flops_per_token(config, T) * tokens_per_s / peak_flops if peak_flops else None,
-              "waited_for_window_s": window[0] - asked, "timed_window": window}
+              "waited_for_window_s": waited,
+              **{key: window[key] for key in ("window", "beside_first_steps", "beside_phases") if key in window}}
     if device.type == "cuda":  # weights, AdamW state and the step's peak, as the plan estimates
         result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - start_bytes
     return result
@@ -197,9 +200,9 @@ def case_estimate(case: tuple[str, int, str], args, device: torch.device) -> int
 
 
 def run_case(preset: str, T: int, variant: str, args, device: torch.device,
-             timed_window=contextlib.nullcontext) -> tuple[dict, bool]:
-    """The case's row, and whether its process must end (a CUDA error). Its timed steps and the
-    forward that observes the SDPA backend run inside ``timed_window()``."""
+             gpu: SharedGpu | None = None, holder: str | None = None) -> tuple[dict, bool]:
+    """The case's row, and whether its process must end (a CUDA error). With ``gpu``, its timed
+    steps and the forward that observes the SDPA backend run in the GPU's timed window."""
     config, batch_size, plan, reason = planned(preset, T, variant, args, device)
     row = {"preset": preset, "seq_len": T, "variant": variant, "batch_size": batch_size,
            "n_head": config.n_head, "shape_note": reason, "kernel": plan.kernel, "backend": plan.backend,
@@ -208,12 +211,12 @@ def run_case(preset: str, T: int, variant: str, args, device: torch.device,
     fatal = False
     try:
         row.update(train_steps(config, device, args.precision, batch_size, args.steps, not args.no_compile,
-                               timed_window))
+                               gpu, holder))
         if "peak_bytes" in row:
             row["estimate_vs_measured"] = row["estimate_bytes"] / row["peak_bytes"]
         if plan.kernel == "sdpa":  # the plan's backend is a prediction of torch's choice: check it
             try:
-                with timed_window():
+                with gpu.timed_window(holder) if gpu else contextlib.nullcontext():
                     row.update(observe_backend(config, device, args.precision, plan.backend))
             except Exception as err:  # noqa: BLE001 - the measurements above stand
                 if device.type == "cuda" and is_cuda_error(err):
@@ -239,11 +242,11 @@ def first_line(err: BaseException) -> str:
 def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
     """Worker ``args.worker``: step cases claimed from the shared GPU's ledger, one at a time,
     their rows appended to ``part``, until none is left or ``until``."""
-    shared = SharedGpu(share_dir_of(part), args.share_bytes)
+    gpu = SharedGpu(share_dir_of(part), args.share_bytes)
     holder = f"worker {args.worker}"
     order = cases(args.presets, args.seq_lens, variant_list(args))
     while time.time() <= until - CASE_RESERVE_S:
-        claim = shared.claim(order, lambda case: case_estimate(case, args, device), holder)
+        claim = gpu.claim(order, lambda case: case_estimate(case, args, device), holder)
         if claim is None:
             break
         if claim == WAIT:
@@ -251,23 +254,23 @@ def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
             continue
         case = claim["case"]
         # Where a process stopped at its limit was: the report names the case and its seconds.
-        started_file(part, args.worker).write_text(json.dumps({"case": case, "started": time.time()}),
-                                                   encoding="utf-8")
+        write_atomically(started_file(part, args.worker),
+                         json.dumps({"case": case, "started": time.time(), "pid": os.getpid()}))
         claimed = time.time()
         try:
-            row, fatal = run_case(*case, args, device, shared.timed_window)
+            row, fatal = run_case(*case, args, device, gpu, holder)
         finally:
-            shared.release(holder)
-        row.update(worker=args.worker, case_window=[claimed, time.time()], beside_bytes=claim["beside_bytes"])
+            held = gpu.release(holder)
+        beside = held["most_beside"] if held else 0
+        row.update(worker=args.worker, case_window=[claimed, time.time()], most_beside_bytes=beside)
         if claim["retry_of"]:
             row["retried_alone_after"] = claim["retry_of"]
-        beside = claim["beside_bytes"]
-        # Others' memory may have been the reason: the case runs again with the GPU to itself.
-        if row.get("error", "").startswith("out of memory") and beside and shared.retry_alone(
+        # Others' memory may have been the reason: the case runs again with no other case beside
+        # it. Its row stays until the retry's replaces it (the deadline may come first).
+        if row.get("error", "").startswith("out of memory") and beside and gpu.retry_alone(
                 case, f"{row['error']} (beside {beside / 2**30:.1f} GiB of others' estimates)"):
-            started_file(part, args.worker).unlink(missing_ok=True)
-        else:
-            append_rows(part, [row])
+            row["retry_queued"] = True
+        append_rows(part, [row])
         if fatal:
             return CUDA_ERROR_EXIT
     return 0
@@ -437,7 +440,10 @@ def stopped_cases(part: Path, rows: list[dict]) -> list[dict]:
     """The steps cases a worker was stopped in (started, no row), with their seconds so far."""
     stopped = []
     for started in sorted(part.parent.glob(f"{part.stem}.started-*")):
-        last = json.loads(started.read_text(encoding="utf-8"))
+        try:  # written atomically, but a check's cleanup may remove it meanwhile
+            last = json.loads(started.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
         case = tuple(last["case"])
         if case not in {case_of(r) for r in rows}:
             stopped.append({"case": case, "seconds": time.time() - last["started"]})
@@ -445,9 +451,28 @@ def stopped_cases(part: Path, rows: list[dict]) -> list[dict]:
 
 
 def read_rows(part: Path) -> list[dict]:
+    """The rows appended so far; a line still being written is not one yet."""
     if not part.exists():
         return []
-    return [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in part.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
+
+
+def latest_per_case(rows: list[dict], order: list[tuple[str, int, str]]) -> list[dict]:
+    """A step case's last row (a retry's replaces the out-of-memory row before it), in ``order``."""
+    latest = {case_of(r): r for r in rows}
+    return [latest[case] for case in order if case in latest]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """``text`` in ``path``, whole or not at all: readers in other threads and processes never
+    see half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def append_rows(part: Path, rows: list[dict]) -> None:
@@ -492,8 +517,9 @@ def run_phase_process(phase: str, argv: list[str], part: Path, until: float,
 class StepsPool:
     """``workers`` steps workers (child processes of ``script``, each in a process group of its own,
     so that stopping one stops its compile processes too) side by side until every case is done or
-    ``until``. A worker that ends in a CUDA error or a signal is replaced while time is left (its
-    case stays with it: the report names it). ``on_rows()`` is called when rows arrive."""
+    ``until``. A worker that ends in a CUDA error or a signal is replaced, under a new name, while
+    time is left (a case it left without a row is named in the report as one a worker stopped
+    in). ``on_rows()`` is called when rows arrive."""
 
     def __init__(self, argv: list[str], part: Path, until: float, workers: int, script: Path = SCRIPT,
                  on_rows=None) -> None:
@@ -515,6 +541,7 @@ class StepsPool:
     def run(self) -> dict:
         for worker in range(self.workers):
             self._start(worker)
+        next_worker = self.workers  # a replacement has a name of its own: its own started-file
         runs, replaced, seen = [], 0, 0
         while self.running:
             with self._lock:
@@ -526,13 +553,16 @@ class StepsPool:
                     del self.running[worker]
                     if ((code == CUDA_ERROR_EXIT or code < 0) and replaced < 2 * self.workers
                             and time.time() < self.until - CASE_RESERVE_S):
-                        self._start(worker)
-                        replaced += 1
+                        self._start(next_worker)
+                        next_worker, replaced = next_worker + 1, replaced + 1
             if time.time() > self.until + 5:  # a case ran past the deadline
                 runs += [f"worker {worker}: stopped at the deadline" for worker in self.stop()]
             rows = len(read_rows(self.part))
             if rows != seen and self.on_rows is not None:
-                self.on_rows()
+                try:
+                    self.on_rows()
+                except Exception as err:  # noqa: BLE001 - a report not written now is written later
+                    print(f"report not written: {type(err).__name__}: {err}", flush=True)
             seen = rows
             time.sleep(0.2)
         return {"processes": runs, "rows": read_rows(self.part)}
@@ -606,6 +636,15 @@ def equality_line(report: dict) -> str:
             + (f"; not reached: {', '.join(missing)}" if missing else ""))
 
 
+def beside_cell(row: dict) -> str:
+    """What else ran on the GPU during a case's timed steps: phases, other workers' first steps."""
+    if "beside_first_steps" not in row:
+        return "-"
+    parts = [*row["beside_phases"], *([f"{row['beside_first_steps']} compiling step(s)"]
+                                      if row["beside_first_steps"] else [])]
+    return ", ".join(parts) or "nothing"
+
+
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"GPU check: {env['device']}, torch {env['torch']} (cuDNN {env.get('cudnn')}), {report['precision']}, "
@@ -613,26 +652,32 @@ def markdown(report: dict) -> str:
              f"{'compiled' if report['compiled'] else 'eager'}; `{report['command']}`; "
              f"{report['seconds']:.0f} s", "",
              f"Steps: {report.get('workers', 1)} worker(s) compiling side by side (compile s: the first step, "
-             f"beside the other workers' compiles and phases), each case admitted while the estimates of "
+             f"beside the other workers' compiles and the phases), each case admitted while the estimates of "
              f"everything on the device fit {report.get('memory_bytes', 0) / 2**30:.0f} GiB; timed steps (median "
-             f"of {report.get('timed_steps', '?')}) one worker at a time.", "",
-             "| preset | T | variant | kernel (backend) | tokens/s | MFU | peak GiB | est./measured | compile s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"of {report.get('timed_steps', '?')}) one worker at a time, never beside train.py. Beside: what "
+             f"else ran on the GPU at some time in a case's timed steps (another worker's compiling step runs "
+             f"its kernels in bursts).", "",
+             "| preset | T | variant | kernel (backend) | tokens/s | MFU | peak GiB | est./measured | compile s "
+             "| beside |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["steps"]:
         def fmt(key, spec, scale=1.0, r=r):
             return format(r[key] * scale, spec) if r.get(key) is not None else "-"
         chose = "" if r.get("backend_agrees", True) else f"; torch chose {r['observed_backend']}"
         lines.append(f"| {r['preset']} | {r['seq_len']} | {r['variant']} | {r['kernel']} ({r['backend']}{chose}) | "
                      f"{fmt('tokens_per_s', ',.0f')} | {fmt('mfu', '.1%')} | {fmt('peak_bytes', '.2f', 2 ** -30)} | "
-                     f"{fmt('estimate_vs_measured', '.2f')} | {fmt('first_step_s', '.0f')} |"
+                     f"{fmt('estimate_vs_measured', '.2f')} | {fmt('first_step_s', '.0f')} | {beside_cell(r)} |"
                      + (f" {r['error']}" if r.get("error") else "")
+                     + (" (retry alone queued, not run)" if r.get("retry_queued") else "")
                      + (f" (retried alone after: {r['retried_alone_after']})" if r.get("retried_alone_after") else ""))
     for stopped in report.get("stopped_in") or []:
         (p, T, v), seconds = stopped["case"], stopped["seconds"]
         lines += ["", f"A steps worker stopped in {p}/T={T}/{v}, {seconds:.0f} s after the case started "
                   f"(at the deadline, or a crash: see the phase's processes)"]
-    if report["not_run"]:
-        lines += ["", "Not run (deadline reached): " + ", ".join(f"{p}/T={T}/{v}" for p, T, v in report["not_run"])]
+    stopped = {tuple(s["case"]) for s in report.get("stopped_in") or []}
+    not_run = [c for c in report["not_run"] if tuple(c) not in stopped]
+    if not_run:
+        lines += ["", "Not run (deadline reached): " + ", ".join(f"{p}/T={T}/{v}" for p, T, v in not_run)]
     observed = [r for r in report["steps"] if "backend_agrees" in r]
     wrong = [f"{r['preset']}/T={r['seq_len']}/{r['variant']}" for r in observed if not r["backend_agrees"]]
     lines += ["", f"SDPA backend as planned in {len(observed) - len(wrong)} of {len(observed)} cases"
@@ -715,7 +760,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     def write_report() -> dict:
         # After every phase and steps case: a check stopped from outside keeps what it finished.
         with reporting:
-            steps = sorted(read_rows(parts["steps"]), key=lambda r: order.index(case_of(r)))
+            steps = latest_per_case(read_rows(parts["steps"]), order)
             done = {case_of(r) for r in steps}
             report = {
                 "command": "python bench/gpu_check.py " + " ".join(argv),
@@ -726,16 +771,26 @@ def main(argv: list[str] | None = None) -> dict | None:
                                 "python": platform.python_version(), "cpus": os.cpu_count()},
                 "precision": args.precision, "compiled": not args.no_compile, "phases": args.phases,
                 "variants": variant_list(args), "deadline_s": args.deadline_s, "workers": args.workers,
-                "timed_steps": args.steps,
-                "memory_bytes": memory_bytes, "steps": steps, "stopped_in": stopped_cases(parts["steps"], steps),
+                "timed_steps": args.steps, "memory_bytes": memory_bytes, "steps": steps,
+                "stopped_in": stopped_cases(parts["steps"], steps),
                 "not_run": [c for c in order if c not in done] if "steps" in args.phases else [],
                 "equality": results.get("equality", []), "cuda_tests": tests, "train": train,
                 "processes": dict(processes), "seconds": time.time() - started}
-            (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-            (args.out / "gpu_check.md").write_text(markdown(report), encoding="utf-8")
+            write_atomically(args.out / "gpu_check.json", json.dumps(report, indent=2, default=str))
+            write_atomically(args.out / "gpu_check.md", markdown(report))
             return report
 
     memory_bytes = int(args.memory_gib * 2**30) if args.memory_gib else int(0.85 * device_total_bytes(device))
+    gpu = SharedGpu(share_dir, memory_bytes)
+    phases = [p for p in PHASES if p in args.phases and p != "steps"]
+
+    def phases_need(remaining: list[str]) -> int:
+        """The most any phase still to run holds: held from the start, shrunk as phases end, so
+        that the workers never admit cases into memory a later phase needs."""
+        return int(max([args.train_reserve_gib if p == "train" else PHASE_RESERVE_GIB[p] for p in remaining],
+                       default=0) * 2**30)
+
+    gpu.hold("phases", phases_need(phases))
     pool, pool_thread = None, None
     if "steps" in args.phases:  # beside the other phases, from the start: compiling is most of it
         print(f"== steps: {args.workers} worker(s) beside the other phases until the deadline", flush=True)
@@ -747,34 +802,39 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         pool_thread = threading.Thread(target=steps_pool, daemon=True)
         pool_thread.start()
-    shared = SharedGpu(share_dir, memory_bytes)
+    previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` stops the workers
     try:
-        for phase in [p for p in PHASES if p in args.phases and p != "steps"]:
+        for done, phase in enumerate(phases, start=1):
             print(f"== {phase} ({deadline - time.time():.0f} s left)", flush=True)
-            reserve = args.train_reserve_gib if phase == "train" else PHASE_RESERVE_GIB[phase]
-            shared.hold(phase, int(reserve * 2**30))  # the workers keep this memory free
-            try:
+            with gpu.phase(phase):
                 if phase == "cuda-tests":
                     tests = cuda_tests(min(deadline, time.time() + args.tests_s))
                     processes[phase] = ["exit 0" if tests["returncode"] == 0 else f"pytest: {tests['summary']}"]
                 elif phase == "train":
-                    train = train_phase(args.train_overrides, min(deadline, time.time() + args.train_s))
+                    # Its steps train the GPU hard for a minute: no case is timed meanwhile.
+                    with gpu.timed_window("train"):
+                        train = train_phase(args.train_overrides, min(deadline, time.time() + args.train_s))
                     processes[phase] = ["exit 0"] if train["returncode"] == 0 and "error" not in train else []
                 else:
                     outcome = run_phase_process(phase, argv, parts[phase], min(deadline, time.time() + args.equality_s))
                     results[phase], processes[phase] = outcome["rows"], outcome["processes"]
-            finally:
-                shared.release(phase)
+            gpu.hold("phases", phases_need(phases[done:]))
             write_report()
         if pool_thread is not None:
             pool_thread.join()
         report = write_report()
     finally:
-        if pool is not None:  # stopped from outside (an interrupt): its workers' groups too
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        if pool is not None:  # stopped from outside (an interrupt, SIGTERM): its workers' groups too
             pool.stop()
+            pool_thread.join()
     clean_parts(parts.values())
     print(markdown(report))
     return report
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -176,15 +176,24 @@ def test_the_gpu_check_measures_one_variant_per_attention_path_first_and_names_a
     stopped = gpu_check.stopped_cases(part, [])
     assert stopped == [{"case": ("gqa100m", 2048, "baseline"), "seconds": 30.0}]  # baseline goes first
     row = {"preset": "gqa100m", "seq_len": 2048, "variant": "baseline"}
+    row_case = ["gqa100m", 2048, "qk_scale"]
     assert gpu_check.stopped_cases(part, [row]) == []  # it finished: its row says how
+    # A replacement worker has a name of its own: its case does not hide the one its predecessor
+    # was stopped in; a started-file being replaced reads as nothing rather than failing the report.
+    gpu_check.write_atomically(gpu_check.started_file(part, 4), json.dumps({"case": row_case, "started": 1010.0}))
+    gpu_check.started_file(part, 5).write_text("")
+    assert gpu_check.stopped_cases(part, [row]) == [{"case": ("gqa100m", 2048, "qk_scale"), "seconds": 20.0}]
     # The case it was stopped in holds no memory any more: the next worker goes on with the next case.
     shared = gpu_check.SharedGpu(gpu_check.share_dir_of(part), 1)
-    assert shared.claim([("gqa100m", 2048, "qk_scale")], lambda case: 2**40, "worker 4")["beside_bytes"] == 0
+    shared.claim([("gqa100m", 2048, "qk_scale")], lambda case: 2**30, "worker 4")
+    assert shared.release("worker 4")["most_beside"] == 0
     report = {"environment": {"device": "x", "torch": "y"}, "precision": "bf16-mixed", "compiled": True,
-              "command": "c", "seconds": 1, "steps": [], "stopped_in": stopped, "not_run": [], "equality": [],
+              "command": "c", "seconds": 1, "steps": [], "stopped_in": stopped,
+              "not_run": [("gqa100m", 2048, "baseline"), ("gqa100m", 2048, "qk_scale")], "equality": [],
               "processes": {}, "phases": ["steps"]}
-    assert "A steps worker stopped in gqa100m/T=2048/baseline, 30 s after the case started" in \
-        gpu_check.markdown(report)
+    table = gpu_check.markdown(report)
+    assert "A steps worker stopped in gqa100m/T=2048/baseline, 30 s after the case started" in table
+    assert "Not run (deadline reached): gqa100m/T=2048/qk_scale\n" in table  # not the case it stopped in
 
 
 @pytest.mark.slow
@@ -291,8 +300,8 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("exit_codes, runs", [
-    ([3, -9, 0], ["worker 0: exit 3", "worker 0: exit -9", "worker 0: exit 0"]),
-    ([3, 1], ["worker 0: exit 3", "worker 0: exit 1"])])
+    ([3, -9, 0], ["worker 0: exit 3", "worker 1: exit -9", "worker 2: exit 0"]),
+    ([3, 1], ["worker 0: exit 3", "worker 1: exit 1"])])
 def test_the_steps_pool_replaces_a_worker_ended_by_a_cuda_error_or_a_signal(tmp_path, exit_codes, runs):
     import gpu_check
 
@@ -337,13 +346,13 @@ def test_the_gpu_check_workers_share_the_device_timing_one_at_a_time_within_its_
     assert [gpu_check.case_of(r) for r in shared["steps"]] == gpu_check.cases(
         ["tiny"], [64, 128], ["baseline", "qk_scale", "talking_heads"])
     assert all("error" not in r and _positive(r["tokens_per_s"]) for r in shared["steps"])
-    assert disjoint([r["timed_window"] for r in shared["steps"]])
+    assert disjoint([r["window"] for r in shared["steps"]])
     assert sorted(shared["processes"]["steps"]) == ["worker 0: exit 0", "worker 1: exit 0"]
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["gpu_check.json", "gpu_check.md"]
     one_at_a_time = gpu_check.main([*args, "--memory-gib", "0.001", "--out", str(tmp_path / "alone")])
     assert len(one_at_a_time["steps"]) == 6
     assert disjoint([r["case_window"] for r in one_at_a_time["steps"]])
-    assert all(r["beside_bytes"] == 0 for r in one_at_a_time["steps"])
+    assert all(r["most_beside_bytes"] == 0 and r["beside_first_steps"] == 0 for r in one_at_a_time["steps"])
 
 
 @pytest.mark.slow
@@ -422,3 +431,45 @@ def test_the_memory_the_gpu_check_holds_for_each_phase_covers_the_plans_estimate
     from test_plan import SMALL
     assert 1.25 * estimate(ModelConfig(**{**SMALL, "variant": "talking_heads"}), 256, 8) \
         <= gpu_check.PHASE_RESERVE_GIB["cuda-tests"]
+
+
+def test_a_retried_case_s_row_replaces_its_out_of_memory_row_which_stays_if_the_retry_never_runs():
+    import gpu_check
+
+    order = [("p", 64, "a"), ("p", 64, "b")]
+    oom = {"preset": "p", "seq_len": 64, "variant": "b", "kernel": "sdpa", "backend": "cudnn",
+           "error": "out of memory: Tried to allocate", "retry_queued": True}
+    retried = {"preset": "p", "seq_len": 64, "variant": "b", "tokens_per_s": 1.0, "retried_alone_after": "oom"}
+    first = {"preset": "p", "seq_len": 64, "variant": "a", "tokens_per_s": 2.0}
+    assert gpu_check.latest_per_case([oom, first], order) == [first, oom]
+    assert gpu_check.latest_per_case([oom, first, retried], order) == [first, retried]
+    report = {"environment": {"device": "x", "torch": "y"}, "precision": "bf16-mixed", "compiled": True,
+              "command": "c", "seconds": 1, "steps": [oom], "stopped_in": [], "not_run": [], "equality": [],
+              "processes": {}, "phases": ["steps"]}
+    assert "out of memory: Tried to allocate (retry alone queued, not run)" in gpu_check.markdown(report)
+
+
+@pytest.mark.slow
+def test_the_gpu_check_stopped_by_sigterm_stops_its_workers(tmp_path):
+    """Workers run in process groups of their own (so that the deadline stops their compile
+    processes too); a check ended by SIGTERM (a job's time limit, `timeout`) must stop them."""
+    import signal
+    import subprocess
+
+    out = tmp_path / "out"
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+    check = subprocess.Popen(
+        [sys.executable, str(script), "--device", "cpu", "--presets", "tiny", "--seq-lens",
+         *[str(64 * k) for k in range(1, 9)], "--tokens-per-step", "512", "--steps", "50", "--no-compile",
+         "--precision", "32-true", "--phases", "steps", "--workers", "2", "--out", str(out)])
+    started = out / "part-steps.started-0"
+    deadline = time.time() + 120
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    worker = json.loads(started.read_text())["pid"]
+    check.send_signal(signal.SIGTERM)
+    assert check.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.time() + 10
+    while not _gone(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _gone(worker), "a steps worker outlived the check"
