@@ -94,6 +94,11 @@ TRAIN_OVERRIDES = ["trainer=gpu", "model=gqa100m", "variant=qk_scale", "trainer.
 # CUDA-only tests train models of a few MB; the train phase's estimate (gqa100m, qk_scale, T=2048,
 # batch 8) is 15.4 GiB, and this leaves room for its error (--train-reserve-gib with other overrides).
 PHASE_RESERVE_GIB = {"equality": 4.0, "cuda-tests": 4.0, "train": 24.0}
+# What the estimates of everything on the GPU at once may add up to, of its memory. The rest: a CUDA
+# context per process (about 0.5-1 GiB each; up to 4 workers and 2 phase processes), what the caching
+# allocator reserves beyond what is allocated (expandable segments keep that small) and the
+# estimates' error (within 1.5x in the tests).
+MEMORY_SHARE = 0.8
 CASE_RESERVE_S = 45  # a steps case (a cold compile, then steps) is not started with less time than this left
 CUDA_ERROR_EXIT = 3  # a steps process that hit a CUDA error exits with this, to be restarted
 
@@ -531,6 +536,9 @@ class StepsPool:
         if workers > 1:  # Inductor's Triton compile threads, shared out between the workers
             self.env.setdefault("TORCHINDUCTOR_COMPILE_THREADS",
                                 str(max(1, (os.cpu_count() or 1) // (workers + 1))))
+        # Blocks of varying size (a case after another) leave less reserved-but-unused memory,
+        # which the estimates of the cases beside it do not count.
+        self.env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
     def _start(self, worker: int) -> None:
         self.running[worker] = subprocess.Popen(
@@ -714,8 +722,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "the CPUs, at most 4, on CUDA; 1 on a CPU)")
     p.add_argument("--memory-gib", type=float, default=None,
                    help="what the estimates of the cases and phases running at once may add up to "
-                        "(default: 85%% of the device's memory: room for each process's CUDA context and "
-                        "the estimates' error)")
+                        f"(default: {MEMORY_SHARE * 100:.0f}%% of the device's memory: room for each process's CUDA "
+                        "context, the caching allocator's slack and the estimates' error)")
     p.add_argument("--train-reserve-gib", type=float, default=PHASE_RESERVE_GIB["train"],
                    help="GPU memory held for the train phase while it runs beside the steps workers "
                         "(default: %(default)s, above the estimate of the default --train-overrides)")
@@ -780,7 +788,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             write_atomically(args.out / "gpu_check.md", markdown(report))
             return report
 
-    memory_bytes = int(args.memory_gib * 2**30) if args.memory_gib else int(0.85 * device_total_bytes(device))
+    memory_bytes = int(args.memory_gib * 2**30) if args.memory_gib else int(MEMORY_SHARE * device_total_bytes(device))
     gpu = SharedGpu(share_dir, memory_bytes)
     phases = [p for p in PHASES if p in args.phases and p != "steps"]
 
