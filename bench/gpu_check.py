@@ -30,13 +30,16 @@ torch really calls in one eager forward (``attnlab.observed_kernel``); then a fe
 seconds (compilation), tokens/s (median of ``--steps``), MFU (``attnlab.flops``' FLOPs per token
 against the device's peak), peak memory of the timed steps (``torch.cuda.max_memory_allocated``)
 and its ratio to the estimate. A cold compile is tens of seconds of CPU work and a case's timed
-steps seconds of GPU, so ``--workers`` processes compile side by side and time one at a time,
-never while ``train.py`` trains (``bench/gpu_share.py``): a case is admitted while the estimates
-of everything on the GPU fit ``--memory-gib`` (the cases running, and the most any phase still
-to run needs, ``PHASE_RESERVE_GIB``, held from the start and shrunk as phases end); one out of
-memory beside others is retried once with no other case beside it. Each row names what else ran
-on the GPU during its timed steps. A case that leaves a CUDA error ends its worker, which is
-replaced. Cases not reached are listed as not run; cases a worker was stopped in, by name.
+steps seconds of GPU, so ``--workers`` processes (niced: the phases' processes come first for the
+CPUs) compile side by side and time one at a time, never while ``train.py`` trains
+(``bench/gpu_share.py``): a case is admitted while the estimates of everything on the GPU fit
+``--memory-gib`` (the cases running, and the most any phase still to run needs,
+``PHASE_RESERVE_GIB``, held from the start and shrunk as phases end), later cases passing one
+that does not fit for ``gpu_share.HEAD_WAIT_S`` at most; one out of memory beside other cases is
+retried once with no other case beside it. Each row names what else ran on the GPU during its
+timed steps. A worker that ends in an error (a CUDA error spoils its process) or spends
+``CASE_LIMIT_S`` in one case is stopped and replaced. Cases not reached are listed as not run;
+cases a worker was stopped in, by name.
 """
 
 from __future__ import annotations
@@ -99,8 +102,13 @@ PHASE_RESERVE_GIB = {"equality": 4.0, "cuda-tests": 4.0, "train": 24.0}
 # allocator reserves beyond what is allocated (expandable segments keep that small) and the
 # estimates' error (within 1.5x in the tests).
 MEMORY_SHARE = 0.8
-CASE_RESERVE_S = 45  # a steps case (a cold compile, then steps) is not started with less time than this left
-CUDA_ERROR_EXIT = 3  # a steps process that hit a CUDA error exits with this, to be restarted
+CASE_RESERVE_S = 45
+# A steps case (a cold compile beside others', then its steps) still running after this is hung:
+# its worker is stopped and replaced. Far above a compile's tens of seconds.
+CASE_LIMIT_S = 240  # a steps case (a cold compile, then steps) is not started with less time than this left
+CUDA_ERROR_EXIT = 3
+CUDA_ERROR_MARKS = ("CUDA error", "CUDA driver error", "cuDNN error", "Triton Error [CUDA]",
+                    "illegal memory access")  # a steps process that hit a CUDA error exits with this, to be restarted
 
 
 def autocast(device: torch.device, precision: str):
@@ -110,9 +118,11 @@ def autocast(device: torch.device, precision: str):
 # --------------------------------------------------------------------------- phase: steps
 
 def train_steps(config: ModelConfig, device: torch.device, precision: str, batch_size: int, steps: int,
-                compile: bool, gpu: SharedGpu | None = None, holder: str | None = None) -> dict:
+                compile: bool, gpu: SharedGpu | None = None, holder: str | None = None,
+                until: float | None = None) -> dict:
     """One warm-up (compiling) step, then ``steps`` timed ones, each ``throughput.Contestant``'s
-    step; with ``gpu``, the timed steps in its timed window (the GPU to this worker's timing alone)."""
+    step; with ``gpu``, the timed steps in its timed window (the GPU to this worker's timing alone),
+    if it is free by ``until``."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         start_bytes = torch.cuda.memory_allocated(device)
@@ -131,7 +141,7 @@ def train_steps(config: ModelConfig, device: torch.device, precision: str, batch
     with gpu.first_step(holder) if gpu else contextlib.nullcontext():
         first = step()
     asked = time.time()
-    with gpu.timed_window(holder) if gpu else contextlib.nullcontext({}) as window:
+    with gpu.timed_window(holder, until) if gpu else contextlib.nullcontext({}) as window:
         waited = time.time() - asked
         if device.type == "cuda":  # the peak of training steps, not of compiling one
             torch.cuda.reset_peak_memory_stats(device)
@@ -179,11 +189,12 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 def is_cuda_error(err: BaseException) -> bool:
-    """An error after which this process's CUDA context cannot be trusted: torch's own, or a
+    """An error after which this process's CUDA context cannot be trusted: torch's own (the
+    runtime's, the driver's, as expandable segments map memory through it, or cuDNN's), or a
     Triton kernel's launch ("Triton Error [CUDA]"), also when a compile wrapped it or it was
     raised while another error (an OOM) was being handled. An OOM alone is not one."""
     return any(
-        isinstance(e, RuntimeError) and ("CUDA error" in str(e) or "Triton Error [CUDA]" in str(e)
+        isinstance(e, RuntimeError) and (any(m in str(e) for m in CUDA_ERROR_MARKS)
                                          or type(e).__name__ == "AcceleratorError")
         for e in _causes(err))
 
@@ -216,12 +227,12 @@ def run_case(preset: str, T: int, variant: str, args, device: torch.device,
     fatal = False
     try:
         row.update(train_steps(config, device, args.precision, batch_size, args.steps, not args.no_compile,
-                               gpu, holder))
+                               gpu, holder, args.until))
         if "peak_bytes" in row:
             row["estimate_vs_measured"] = row["estimate_bytes"] / row["peak_bytes"]
         if plan.kernel == "sdpa":  # the plan's backend is a prediction of torch's choice: check it
             try:
-                with gpu.timed_window(holder) if gpu else contextlib.nullcontext():
+                with gpu.timed_window(holder, args.until) if gpu else contextlib.nullcontext():
                     row.update(observe_backend(config, device, args.precision, plan.backend))
             except Exception as err:  # noqa: BLE001 - the measurements above stand
                 if device.type == "cuda" and is_cuda_error(err):
@@ -236,7 +247,13 @@ def run_case(preset: str, T: int, variant: str, args, device: torch.device,
     finally:
         torch._dynamo.reset()
         if device.type == "cuda" and not fatal:
-            torch.cuda.empty_cache()
+            try:
+                torch.cuda.empty_cache()
+            except RuntimeError as err:  # a fault the case's own error did not show
+                fatal = is_cuda_error(err)
+                row.setdefault("error", f"{type(err).__name__}: {first_line(err)}")
+                if not fatal:
+                    raise
     return row, fatal
 
 
@@ -249,6 +266,10 @@ def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
     their rows appended to ``part``, until none is left or ``until``."""
     gpu = SharedGpu(share_dir_of(part), args.share_bytes)
     holder = f"worker {args.worker}"
+    # The phases' processes (train.py's own compile above all) go first for the CPUs; timed steps
+    # never run beside train.py, so this does not slow what the workers measure.
+    with contextlib.suppress(OSError):
+        os.nice(10)
     order = cases(args.presets, args.seq_lens, variant_list(args))
     while time.time() <= until - CASE_RESERVE_S:
         claim = gpu.claim(order, lambda case: case_estimate(case, args, device), holder)
@@ -259,8 +280,8 @@ def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
             continue
         case = claim["case"]
         # Where a process stopped at its limit was: the report names the case and its seconds.
-        write_atomically(started_file(part, args.worker),
-                         json.dumps({"case": case, "started": time.time(), "pid": os.getpid()}))
+        write_atomically(started_file(part, args.worker), json.dumps(
+            {"case": case, "started": time.time(), "pid": os.getpid(), "retry": claim["retry_of"] is not None}))
         claimed = time.time()
         try:
             row, fatal = run_case(*case, args, device, gpu, holder)
@@ -386,12 +407,15 @@ def _median(values: list[float]) -> float | None:
 
 
 def train_line(train: dict) -> str:
-    if train["returncode"] is None:
+    not_started = train.get("error", "").startswith("not started")
+    if not_started:
+        outcome = train["error"]
+    elif train["returncode"] is None:
         outcome = f"stopped at its limit after {train['seconds']:.0f} s" if not train.get("error") else "failed"
     else:
         outcome = f"exit {train['returncode']} in {train['seconds']:.0f} s"
     parts = [f"`{train['command']}`: {outcome}"]
-    if train.get("error"):
+    if train.get("error") and not not_started:
         parts.append(f"not read: {train['error']}")
     if "val_loss" in train:
         losses = ", ".join(f"{v:.3f}" for v in train["val_loss"]) or "none"
@@ -450,8 +474,10 @@ def stopped_cases(part: Path, rows: list[dict]) -> list[dict]:
         except (FileNotFoundError, json.JSONDecodeError):
             continue
         case = tuple(last["case"])
-        if case not in {case_of(r) for r in rows}:
-            stopped.append({"case": case, "seconds": time.time() - last["started"]})
+        row = {case_of(r): r for r in rows}.get(case)
+        # No row, or the row of an earlier try (an out-of-memory one whose retry this was).
+        if row is None or (row.get("retry_queued") and row["case_window"][1] < last["started"]):
+            stopped.append({"case": case, "seconds": time.time() - last["started"], "retry": last.get("retry", False)})
     return stopped
 
 
@@ -522,14 +548,15 @@ def run_phase_process(phase: str, argv: list[str], part: Path, until: float,
 class StepsPool:
     """``workers`` steps workers (child processes of ``script``, each in a process group of its own,
     so that stopping one stops its compile processes too) side by side until every case is done or
-    ``until``. A worker that ends in a CUDA error or a signal is replaced, under a new name, while
-    time is left (a case it left without a row is named in the report as one a worker stopped
-    in). ``on_rows()`` is called when rows arrive."""
+    ``until``. A worker that ends other than by running out of cases (a CUDA error, a crash, a
+    signal), or that has spent ``case_limit_s`` on one case, is replaced under a new name while
+    time is left; the case it left without a row is named in the report as one a worker stopped
+    in. ``on_rows()`` is called when rows arrive."""
 
     def __init__(self, argv: list[str], part: Path, until: float, workers: int, script: Path = SCRIPT,
-                 on_rows=None) -> None:
+                 on_rows=None, case_limit_s: float = CASE_LIMIT_S) -> None:
         self.argv, self.part, self.until, self.workers, self.script = argv, part, until, workers, script
-        self.on_rows = on_rows
+        self.on_rows, self.case_limit_s = on_rows, case_limit_s
         self.running: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()  # ``stop`` may come from another thread (an interrupt)
         self.env = dict(os.environ)
@@ -546,45 +573,74 @@ class StepsPool:
              "--until", str(self.until), "--worker", str(worker)],
             cwd=ROOT, env=self.env, start_new_session=True)
 
+    def _over_its_case_limit(self, worker: int) -> bool:
+        """Whether ``worker`` has been in its current case (started, no row yet) for too long."""
+        try:
+            started = json.loads(started_file(self.part, worker).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        done = {case_of(r): r for r in read_rows(self.part)}
+        row = done.get(tuple(started["case"]))
+        in_it = row is None or (row.get("retry_queued") and row["case_window"][1] < started["started"])
+        return in_it and time.time() - started["started"] > self.case_limit_s
+
     def run(self) -> dict:
-        for worker in range(self.workers):
-            self._start(worker)
-        next_worker = self.workers  # a replacement has a name of its own: its own started-file
-        runs, replaced, seen = [], 0, 0
-        while self.running:
-            with self._lock:
-                for worker, process in list(self.running.items()):
-                    code = process.poll()
-                    if code is None:
-                        continue
-                    runs.append(f"worker {worker}: exit {code}")
-                    del self.running[worker]
-                    if ((code == CUDA_ERROR_EXIT or code < 0) and replaced < 2 * self.workers
-                            and time.time() < self.until - CASE_RESERVE_S):
-                        self._start(next_worker)
-                        next_worker, replaced = next_worker + 1, replaced + 1
-            if time.time() > self.until + 5:  # a case ran past the deadline
-                runs += [f"worker {worker}: stopped at the deadline" for worker in self.stop()]
-            rows = len(read_rows(self.part))
-            if rows != seen and self.on_rows is not None:
-                try:
-                    self.on_rows()
-                except Exception as err:  # noqa: BLE001 - a report not written now is written later
-                    print(f"report not written: {type(err).__name__}: {err}", flush=True)
-            seen = rows
-            time.sleep(0.2)
+        runs: list[str] = []
+        try:
+            for worker in range(self.workers):
+                self._start(worker)
+            next_worker = self.workers  # a replacement has a name of its own: its own started-file
+            replaced, seen = 0, 0
+            while self.running:
+                with self._lock:
+                    for worker, process in list(self.running.items()):
+                        code = process.poll()
+                        if code is None and self._over_its_case_limit(worker):
+                            _kill_group(process)
+                            code = f"stopped after {self.case_limit_s:.0f} s in one case"
+                        if code is None:
+                            continue
+                        runs.append(f"worker {worker}: exit {code}" if isinstance(code, int)
+                                    else f"worker {worker}: {code}")
+                        del self.running[worker]
+                        if code != 0 and replaced < 2 * self.workers and time.time() < self.until - CASE_RESERVE_S:
+                            self._start(next_worker)
+                            next_worker, replaced = next_worker + 1, replaced + 1
+                if time.time() > self.until + 5:  # a case ran past the deadline
+                    runs += [f"worker {worker}: stopped at the deadline" for worker in self.stop()]
+                rows = len(read_rows(self.part))
+                if rows != seen and self.on_rows is not None:
+                    try:
+                        self.on_rows()
+                    except Exception as err:  # noqa: BLE001 - a report not written now is written later
+                        print(f"report not written: {type(err).__name__}: {err}", flush=True)
+                seen = rows
+                time.sleep(0.2)
+        except Exception as err:  # noqa: BLE001 - the pool must not die with its workers running
+            runs.append(f"pool stopped: {type(err).__name__}: {first_line(err)}")
+            runs += [f"worker {worker}: stopped with the pool" for worker in self.stop()]
         return {"processes": runs, "rows": read_rows(self.part)}
 
     def stop(self) -> list[int]:
-        """Stop the running workers' process groups; the workers stopped."""
+        """Stop the running workers' process groups (all at once, then wait for each); the workers
+        stopped."""
         with self._lock:
             stopped = list(self.running)
             for process in self.running.values():
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                _kill_group(process, wait=False)
+            for process in self.running.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=10)
             self.running.clear()
         return stopped
+
+
+def _kill_group(process: subprocess.Popen, wait: bool = True) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if wait:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
 
 
 def cuda_tests(until: float) -> dict:
@@ -668,6 +724,7 @@ def markdown(report: dict) -> str:
              "| preset | T | variant | kernel (backend) | tokens/s | MFU | peak GiB | est./measured | compile s "
              "| beside |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    stopped = {tuple(s["case"]) for s in report.get("stopped_in") or []}
     for r in report["steps"]:
         def fmt(key, spec, scale=1.0, r=r):
             return format(r[key] * scale, spec) if r.get(key) is not None else "-"
@@ -676,16 +733,19 @@ def markdown(report: dict) -> str:
                      f"{fmt('tokens_per_s', ',.0f')} | {fmt('mfu', '.1%')} | {fmt('peak_bytes', '.2f', 2 ** -30)} | "
                      f"{fmt('estimate_vs_measured', '.2f')} | {fmt('first_step_s', '.0f')} | {beside_cell(r)} |"
                      + (f" {r['error']}" if r.get("error") else "")
-                     + (" (retry alone queued, not run)" if r.get("retry_queued") else "")
+                     + (" (retry alone queued, not run)" if r.get("retry_queued") and case_of(r) not in stopped
+                        else " (its retry alone was stopped: below)" if r.get("retry_queued") else "")
                      + (f" (retried alone after: {r['retried_alone_after']})" if r.get("retried_alone_after") else ""))
     for stopped in report.get("stopped_in") or []:
         (p, T, v), seconds = stopped["case"], stopped["seconds"]
-        lines += ["", f"A steps worker stopped in {p}/T={T}/{v}, {seconds:.0f} s after the case started "
-                  f"(at the deadline, or a crash: see the phase's processes)"]
+        lines += ["", f"A steps worker stopped in {p}/T={T}/{v}{' (its retry alone)' if stopped.get('retry') else ''}, "
+                  f"{seconds:.0f} s after the case started (the deadline, its time limit, or a crash: see the "
+                  f"phase's processes)"]
     stopped = {tuple(s["case"]) for s in report.get("stopped_in") or []}
     not_run = [c for c in report["not_run"] if tuple(c) not in stopped]
     if not_run:
-        lines += ["", "Not run (deadline reached): " + ", ".join(f"{p}/T={T}/{v}" for p, T, v in not_run)]
+        lines += ["", "Not run (not reached by the deadline, or no worker left: see the phase's processes): "
+                  + ", ".join(f"{p}/T={T}/{v}" for p, T, v in not_run)]
     observed = [r for r in report["steps"] if "backend_agrees" in r]
     wrong = [f"{r['preset']}/T={r['seq_len']}/{r['variant']}" for r in observed if not r["backend_agrees"]]
     lines += ["", f"SDPA backend as planned in {len(observed) - len(wrong)} of {len(observed)} cases"
@@ -714,7 +774,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deadline-s", type=float, default=480, help="seconds for the whole check")
     p.add_argument("--equality-s", type=float, default=90, help="at most this for the equality phase")
     p.add_argument("--tests-s", type=float, default=120, help="at most this for the CUDA-only tests")
-    p.add_argument("--train-s", type=float, default=100, help="at most this for the train phase")
+    p.add_argument("--train-s", type=float, default=150,
+                   help="at most this for the train phase (its compile shares the CPUs with the workers')")
     p.add_argument("--train-overrides", nargs="+", default=TRAIN_OVERRIDES,
                    help="train.py's overrides in the train phase (default: %(default)s)")
     p.add_argument("--workers", type=int, default=None,
@@ -814,18 +875,22 @@ def main(argv: list[str] | None = None) -> dict | None:
     try:
         for done, phase in enumerate(phases, start=1):
             print(f"== {phase} ({deadline - time.time():.0f} s left)", flush=True)
-            with gpu.phase(phase):
-                if phase == "cuda-tests":
+            if phase == "cuda-tests":
+                with gpu.phase(phase):
                     tests = cuda_tests(min(deadline, time.time() + args.tests_s))
-                    processes[phase] = ["exit 0" if tests["returncode"] == 0 else f"pytest: {tests['summary']}"]
-                elif phase == "train":
-                    # Its steps train the GPU hard for a minute: no case is timed meanwhile.
-                    with gpu.timed_window("train"):
+                processes[phase] = ["exit 0" if tests["returncode"] == 0 else f"pytest: {tests['summary']}"]
+            elif phase == "train":
+                try:  # its steps train the GPU hard for a minute: no case is timed meanwhile
+                    with gpu.timed_window("train", deadline), gpu.phase(phase):
                         train = train_phase(args.train_overrides, min(deadline, time.time() + args.train_s))
-                    processes[phase] = ["exit 0"] if train["returncode"] == 0 and "error" not in train else []
-                else:
+                except TimeoutError as err:
+                    train = {"command": "python train.py " + " ".join(args.train_overrides), "returncode": None,
+                             "seconds": 0.0, "error": f"not started: {err}"}
+                processes[phase] = ["exit 0"] if train["returncode"] == 0 and "error" not in train else []
+            else:
+                with gpu.phase(phase):
                     outcome = run_phase_process(phase, argv, parts[phase], min(deadline, time.time() + args.equality_s))
-                    results[phase], processes[phase] = outcome["rows"], outcome["processes"]
+                results[phase], processes[phase] = outcome["rows"], outcome["processes"]
             gpu.hold("phases", phases_need(phases[done:]))
             write_report()
         if pool_thread is not None:

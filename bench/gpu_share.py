@@ -27,6 +27,9 @@ from pathlib import Path
 Case = tuple[str, int, str]
 WAIT = "wait"  # claim's answer when the next case does not fit beside what holds the GPU now
 LOG_KEPT = 500  # first steps and phases remembered for the timed windows' notes
+# The next case in order that does not fit beside what holds the GPU is passed over for later ones
+# that do, for this long at most; then nothing more is admitted until it fits (the GPU drains).
+HEAD_WAIT_S = 60.0
 
 
 def _alive(pid: int) -> bool:
@@ -40,9 +43,20 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _flocked(path: Path) -> Iterator[None]:
+def _flocked(path: Path, until: float | None = None) -> Iterator[None]:
+    """``path``'s exclusive lock; with ``until``, TimeoutError if it is not free by then."""
     with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        if until is None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        else:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.time() >= until:
+                        raise TimeoutError(f"{path.name} was still held at the deadline") from None
+                    time.sleep(0.1)
         try:
             yield
         finally:
@@ -60,10 +74,11 @@ class SharedGpu:
     ``memory_bytes``: what the cases and phases admitted at once may hold together, by their
     estimates. A case larger than that still runs, alone."""
 
-    def __init__(self, directory: Path, memory_bytes: int) -> None:
+    def __init__(self, directory: Path, memory_bytes: int, head_wait_s: float = HEAD_WAIT_S) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.memory_bytes = memory_bytes
+        self.head_wait_s = head_wait_s
         self._state_file = self.directory / "state.json"
 
     @contextlib.contextmanager
@@ -86,17 +101,19 @@ class SharedGpu:
 
     @staticmethod
     def _admit(state: dict, holder: str, entry: dict) -> None:
-        """``holder`` holds ``entry`` from now; every holder remembers the most the others held
-        beside it (an out-of-memory case asks whether others' memory may have been the reason)."""
+        """``holder`` holds ``entry`` from now; every holder remembers the most that other cases
+        held beside it (an out-of-memory case asks whether they may have been the reason: a retry
+        with no other case beside it can remove them, not the phases)."""
         state["held"][holder] = {**entry, "pid": os.getpid(), "most_beside": 0}
-        total = sum(h["bytes"] for h in state["held"].values())
+        cases = sum(h["bytes"] for h in state["held"].values() if h["case"] is not None)
         for h in state["held"].values():
-            h["most_beside"] = max(h["most_beside"], total - h["bytes"])
+            h["most_beside"] = max(h["most_beside"], cases - (h["bytes"] if h["case"] is not None else 0))
 
     def claim(self, cases: list[Case], estimate: Callable[[Case], int], holder: str) -> dict | str | None:
         """The next case for ``holder`` (a worker's name, one case at a time), in ``cases``' order:
         ``{"case", "retry_of"}`` once it fits beside what holds the GPU now (or nothing does);
-        ``WAIT`` while it does not; ``None`` when every case is taken. A case to be retried alone
+        while it does not, a later one that fits (for ``head_wait_s`` at most, then ``WAIT`` until
+        it fits); ``None`` when every case is taken. A case to be retried alone
         goes first, once no other case holds the GPU (phases may, as for any case), and runs with
         no other case beside it; until it has run, no other case is admitted. ``retry_of``: why it
         is retried, else None."""
@@ -116,11 +133,18 @@ class SharedGpu:
                 state["alone"].pop(0)
             else:
                 taken = {tuple(c) for c in state["claimed"]}
-                case, note = next((c for c in cases if tuple(c) not in taken), None), None
-                if case is None:
+                waiting, note = [c for c in cases if tuple(c) not in taken], None
+                if not waiting:
                     return None
+                case = waiting[0]
                 if not fits(case):
-                    return WAIT
+                    if state.get("head_since", [None])[0] != list(case):
+                        state["head_since"] = [list(case), time.time()]
+                    if time.time() - state["head_since"][1] >= self.head_wait_s:
+                        return WAIT  # nothing more is admitted until it fits
+                    case = next((c for c in waiting[1:] if fits(c)), None)
+                    if case is None:
+                        return WAIT
                 state["claimed"].append(list(case))
             self._admit(state, holder, {"bytes": estimate(case), "case": list(case), "alone_retry": note is not None})
             return {"case": case, "retry_of": note}
@@ -174,12 +198,12 @@ class SharedGpu:
                         entry[-1] = time.time()
 
     @contextlib.contextmanager
-    def timed_window(self, holder: str | None = None) -> Iterator[dict]:
-        """The GPU's timed window, one holder at a time (blocks until it is free). The dict it
-        yields is filled at its end: the window's [start, end], the other holders' first steps and
-        the phases that ran at some time in it."""
+    def timed_window(self, holder: str | None = None, until: float | None = None) -> Iterator[dict]:
+        """The GPU's timed window, one holder at a time (blocks until it is free; TimeoutError if
+        it is not by ``until``). The dict it yields is filled at its end: the window's [start,
+        end], the other holders' first steps and the phases that ran at some time in it."""
         note: dict = {}
-        with _flocked(self.directory / "timing.lock"):
+        with _flocked(self.directory / "timing.lock", until):
             start = time.time()
             try:
                 yield note

@@ -148,7 +148,8 @@ def test_the_gpu_check_keeps_what_it_finished_when_its_deadline_comes(tmp_path):
     report = gpu_check.main(args)
     assert report["steps"] == [] and report["not_run"] == [("tiny", 64, "baseline"), ("tiny", 64, "qk_scale")]
     table = (tmp_path / "gpu_check.md").read_text()
-    assert "Not run (deadline reached): tiny/T=64/baseline, tiny/T=64/qk_scale" in table
+    assert "Not run (not reached by the deadline, or no worker left: see the phase's processes): " \
+           "tiny/T=64/baseline, tiny/T=64/qk_scale" in table
 
 
 def test_the_gpu_check_measures_one_variant_per_attention_path_first_and_names_a_case_it_was_stopped_in(
@@ -174,7 +175,7 @@ def test_the_gpu_check_measures_one_variant_per_attention_path_first_and_names_a
         gpu_check.steps_phase(args, gpu_check.torch.device("cpu"), part, until=2000.0)
     monkeypatch.setattr(gpu_check.time, "time", lambda: 1030.0)
     stopped = gpu_check.stopped_cases(part, [])
-    assert stopped == [{"case": ("gqa100m", 2048, "baseline"), "seconds": 30.0}]  # baseline goes first
+    assert stopped == [{"case": ("gqa100m", 2048, "baseline"), "seconds": 30.0, "retry": False}]  # baseline first
     row = {"preset": "gqa100m", "seq_len": 2048, "variant": "baseline"}
     row_case = ["gqa100m", 2048, "qk_scale"]
     assert gpu_check.stopped_cases(part, [row]) == []  # it finished: its row says how
@@ -182,7 +183,8 @@ def test_the_gpu_check_measures_one_variant_per_attention_path_first_and_names_a
     # was stopped in; a started-file being replaced reads as nothing rather than failing the report.
     gpu_check.write_atomically(gpu_check.started_file(part, 4), json.dumps({"case": row_case, "started": 1010.0}))
     gpu_check.started_file(part, 5).write_text("")
-    assert gpu_check.stopped_cases(part, [row]) == [{"case": ("gqa100m", 2048, "qk_scale"), "seconds": 20.0}]
+    assert gpu_check.stopped_cases(part, [row]) == [{"case": ("gqa100m", 2048, "qk_scale"), "seconds": 20.0,
+                                                     "retry": False}]
     # The case it was stopped in holds no memory any more: the next worker goes on with the next case.
     shared = gpu_check.SharedGpu(gpu_check.share_dir_of(part), 1)
     shared.claim([("gqa100m", 2048, "qk_scale")], lambda case: 2**30, "worker 4")
@@ -193,7 +195,7 @@ def test_the_gpu_check_measures_one_variant_per_attention_path_first_and_names_a
               "processes": {}, "phases": ["steps"]}
     table = gpu_check.markdown(report)
     assert "A steps worker stopped in gqa100m/T=2048/baseline, 30 s after the case started" in table
-    assert "Not run (deadline reached): gqa100m/T=2048/qk_scale\n" in table  # not the case it stopped in
+    assert "worker left: see the phase's processes): gqa100m/T=2048/qk_scale\n" in table  # not where it stopped
 
 
 @pytest.mark.slow
@@ -232,6 +234,9 @@ def test_the_gpu_check_restarts_its_process_after_a_cuda_error_but_not_after_an_
     assert not gpu_check.is_cuda_error(gpu_check.torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"))
     assert not gpu_check.is_cuda_error(ValueError("CUDA error"))
     assert gpu_check.is_cuda_error(RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered"))
+    # expandable segments map memory through the driver: a fault can surface there first
+    assert gpu_check.is_cuda_error(RuntimeError("CUDA driver error: an illegal memory access was encountered"))
+    assert gpu_check.is_cuda_error(RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"))
 
     def raised_from(cause: BaseException) -> BaseException:
         """As Inductor re-raises what fails inside a compile."""
@@ -279,9 +284,15 @@ def test_the_gpu_check_starts_a_new_process_after_a_cuda_error_until_the_phase_e
 FLAKY_WORKER = """
 import json, os, pathlib, subprocess, sys, time
 part = pathlib.Path(sys.argv[sys.argv.index("--part") + 1])
+worker = sys.argv[sys.argv.index("--worker") + 1]
 done = part.read_text().splitlines() if part.exists() else []
-part.write_text("".join(line + "\\n" for line in [*done, json.dumps({"case": len(done)})]))
+row = {"preset": "p", "seq_len": len(done), "variant": "v", "case_window": [0, time.time()]}
+part.write_text("".join(line + "\\n" for line in [*done, json.dumps(row)]))
 code = {exit_codes}[len(done)]
+if code == "stuck":  # in a case (one with no row) far longer than a case takes
+    started = {"case": ["p", 99, "v"], "started": time.time(), "pid": os.getpid()}
+    (part.parent / f"{part.stem}.started-{worker}").write_text(json.dumps(started))
+    time.sleep(120)
 if code == "hang":  # a case past the deadline, with a compile process of its own
     helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     (part.parent / "helper.pid").write_text(str(helper.pid))
@@ -299,18 +310,21 @@ def _gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow  # a Python process per worker
 @pytest.mark.parametrize("exit_codes, runs", [
-    ([3, -9, 0], ["worker 0: exit 3", "worker 1: exit -9", "worker 2: exit 0"]),
-    ([3, 1], ["worker 0: exit 3", "worker 1: exit 1"])])
-def test_the_steps_pool_replaces_a_worker_ended_by_a_cuda_error_or_a_signal(tmp_path, exit_codes, runs):
+    ([3, -9, 1, 0], ["worker 0: exit 3", "worker 1: exit -9", "worker 2: exit 1"]),  # 2 replacements per worker
+    ([1, 0], ["worker 0: exit 1", "worker 1: exit 0"]),  # an error its case did not catch
+    (["stuck", 0], ["worker 0: stopped after 1 s in one case", "worker 1: exit 0"])])
+def test_the_steps_pool_replaces_a_worker_that_ended_other_than_by_running_out_of_cases(tmp_path, exit_codes,
+                                                                                         runs):
     import gpu_check
 
     child = tmp_path / "worker.py"
     child.write_text(FLAKY_WORKER.replace("{exit_codes}", repr(exit_codes)))
     part = tmp_path / "part.jsonl"
-    outcome = gpu_check.StepsPool([], part, time.time() + 120, 1, script=child).run()
+    outcome = gpu_check.StepsPool([], part, time.time() + 120, 1, script=child, case_limit_s=1).run()
     assert outcome["processes"] == runs
-    assert outcome["rows"] == [{"case": i} for i in range(len(runs))]
+    assert [r["seq_len"] for r in outcome["rows"]] == list(range(len(runs)))
 
 
 @pytest.mark.slow  # the pool's grace after the deadline

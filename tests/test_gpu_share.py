@@ -35,13 +35,28 @@ def test_cases_are_taken_in_order_each_once_while_their_estimates_fit_together(t
     assert gpu.release("w1")["most_beside"] == 4 * GIB  # a, then the other a: never both
 
 
+def test_a_case_that_does_not_fit_is_passed_over_for_later_ones_for_a_while_then_waited_for(tmp_path):
+    gpu = SharedGpu(tmp_path / "a", 10 * GIB)
+    assert gpu.claim(CASES, _estimate, "w0")["case"] == ("p", 64, "a")
+    assert gpu.claim(CASES, _estimate, "w1")["case"] == ("p", 128, "a")  # b (8 GiB) does not fit beside 4
+    assert gpu.claim(CASES, _estimate, "w2") == WAIT
+    gpu.release("w0")
+    gpu.release("w1")
+    assert gpu.claim(CASES, _estimate, "w2")["case"] == ("p", 64, "b")
+    strict = SharedGpu(tmp_path / "b", 10 * GIB, head_wait_s=0)  # b has waited long enough
+    strict.claim(CASES, _estimate, "w0")
+    assert strict.claim(CASES, _estimate, "w1") == WAIT  # the GPU drains for b
+    strict.release("w0")
+    assert strict.claim(CASES, _estimate, "w1")["case"] == ("p", 64, "b")
+
+
 def test_the_phases_hold_memory_that_only_shrinks_and_a_case_over_the_budget_runs_alone(tmp_path):
-    gpu = SharedGpu(tmp_path, 6 * GIB)
+    gpu = SharedGpu(tmp_path, 6 * GIB, head_wait_s=0)  # in order: no case passed over
     gpu.hold("phases", 3 * GIB)
     assert gpu.claim(CASES, _estimate, "w0") == WAIT  # 3 + 4 GiB > 6 GiB
     gpu.hold("phases", 2 * GIB)  # a phase ended
     assert gpu.claim(CASES, _estimate, "w0")["case"] == ("p", 64, "a")
-    assert gpu.release("w0")["most_beside"] == 2 * GIB
+    assert gpu.release("w0")["most_beside"] == 0  # the phases are no other case: a retry cannot remove them
     gpu.hold("phases", 1 * GIB)
     assert gpu.claim(CASES, _estimate, "w0") == WAIT  # 8 GiB: over the budget, so with nothing beside
     gpu.hold("phases", 0)  # the phases ended
