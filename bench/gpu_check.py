@@ -10,16 +10,17 @@ its own, so that a hung compile or a CUDA error that spoils its process costs th
 and nothing more; the whole check stops at ``--deadline-s``, and whatever it finished is kept.
 Three phases in turn:
 
-1. **equality** (``--equality-s``): for every variant and every kernel it trains on here,
-   logits and gradients of the same weights against the explicit kernel under the same
-   precision, relative error at most ``EQUALITY_TOLERANCE``.
-2. **cuda-tests** (``--tests-s``): the CUDA-only tests (the memory estimate against a measured
-   CUDA step; FlexAttention gradients against the explicit kernel): pytest's summary.
-3. **train** (``--train-s``): ``train.py`` itself, as a researcher runs it on a GPU
+1. **train** (``--train-s``): ``train.py`` itself, as a researcher runs it on a GPU
    (``TRAIN_OVERRIDES``: Lightning's loop, bf16-mixed, compiled, validation every 10 steps):
    its exit code, steps, validation losses, tokens/s and MFU as it logged them, and the graphs
    compiled by each validation's end, which must not grow after the first (no recompile at
-   every validation).
+   every validation). First: it is the path a researcher takes, and the memory held for it
+   (the most of any phase) goes back to the step cases once it ends.
+2. **equality** (``--equality-s``): for every variant and every kernel it trains on here,
+   logits and gradients of the same weights against the explicit kernel under the same
+   precision, relative error at most ``EQUALITY_TOLERANCE``.
+3. **cuda-tests** (``--tests-s``): the CUDA-only tests (the memory estimate against a measured
+   CUDA step; FlexAttention gradients against the explicit kernel): pytest's summary.
 
 and beside them, from the start until the deadline, **steps**: per (preset, T, variant), in
 order of importance (every variant at the first T, then the next; the presets side by side), the
@@ -85,7 +86,7 @@ EQUALITY_SHAPE = dict(vocab_size=512, block_size=256, n_layer=2, n_head=4, n_que
 EQUALITY_TOLERANCE = 2e-2  # as tests/test_bf16.py: bf16's rounding (2^-8) x 5
 # Their tests named *cuda*, the quick files first.
 CUDA_TESTS = ["tests/test_plan.py", "tests/test_cudnn_sdpa.py", "tests/test_flex_kernel.py"]
-PHASES = ("equality", "cuda-tests", "train", "steps")
+PHASES = ("train", "equality", "cuda-tests", "steps")  # the order they run in (steps: beside them)
 # The train phase: train.py as a researcher runs it on a GPU, short. gqa100m's heads of 64 put
 # qk_scale on FlexAttention, the most fragile path: its block mask and score_mod compiled inside
 # Lightning's loop, validation at another batch, the head-score probe on the explicit kernel.
