@@ -225,6 +225,9 @@ def test_the_gpu_check_refuses_cuda_without_a_gpu_naming_the_smoke_run(capsys):
     with pytest.raises(SystemExit):
         gpu_check.parse_args([])
     assert "no CUDA device is visible" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu_check.parse_args(["--device", "cpu", "--workers", "0"])
+    assert "--workers 0: at least 1" in capsys.readouterr().err
 
 
 def test_the_gpu_check_restarts_its_process_after_a_cuda_error_but_not_after_an_out_of_memory():
