@@ -64,6 +64,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from attnlab.atomic import atomic_write
 from attnlab.config import ModelConfig
 from attnlab.cudnn_sdpa import prefers_cudnn
 from attnlab.flops import device_peak_flops, flops_per_token
@@ -281,8 +282,9 @@ def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
             continue
         case = claim["case"]
         # Where a process stopped at its limit was: the report names the case and its seconds.
-        write_atomically(started_file(part, args.worker), json.dumps(
-            {"case": case, "started": time.time(), "pid": os.getpid(), "retry": claim["retry_of"] is not None}))
+        with atomic_write(started_file(part, args.worker)) as note:
+            json.dump({"case": case, "started": time.time(), "pid": os.getpid(),
+                       "retry": claim["retry_of"] is not None}, note)
         claimed = time.time()
         try:
             row, fatal = run_case(*case, args, device, gpu, holder)
@@ -466,20 +468,28 @@ def started_file(part: Path, worker: int) -> Path:
     return part.with_suffix(f".started-{worker}")
 
 
+def read_started(path: Path) -> dict | None:
+    """A worker's note of the case it started (None if it has none: never written, or removed by
+    a check's cleanup meanwhile; it is written atomically)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def still_in(started: dict, rows_by_case: dict[tuple[str, int, str], dict]) -> bool:
+    """Whether the case a worker ``started`` has no row from that try: none at all, or only the
+    row of an earlier try (an out-of-memory one whose retry this is)."""
+    row = rows_by_case.get(tuple(started["case"]))
+    return row is None or bool(row.get("retry_queued") and row["case_window"][1] < started["started"])
+
+
 def stopped_cases(part: Path, rows: list[dict]) -> list[dict]:
     """The steps cases a worker was stopped in (started, no row), with their seconds so far."""
-    stopped = []
-    for started in sorted(part.parent.glob(f"{part.stem}.started-*")):
-        try:  # written atomically, but a check's cleanup may remove it meanwhile
-            last = json.loads(started.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            continue
-        case = tuple(last["case"])
-        row = {case_of(r): r for r in rows}.get(case)
-        # No row, or the row of an earlier try (an out-of-memory one whose retry this was).
-        if row is None or (row.get("retry_queued") and row["case_window"][1] < last["started"]):
-            stopped.append({"case": case, "seconds": time.time() - last["started"], "retry": last.get("retry", False)})
-    return stopped
+    by_case = {case_of(r): r for r in rows}
+    notes = [read_started(path) for path in sorted(part.parent.glob(f"{part.stem}.started-*"))]
+    return [{"case": tuple(n["case"]), "seconds": time.time() - n["started"], "retry": n.get("retry", False)}
+            for n in notes if n is not None and still_in(n, by_case)]
 
 
 def read_rows(part: Path) -> list[dict]:
@@ -497,14 +507,6 @@ def latest_per_case(rows: list[dict], order: list[tuple[str, int, str]]) -> list
     """A step case's last row (a retry's replaces the out-of-memory row before it), in ``order``."""
     latest = {case_of(r): r for r in rows}
     return [latest[case] for case in order if case in latest]
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """``text`` in ``path``, whole or not at all: readers in other threads and processes never
-    see half of it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def append_rows(part: Path, rows: list[dict]) -> None:
@@ -574,16 +576,11 @@ class StepsPool:
              "--until", str(self.until), "--worker", str(worker)],
             cwd=ROOT, env=self.env, start_new_session=True)
 
-    def _over_its_case_limit(self, worker: int) -> bool:
+    def _over_its_case_limit(self, worker: int, rows_by_case: dict) -> bool:
         """Whether ``worker`` has been in its current case (started, no row yet) for too long."""
-        try:
-            started = json.loads(started_file(self.part, worker).read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return False
-        done = {case_of(r): r for r in read_rows(self.part)}
-        row = done.get(tuple(started["case"]))
-        in_it = row is None or (row.get("retry_queued") and row["case_window"][1] < started["started"])
-        return in_it and time.time() - started["started"] > self.case_limit_s
+        started = read_started(started_file(self.part, worker))
+        return (started is not None and still_in(started, rows_by_case)
+                and time.time() - started["started"] > self.case_limit_s)
 
     def run(self) -> dict:
         runs: list[str] = []
@@ -593,10 +590,12 @@ class StepsPool:
             next_worker = self.workers  # a replacement has a name of its own: its own started-file
             replaced, seen = 0, 0
             while self.running:
+                rows = read_rows(self.part)
+                by_case = {case_of(r): r for r in rows}
                 with self._lock:
                     for worker, process in list(self.running.items()):
                         code = process.poll()
-                        if code is None and self._over_its_case_limit(worker):
+                        if code is None and self._over_its_case_limit(worker, by_case):
                             _kill_group(process)
                             code = f"stopped after {self.case_limit_s:.0f} s in one case"
                         if code is None:
@@ -609,13 +608,12 @@ class StepsPool:
                             next_worker, replaced = next_worker + 1, replaced + 1
                 if time.time() > self.until:  # a case ran past the deadline
                     runs += [f"worker {worker}: stopped at the deadline" for worker in self.stop()]
-                rows = len(read_rows(self.part))
-                if rows != seen and self.on_rows is not None:
+                if len(rows) != seen and self.on_rows is not None:
                     try:
                         self.on_rows()
                     except Exception as err:  # noqa: BLE001 - a report not written now is written later
                         print(f"report not written: {type(err).__name__}: {err}", flush=True)
-                seen = rows
+                seen = len(rows)
                 time.sleep(0.2)
         except Exception as err:  # noqa: BLE001 - the pool must not die with its workers running
             runs.append(f"pool stopped: {type(err).__name__}: {first_line(err)}")
@@ -737,12 +735,11 @@ def markdown(report: dict) -> str:
                      + (" (retry alone queued, not run)" if r.get("retry_queued") and case_of(r) not in stopped
                         else " (its retry alone was stopped: below)" if r.get("retry_queued") else "")
                      + (f" (retried alone after: {r['retried_alone_after']})" if r.get("retried_alone_after") else ""))
-    for stopped in report.get("stopped_in") or []:
-        (p, T, v), seconds = stopped["case"], stopped["seconds"]
-        lines += ["", f"A steps worker stopped in {p}/T={T}/{v}{' (its retry alone)' if stopped.get('retry') else ''}, "
+    for entry in report.get("stopped_in") or []:
+        (p, T, v), seconds = entry["case"], entry["seconds"]
+        lines += ["", f"A steps worker stopped in {p}/T={T}/{v}{' (its retry alone)' if entry.get('retry') else ''}, "
                   f"{seconds:.0f} s after the case started (the deadline, its time limit, or a crash: see the "
                   f"phase's processes)"]
-    stopped = {tuple(s["case"]) for s in report.get("stopped_in") or []}
     not_run = [c for c in report["not_run"] if tuple(c) not in stopped]
     if not_run:
         lines += ["", "Not run (not reached by the deadline, or no worker left: see the phase's processes): "
@@ -848,8 +845,10 @@ def main(argv: list[str] | None = None) -> dict | None:
                 "not_run": [c for c in order if c not in done] if "steps" in args.phases else [],
                 "equality": results.get("equality", []), "cuda_tests": tests, "train": train,
                 "processes": dict(processes), "seconds": time.time() - started}
-            write_atomically(args.out / "gpu_check.json", json.dumps(report, indent=2, default=str))
-            write_atomically(args.out / "gpu_check.md", markdown(report))
+            with atomic_write(args.out / "gpu_check.json", encoding="utf-8") as f:
+                json.dump(report, f, indent=2, default=str)
+            with atomic_write(args.out / "gpu_check.md", encoding="utf-8") as f:
+                f.write(markdown(report))
             return report
 
     memory_bytes = int(args.memory_gib * 2**30) if args.memory_gib else int(MEMORY_SHARE * device_total_bytes(device))

@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from attnlab.atomic import atomic_write
+
 Case = tuple[str, int, str]
 WAIT = "wait"  # claim's answer when the next case does not fit beside what holds the GPU now
 LOG_KEPT = 500  # first steps and phases remembered for the timed windows' notes
@@ -95,9 +97,8 @@ class SharedGpu:
             yield state
             for log in ("first_steps", "phases"):
                 state[log] = state[log][-LOG_KEPT:]
-            tmp = self._state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(state), encoding="utf-8")
-            tmp.replace(self._state_file)
+            with atomic_write(self._state_file, encoding="utf-8") as f:
+                json.dump(state, f)
 
     @staticmethod
     def _admit(state: dict, holder: str, entry: dict) -> None:

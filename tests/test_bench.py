@@ -181,7 +181,7 @@ def test_the_gpu_check_measures_one_variant_per_attention_path_first_and_names_a
     assert gpu_check.stopped_cases(part, [row]) == []  # it finished: its row says how
     # A replacement worker has a name of its own: its case does not hide the one its predecessor
     # was stopped in; a started-file being replaced reads as nothing rather than failing the report.
-    gpu_check.write_atomically(gpu_check.started_file(part, 4), json.dumps({"case": row_case, "started": 1010.0}))
+    gpu_check.started_file(part, 4).write_text(json.dumps({"case": row_case, "started": 1010.0}))
     gpu_check.started_file(part, 5).write_text("")
     assert gpu_check.stopped_cases(part, [row]) == [{"case": ("gqa100m", 2048, "qk_scale"), "seconds": 20.0,
                                                      "retry": False}]
