@@ -28,9 +28,11 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# All but the tests marked slow (subprocesses, compile, bench, training runs, evaluation): under a minute.
+# All but the tests marked slow (subprocesses, compile, bench, training runs, evaluation): under a minute,
+# in one pytest-xdist worker per core (one thread each, tests/conftest.py). The full suite stays in one
+# process: its slow tests start processes of their own (DDP, torchrun, notebooks).
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto
 
 lint: setup
 	$(BIN)/ruff check .

@@ -142,8 +142,12 @@ def test_fsdp_on_two_cpu_processes_trains_as_one_process_and_resumes_from_a_shar
     assert fsdp.problems("last") == []
     model = fsdp.load_model("last")
     plain = single.load_model("last")
+    # Not bitwise: two ranks sum gradients in another order than one process, and AdamW turns the
+    # rounding of a near-zero gradient into a step difference of up to a fraction of lr (2e-3): seen
+    # 5.3e-6 on one weight of 2,048 on an AMD EPYC, none on an Intel Xeon. A misplaced or missing
+    # shard differs by the weights' own scale (init_std 0.02), 200 times this atol.
     for (name, a), (_, b) in zip(model.state_dict().items(), plain.state_dict().items()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,

@@ -108,6 +108,30 @@ def test_the_variant_config_group_is_derived_from_the_registry():
     assert dict(compose_config(["variant=sigmoid_attn"]).variant.options) == {"n": "seq_len", "qk_norm": True}
 
 
+def test_a_variant_registered_after_the_schema_is_stored_still_composes():
+    # register_schema skips storing when the registry has not changed since its last call.
+    from dataclasses import dataclass
+
+    from variants.baseline import BaselineAttention
+    from variants.registry import register, unregister
+
+    compose_config([])
+
+    @register("throwaway_late")
+    class Late(BaselineAttention):
+        """Baseline with one option, registered after the schema was stored."""
+
+        @dataclass(frozen=True)
+        class Options:
+            width: int = 3
+
+    try:
+        late = compose_config(["variant=throwaway_late"])
+        assert (late.variant.name, dict(late.variant.options)) == ("throwaway_late", {"width": 3})
+    finally:
+        unregister("throwaway_late")
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["trainer.max_steps=0"], "trainer.max_steps must be a positive integer, got 0"),
     (["trainer.batch_size=-1"], "trainer.batch_size must be a positive integer, got -1"),

@@ -340,21 +340,31 @@ def _valid_devices(value: Any) -> bool:
     return _positive_int(value) or value == -1
 
 
+_stored_variants: dict[str, dict[str, str]] | None = None  # what register_schema last stored
+
+
 def register_schema() -> None:
     """Make ``TrainConfig`` the schema ``configs/train.yaml`` composes into (``train_schema``),
     and derive the ``variant`` group from the registry: one entry per variant, holding its
     name and its options' defaults, each overridden by ``variant_defaults.<name>.<option>``
     where the config sets one."""
+    global _stored_variants
+    wanted = {name: {key: f"${{oc.select:variant_defaults.{name}.{key},{_grammar_literal(default)}}}"
+                     for key, (_, default) in option_fields(get_variant(name)).items()}
+              for name in available_variants()}
+    # Storing costs ~0.1 s (OmegaConf builds each node); tests compose hundreds of configs.
+    # Keyed on the registry's contents, so a variant registered since is still stored.
+    if wanted == _stored_variants:
+        return
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    for name in available_variants():
-        options = {key: f"${{oc.select:variant_defaults.{name}.{key},{_grammar_literal(default)}}}"
-                   for key, (_, default) in option_fields(get_variant(name)).items()}
+    for name, options in wanted.items():
         node = OmegaConf.create({"name": name, "options": options})
         # Open to unknown keys, so that a misspelt option reaches parse_options, whose error
         # lists the allowed ones, instead of Hydra's "Key ... is not in struct".
         OmegaConf.set_struct(node.options, False)
         store.store(group="variant", name=name, node=node)
+    _stored_variants = wanted
 
 
 def _grammar_literal(value: Any) -> str:
