@@ -47,6 +47,12 @@ NAMED_CAPABILITIES: dict[str, tuple[int, int]] = {
 ASSUMED_CUDNN = 91900
 
 
+def device_key(name: str) -> str:
+    """A device name as the named-GPU tables (here and ``attnlab.plan.DEVICE_MEMORY``) key it:
+    lower case, no spaces, ``-`` for ``_`` ("H100", "a100_40")."""
+    return name.lower().replace(" ", "").replace("_", "-")
+
+
 def keeps_cudnn_out(full_causal: bool, head_sizes: tuple[int, ...]) -> bool:
     """Whether attnlab keeps cuDNN off an SDPA call at these q/k and v head sizes; ``full_causal``:
     the call has no mask and as many queries as keys (``is_causal``)."""
@@ -77,7 +83,7 @@ def prefers_cudnn(device: str) -> bool:
     """``torch_prefers_cudnn`` for ``device``: ``cuda`` (the GPU present: its capability, its
     cuDNN, the environment and the deterministic flag), ``cpu`` (never) or a GPU named in
     ``NAMED_CAPABILITIES`` (with ``ASSUMED_CUDNN``)."""
-    key = device.lower().replace(" ", "").replace("_", "-")
+    key = device_key(device)
     if key == "cuda" or key.startswith("cuda:"):
         if not torch.cuda.is_available():
             return False

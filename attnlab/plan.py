@@ -52,7 +52,7 @@ import torch
 from attnlab.attention import (FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE, FLEX_MIN_HEAD_SIZE, KERNELS,
                                flex_head_size_problem, flex_takes_head_sizes, sdpa_takes_gqa)
 from attnlab.config import PRESETS, ModelConfig
-from attnlab.cudnn_sdpa import CUDNN_MAX_HEAD_SIZE, cudnn_takes, keeps_cudnn_out, prefers_cudnn
+from attnlab.cudnn_sdpa import CUDNN_MAX_HEAD_SIZE, cudnn_takes, device_key, keeps_cudnn_out, prefers_cudnn
 from attnlab.params import total_parameters, variant_at_preset
 from attnlab.variants import training_kernel
 from variants import available_variants, get_variant, resolve
@@ -72,7 +72,7 @@ TRANSIENT_MAPS = 3  # see KernelPlan.transient_bytes
 
 def device_memory(name: str) -> int:
     """Bytes of memory of a device named in ``DEVICE_MEMORY``, or ``cpu``: the machine's RAM."""
-    key = name.lower().replace(" ", "").replace("_", "-")
+    key = device_key(name)
     if key == "cpu":
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if key not in DEVICE_MEMORY:

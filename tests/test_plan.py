@@ -267,6 +267,15 @@ def test_device_memory_table_and_cpu_ram():
     assert device_memory("cpu") > 2**28
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         device_memory("tpu")
+    assert device_memory("A100_40") == device_memory("a100-40") == 40 * 2**30  # as device_key spells it
+
+
+def test_every_named_gpu_has_both_its_memory_and_its_compute_capability():
+    # The plan reads memory from one table and whether torch tries cuDNN first from the other.
+    from attnlab.cudnn_sdpa import NAMED_CAPABILITIES
+    from attnlab.plan import DEVICE_MEMORY
+
+    assert set(DEVICE_MEMORY) == set(NAMED_CAPABILITIES)
 
 
 def test_check_fits_device_refuses_naming_estimate_memory_and_settings_that_fit():

@@ -1,7 +1,9 @@
 """train.py end to end on tiny settings: run directories, overrides, sweeps and config errors."""
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -268,11 +270,19 @@ def test_cli_reports_bad_values_in_one_line(tmp_path, corpus):
     assert "Traceback" not in result.stderr
 
 
-def test_trainer_peak_flops_gives_the_logged_mfu(tmp_path, corpus):
+def test_trainer_peak_flops_gives_the_logged_mfu(tmp_path, corpus, caplog):
     """MFU = the model FLOP/s Lightning's monitor measures over the given peak (here a CPU, which
-    has no peak of its own, so without trainer.peak_flops no MFU is logged)."""
+    has no peak of its own, so without trainer.peak_flops no MFU is logged). The layer table at the
+    start counts one forward pass over a micro-batch, not Lightning's 0 without an example input."""
+    from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
+
     overrides = ["experiment_name=unit", *tiny_overrides(tmp_path, corpus), "trainer.max_steps=6"]
-    metrics = pd.read_csv(train(compose_config([*overrides, "trainer.peak_flops=1e9"])).metrics)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.callbacks.model_summary"):
+        run = train(compose_config([*overrides, "trainer.peak_flops=1e9"]))
+    metrics = pd.read_csv(run.metrics)
+    forward = run.load_summary()["flops_per_token"] * 2 * 16 / 3  # trainer.batch_size=2, seq_len=16
+    assert re.search(rf"^{re.escape(get_human_readable_count(round(forward)))}\s+Total Flops$", caplog.text,
+                     re.MULTILINE), caplog.text
     rows = metrics.dropna(subset=["train/device/mfu"])
     assert len(rows) > 0
     assert (rows["train/device/mfu"] == rows["train/device/flops_per_sec"] / 1e9).all()

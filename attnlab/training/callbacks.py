@@ -13,7 +13,8 @@ from typing import Any
 import lightning as L
 import lightning.pytorch.strategies as pl_strategies
 import torch
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import ModelSummary, ThroughputMonitor
+from lightning.pytorch.utilities.model_summary import ModelSummary as LayerTable
 
 from attnlab.analysis.head_scores import model_head_scores, probe_segment_len, repeated_random_tokens, summarize_heads
 from attnlab.atomic import atomic_write
@@ -138,6 +139,24 @@ class PeakFlopsThroughputMonitor(ThroughputMonitor):
             self.available_flops = int(self.peak_flops)
             for throughput in self._throughputs.values():
                 throughput.available_flops = self.available_flops
+
+
+class CountedFlopsSummary(ModelSummary):
+    """Lightning's table of layers and parameters at the start of fitting, with its "Total Flops"
+    line counted by ``attnlab.flops`` rather than left at 0: Lightning counts a forward pass of
+    ``example_input_array``, which attnlab does not set (that forward would run the model, and
+    compile it, for one more shape before training). The count is one forward pass over a training
+    micro-batch of one device: a third of ``flops_per_batch``."""
+
+    def _summary(self, trainer: L.Trainer, pl_module: L.LightningModule) -> LayerTable:
+        return _LayerTableWithFlops(pl_module, self._max_depth)
+
+
+class _LayerTableWithFlops(LayerTable):
+    @property
+    def total_flops(self) -> int:
+        train_flops = getattr(self._model, "train_flops_per_batch", None)
+        return 0 if train_flops is None else round(train_flops / 3)
 
 
 class LastCheckpoint(L.Callback):

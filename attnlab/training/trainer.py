@@ -9,8 +9,8 @@ from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 
 from attnlab.flops import device_peak_flops
 from attnlab.runs import RunDir
-from attnlab.training.callbacks import (Float32MatmulPrecision, GracefulStop, HeadScoresCallback, LastCheckpoint,
-                                        PeakFlopsThroughputMonitor, SummaryCallback)
+from attnlab.training.callbacks import (CountedFlopsSummary, Float32MatmulPrecision, GracefulStop, HeadScoresCallback,
+                                        LastCheckpoint, PeakFlopsThroughputMonitor, SummaryCallback)
 from attnlab.training.checkpoint_io import AtomicCheckpointIO
 from attnlab.training.compile_watch import CompileWatch
 from attnlab.training.config import TrainConfig
@@ -45,6 +45,7 @@ def build_trainer(cfg: TrainConfig, run: RunDir, accelerator: str, precision: st
     callbacks = [
         *([Float32MatmulPrecision(matmul)] if matmul is not None else []),
         summary,
+        CountedFlopsSummary(),  # Lightning's layer table, in place of its default one
         ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val/loss", mode="min",
                         save_top_k=1, enable_version_counter=False),
         # last.ckpt, the resume point (also written on SIGINT/SIGTERM by GracefulStop).
