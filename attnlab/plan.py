@@ -30,10 +30,12 @@ G) hs, the attention output and its contiguous copy for the projection 2 H hs (f
 (T, S) map; its log-sum-exp is negligible), and SwiGLU's four f-wide tensors (fc_1 and fc_2
 outputs, the silu output and the product). ``head``: the final norm, the logits in a bytes,
 their fp32 copy and log-softmax (8 V). ``transient``: 3 fp32 (B, H, T, S) maps where a kernel
-materialises such maps (the gradients alive in one layer's attention backward), else 0; on
-FlexAttention, a trainable dense term that broadcasts over heads or batch has its gradient
-accumulated at the full (B, H, T, S) in fp32 and cast to the term's dtype before it is summed
-back to the term's shape.
+materialises such maps (the gradients alive in one layer's attention backward), else 0; plus,
+on SDPA, the gradient of a float mask that carries trainable terms or a sink (the mask itself is
+kept per layer only by the kernels whose backward reads it: memory-efficient and CPU flash; the
+math backend keeps the probabilities instead); on FlexAttention, a trainable dense term that
+broadcasts over heads or batch has its gradient accumulated at the full (B, H, T, S) in fp32 and
+cast to the term's dtype before it is summed back to the term's shape.
 Gradients are counted whole while all activations are alive, so the estimate is an upper bound
 of the step's peak less allocator fragmentation; tests/test_plan.py compares it with a measured
 step. Variant-specific activations (qk_norm's norms, gates) are not counted.
@@ -182,10 +184,17 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     extra: list[Tensor_] = [Tensor_(f"ScoreTerms.{k} (the variant's own)", s, a) for k, s in shapes.items()
                             if k != "sink"]
     if block.kernels is not None and "attend" in vars(block):
-        # The block computes its attention itself (e.g. talking_heads): it keeps the fp32
-        # logits, the normalised maps and the mixed weights that multiply the values.
-        extra += [Tensor_("normalised maps (fp32, saved for the mix)", bhts, 4),
-                  Tensor_("mixed weights (saved for weights @ v)", bhts, a)]
+        # The block computes its attention itself (talking_heads): what autograd saves of its
+        # einsum mixes across heads, read off torch's saved tensors (tests/test_plan.py): each
+        # einsum keeps its map input as a contiguous copy with the heads last.
+        extra += [Tensor_("logits (fp32, a copy saved by the pre-softmax mix)", bhts, 4),
+                  Tensor_("normalised maps (fp32, saved by the softmax)", bhts, 4),
+                  Tensor_("normalised maps (fp32, a copy saved by the post-softmax mix)", bhts, 4),
+                  Tensor_("mixed weights (saved for weights @ v)", bhts, a),
+                  Tensor_("boolean mask", (T, S), 1)]
+        if resolved.n_query_groups != H:
+            extra += [Tensor_(f"{x}, repeated to {H} heads (saved)", (B, H, S, hs), a, per_position=True)
+                      for x in ("k", "v")]
         return KernelPlan(name, "explicit", f"{config.variant} computes its attention itself "
                           f"(kernels={block.kernels})", tuple(extra))
     _, vs = block.attention_head_sizes(resolved)
@@ -218,12 +227,16 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     # SDPA
     float_mask = bool(shapes) or spec.normaliser == "softmax_sink"
     bool_mask = not float_mask and spec.window is not None
+    # The mask is kept per layer only by the kernels whose backward reads it (memory-efficient and
+    # CPU flash); the math backend adds it to the scores and keeps the probabilities instead. Its
+    # gradient lives in one layer's backward at a time.
     mask: list[Tensor_] = []
+    mask_grad: tuple[Tensor_, ...] = ()
     if float_mask:
         mshape = _mask_shape(shapes, B, H, T, S)
         mask.append(Tensor_("float mask (-inf and the terms)", mshape, a))
         if terms_grad or "sink" in shapes:
-            mask.append(Tensor_("gradient of the float mask (backward)", mshape, a))
+            mask_grad = (Tensor_("gradient of the float mask", mshape, a),)
     elif bool_mask:
         mask.append(Tensor_("boolean window mask", (T, S), 1))
     G = resolved.n_query_groups
@@ -239,10 +252,10 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     if device_type != "cuda":
         if float_mask and (terms_grad or "sink" in shapes):
             return KernelPlan(name, "math", "CPU: the float mask needs a gradient, which only SDPA's math "
-                              "backend gives", tuple(extra + mask + math_maps))
+                              "backend gives", tuple(extra + math_maps), mask_grad)
         if vs != hs:
             return KernelPlan(name, "math", f"CPU: SDPA's flash kernel takes one head size for q, k and v "
-                              f"({config.variant}'s values are {vs}, keys {hs})", tuple(extra + mask + math_maps))
+                              f"({config.variant}'s values are {vs}, keys {hs})", tuple(extra + math_maps), mask_grad)
         return KernelPlan(name, "cpu-flash", "CPU: SDPA's flash kernel for CPU (any head size)",
                           tuple(extra + mask + new_kv))
     alignment = 8 if a == 2 else 4
@@ -268,9 +281,9 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
         reason = "flash takes no attention mask"
     if meff_ok:
         return KernelPlan(name, "memory-efficient", f"{skipped}{reason}; memory-efficient takes head_size % "
-                          f"{alignment} == 0", tuple(extra + mask + new_kv))
+                          f"{alignment} == 0", tuple(extra + mask + new_kv), mask_grad)
     return KernelPlan(name, "math", f"{skipped}{reason}; memory-efficient needs head_size % {alignment} == 0 at "
-                      f"{precision} (head_size={hs})", tuple(extra + mask + math_maps))
+                      f"{precision} (head_size={hs})", tuple(extra + math_maps), mask_grad)
 
 
 def _math_backend_tensors(B: int, H: int, G: int, T: int, S: int, hs: int, a: int,

@@ -59,7 +59,8 @@ class TalkingHeadsAttention(BaselineAttention):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, terms: ScoreTerms, q_offset: int,
                need_weights: bool) -> tuple[Tensor, Tensor | None]:
         H, G = q.shape[1], k.shape[1]
-        k, v = k.repeat_interleave(H // G, dim=1), v.repeat_interleave(H // G, dim=1)
+        if G != H:  # repeat_interleave copies even by 1: autograd would keep a second k and v
+            k, v = k.repeat_interleave(H // G, dim=1), v.repeat_interleave(H // G, dim=1)
         exact = torch.promote_types(q.dtype, torch.float32)  # mix and normalise in >= fp32
         logits = (q @ k.transpose(-2, -1)).to(exact) * self.scale  # (B, H, T, S)
         logits = torch.einsum("bhts,hg->bgts", logits, self.logits_mix.to(exact))
