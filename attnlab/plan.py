@@ -185,11 +185,9 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
                             if k != "sink"]
     if block.kernels is not None and "attend" in vars(block):
         # The block computes its attention itself (talking_heads): what autograd saves of its
-        # einsum mixes across heads, read off torch's saved tensors (tests/test_plan.py): each
-        # einsum keeps its map input as a contiguous copy with the heads last.
-        extra += [Tensor_("logits (fp32, a copy saved by the pre-softmax mix)", bhts, 4),
-                  Tensor_("normalised maps (fp32, saved by the softmax)", bhts, 4),
-                  Tensor_("normalised maps (fp32, a copy saved by the post-softmax mix)", bhts, 4),
+        # mixes across heads, as tests/test_plan.py reads it off torch's saved tensors.
+        extra += [Tensor_("logits (fp32, saved by the pre-softmax mix)", bhts, 4),
+                  Tensor_("normalised maps (fp32, saved by the softmax and the post-softmax mix)", bhts, 4),
                   Tensor_("mixed weights (saved for weights @ v)", bhts, a),
                   Tensor_("boolean mask", (T, S), 1)]
         if resolved.n_query_groups != H:

@@ -63,9 +63,17 @@ class TalkingHeadsAttention(BaselineAttention):
             k, v = k.repeat_interleave(H // G, dim=1), v.repeat_interleave(H // G, dim=1)
         exact = torch.promote_types(q.dtype, torch.float32)  # mix and normalise in >= fp32
         logits = (q @ k.transpose(-2, -1)).to(exact) * self.scale  # (B, H, T, S)
-        logits = torch.einsum("bhts,hg->bgts", logits, self.logits_mix.to(exact))
+        logits = _mix_heads(logits, self.logits_mix.to(exact))
         T, S = logits.shape[-2:]
         logits = logits.masked_fill(~allowed_mask(T, S, q_offset, None, q.device), float("-inf"))
-        weights = torch.einsum("bhts,hg->bgts", torch.softmax(logits, dim=-1), self.weights_mix.to(exact))
+        weights = _mix_heads(torch.softmax(logits, dim=-1), self.weights_mix.to(exact))
         y = weights.to(v.dtype) @ v
         return y, (weights if need_weights else None)
+
+
+def _mix_heads(maps: Tensor, mix: Tensor) -> Tensor:
+    """out[b, g] = sum_h mix[h, g] * maps[b, h] for (B, H, T, S) maps. A matmul over the maps
+    flattened to (B, H, T * S) keeps them as they are for the backward; an einsum would keep a
+    second, heads-last copy of each (B, H, T, S) map."""
+    B, H, T, S = maps.shape
+    return torch.bmm(mix.t().expand(B, -1, -1), maps.reshape(B, H, T * S)).view(B, -1, T, S)
