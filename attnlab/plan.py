@@ -15,7 +15,7 @@ a = 2 (bf16-mixed) or 4 (32-true) bytes per matmul activation:
                              are the master weights), fp32 gradients 4P, AdamW's two fp32 moments 8P
            + 2 P             bf16-mixed only: autocast's bf16 copy of each weight in the forward
     (bf16-true: 8 P, weights, gradients and AdamW's moments all in bf16)
-    layer  = N * (16 h + 2 a h + a hs (4 H + 3 G) + 4 a f)  + extra tensors (kernel_plan)
+    layer  = N * (16 h + 2 a h + a hs (4 H + 3 G) + 4 a f + own)  + extra tensors (kernel_plan)
     head   = N * ((8 + a) h + (8 + a) V)
     peak   = static + L * layer + head + transient
     with trainer.activation_checkpointing: static + L * 4 N h + layer + head + transient
@@ -38,21 +38,25 @@ broadcasts over heads or batch has its gradient accumulated at the full (B, H, T
 cast to the term's dtype before it is summed back to the term's shape.
 Gradients are counted whole while all activations are alive, so the estimate is an upper bound
 of the step's peak less allocator fragmentation; tests/test_plan.py compares it with a measured
-step. Variant-specific activations (qk_norm's norms, gates) are not counted.
+step. ``own``: a variant's own per-token activations outside the attention call (qk_norm's
+norms, gated_attn's gate, gelu_bias' GELUs), read off autograd by
+``own_activation_bytes_per_token``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from attnlab.attention import (FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE, FLEX_MIN_HEAD_SIZE, KERNELS,
-                               flex_head_size_problem, flex_takes_head_sizes, sdpa_takes_gqa)
+                               build_rope_cache, flex_head_size_problem, flex_takes_head_sizes, sdpa_takes_gqa)
 from attnlab.config import PRESETS, ModelConfig
 from attnlab.cudnn_sdpa import CUDNN_MAX_HEAD_SIZE, cudnn_takes, device_key, keeps_cudnn_out, prefers_cudnn
 from attnlab.params import total_parameters, variant_at_preset
@@ -130,6 +134,71 @@ class KernelPlan:
         maps = [t for t in self.extra if t.score_map]
         return (TRANSIENT_MAPS * 4 * max((math.prod(t.shape) for t in maps), default=0)
                 + sum(t.nbytes for t in self.backward))
+
+
+PROBE_TOKENS = 16  # own_activation_bytes_per_token's block forwards: this many tokens, and twice it
+_own_bytes: dict[tuple[str, int], float] = {}
+
+
+def own_activation_bytes_per_token(config: ModelConfig, precision: str) -> float:
+    """Bytes per token that one layer of ``config``'s variant keeps for its backward beyond what
+    the baseline's attention block keeps (``layer`` in the module docstring): its norms, gates and
+    activation functions, outside the attention call and its ``ScoreTerms`` (``kernel_plan``
+    counts those). Read off the tensors autograd saves in forwards of the block on the CPU at the
+    configuration's widths, at ``PROBE_TOKENS`` tokens and twice as many (under bf16 autocast
+    where ``precision`` computes in half precision), less the baseline block's; never below 0."""
+    _, resolved = resolve(config)
+    a = activation_bytes(precision)
+    key = (repr(resolved), a)
+    if key not in _own_bytes:
+        baseline = dataclasses.replace(resolved, variant="baseline", variant_options={})
+        # The slope between two lengths: what does not grow with the tokens (autocast's bf16
+        # copy of a weight, counted with the weights) drops out.
+        slope = [(_saved_outside_attention(c, a, 2 * PROBE_TOKENS) - _saved_outside_attention(c, a, PROBE_TOKENS))
+                 / PROBE_TOKENS for c in (resolved, baseline)]
+        _own_bytes[key] = max(0.0, slope[0] - slope[1])
+    return _own_bytes[key]
+
+
+def _saved_outside_attention(config: ModelConfig, a: int, tokens: int) -> int:
+    """Bytes of the new tensors autograd saves in one forward of ``config``'s attention block on
+    the CPU, one sequence of ``tokens`` tokens, outside its ``attend`` and ``score_terms``."""
+    block_type, resolved = resolve(config)
+    # Its own random numbers (the block's initialisation, its input), so that a plan made before a
+    # run's model is built leaves the run's draws as they were; and gradients on, so that autograd saves.
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        return _saved_in_block_forward(block_type(resolved), resolved, a, tokens)
+
+
+def _saved_in_block_forward(block: nn.Module, resolved: ModelConfig, a: int, tokens: int) -> int:
+    block.layer_idx = 0
+    counting = [True]
+
+    def paused(method):
+        def call(*args, **kwargs):
+            counting[0] = False
+            try:
+                return method(*args, **kwargs)
+            finally:
+                counting[0] = True
+        return call
+
+    block.attend, block.score_terms = paused(block.attend), paused(block.score_terms)
+    x = torch.randn(1, tokens, resolved.n_embd, requires_grad=True)
+    cos, sin = build_rope_cache(tokens, resolved.rope_n_elem, resolved.rope_base)
+    known = {t.untyped_storage().data_ptr() for t in (x, cos, sin, *block.parameters(), *block.buffers())}
+    saved: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if counting[0] and ptr not in known:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    half = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a == 2)
+    with half, torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        block(x, cos, sin)
+    return sum(saved.values())
 
 
 def _term_shapes(config: ModelConfig, B: int, T: int) -> tuple[dict[str, tuple[int, ...]], bool]:
@@ -322,7 +391,8 @@ def estimate_peak_bytes(model_config: ModelConfig, seq_len: int, batch_size: int
     static = 8 * P if precision in HALF_TRUE else 16 * P + (2 * P if a == 2 else 0)
     N = batch_size * seq_len
     h, f, H, G, hs = c.n_embd, c.mlp_hidden_size, c.n_head, c.n_query_groups, c.head_size
-    layer = N * (16 * h + 2 * a * h + a * hs * (4 * H + 3 * G) + 4 * a * f) + kernel.extra_bytes
+    own = own_activation_bytes_per_token(c, precision)
+    layer = N * (16 * h + 2 * a * h + a * hs * (4 * H + 3 * G) + 4 * a * f + own) + kernel.extra_bytes
     head = N * ((8 + a) * h + (8 + a) * c.padded_vocab_size)
     kept = c.n_layer * 4 * N * h + layer if checkpointing else c.n_layer * layer
     return static + kept + head + kernel.transient_bytes
