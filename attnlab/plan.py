@@ -507,6 +507,11 @@ def format_plan(preset: str, seq_len: int, batch_size: int, device: str, precisi
             for t in tensors:
                 dims = "x".join(str(d) for d in t.shape)
                 lines.append(f"    {where}: {t.what} ({dims}, {t.bytes_per_element} B each) = {_fmt(t.nbytes)}")
+        own = own_activation_bytes_per_token(config, precision)
+        if own:
+            tokens = batch_size * seq_len
+            lines.append(f"    per layer: {name}'s own activations outside the attention call ({tokens:,} tokens, "
+                         f"{own:,.0f} B each beyond the baseline block's) = {_fmt(tokens * own)}")
         verdict = "fits" if peak <= memory else "DOES NOT FIT"
         recomputed = estimate_peak_bytes(config, seq_len, batch_size, precision, plan, device_type,
                                          checkpointing=True)

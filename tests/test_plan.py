@@ -303,6 +303,11 @@ def test_the_estimate_keeps_a_variants_own_activations_for_every_token_of_every_
     monkeypatch.setattr(plan, "own_activation_bytes_per_token", lambda *args: 0.0)
     without = estimate_peak_bytes(config, 64, 2, "32-true", device_type="cpu")
     assert own > 0 and counted - without == pytest.approx(config.n_layer * 2 * 64 * own)
+    monkeypatch.undo()
+    # The plan prints it, so that the estimate's extra can be traced to it.
+    text = format_plan("tiny", 64, 2, "cpu", "32-true", ["baseline", "gated_attn"])
+    assert "own activations" not in text.split("\ngated_attn")[0]
+    assert f"gated_attn's own activations outside the attention call (128 tokens, {own:,.0f} B each" in text
 
 
 def test_qk_scale_on_cpu_sdpa_carries_its_term_in_a_dense_float_mask():
