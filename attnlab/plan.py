@@ -50,6 +50,7 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -172,32 +173,41 @@ def _saved_outside_attention(config: ModelConfig, a: int, tokens: int) -> int:
 
 def _saved_in_block_forward(block: nn.Module, resolved: ModelConfig, a: int, tokens: int) -> int:
     block.layer_idx = 0
-    counting = [True]
+    counting = True
 
     def paused(method):
         def call(*args, **kwargs):
-            counting[0] = False
+            nonlocal counting
+            counting = False
             try:
                 return method(*args, **kwargs)
             finally:
-                counting[0] = True
+                counting = True
         return call
 
     block.attend, block.score_terms = paused(block.attend), paused(block.score_terms)
     x = torch.randn(1, tokens, resolved.n_embd, requires_grad=True)
     cos, sin = build_rope_cache(tokens, resolved.rope_n_elem, resolved.rope_base)
-    known = {t.untyped_storage().data_ptr() for t in (x, cos, sin, *block.parameters(), *block.buffers())}
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a == 2):
+        return new_saved_bytes(lambda: block(x, cos, sin), (x, cos, sin, *block.parameters(), *block.buffers()),
+                               counting=lambda: counting)
+
+
+def new_saved_bytes(call: Callable[[], Any], inputs: Iterable[torch.Tensor],
+                    counting: Callable[[], bool] = lambda: True) -> int:
+    """Bytes of the tensors autograd saves for the backward during ``call()``, each storage once,
+    other than ``inputs``' (and only while ``counting()``)."""
+    known = {t.untyped_storage().data_ptr() for t in inputs}
     saved: dict[int, int] = {}
 
     def keep(t: torch.Tensor) -> torch.Tensor:
         ptr = t.untyped_storage().data_ptr()
-        if counting[0] and ptr not in known:
+        if counting() and ptr not in known:
             saved[ptr] = t.untyped_storage().nbytes()
         return t
 
-    half = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a == 2)
-    with half, torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        block(x, cos, sin)
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        call()
     return sum(saved.values())
 
 

@@ -104,13 +104,14 @@ PHASE_RESERVE_GIB = {"equality": 4.0, "cuda-tests": 4.0, "train": 24.0}
 # allocator reserves beyond what is allocated (expandable segments keep that small) and the
 # estimates' error (within 1.5x in the tests).
 MEMORY_SHARE = 0.8
-CASE_RESERVE_S = 45
+CASE_RESERVE_S = 45  # a steps case (a cold compile, then steps) is not started with less time than this left
 # A steps case (a cold compile beside others', then its steps) still running after this is hung:
 # its worker is stopped and replaced. Far above a compile's tens of seconds.
-CASE_LIMIT_S = 240  # a steps case (a cold compile, then steps) is not started with less time than this left
-CUDA_ERROR_EXIT = 3
+CASE_LIMIT_S = 240
+CUDA_ERROR_EXIT = 3  # a steps process that hit a CUDA error exits with this, to be restarted
+# What a CUDA error's message holds (torch's runtime, the driver, cuDNN, Triton, a bad address).
 CUDA_ERROR_MARKS = ("CUDA error", "CUDA driver error", "cuDNN error", "Triton Error [CUDA]",
-                    "illegal memory access")  # a steps process that hit a CUDA error exits with this, to be restarted
+                    "illegal memory access")
 
 
 def autocast(device: torch.device, precision: str):

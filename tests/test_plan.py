@@ -13,7 +13,7 @@ import torch
 
 from attnlab.config import ModelConfig
 from attnlab.plan import (activation_bytes, check_fits_device, device_memory, estimate_peak_bytes, format_plan,
-                          kernel_plan, main, slow_kernel_warning)
+                          kernel_plan, main, new_saved_bytes, slow_kernel_warning)
 from attnlab.params import total_parameters
 from attnlab.training.config import TrainerSection
 
@@ -153,21 +153,6 @@ def test_the_math_backend_tensors_are_what_torch_math_kernel_saves(precision, dt
         saved = new_saved_bytes(lambda: torch.nn.functional.scaled_dot_product_attention(
             q, k, v, is_causal=True, enable_gqa=True), (q, k, v))
     assert sum(t.nbytes for t in plan.extra if t.what.startswith("math backend")) == saved
-
-
-def new_saved_bytes(call, inputs) -> int:
-    """Bytes of the tensors autograd saves during ``call()``, other than ``inputs``."""
-    known = {t.untyped_storage().data_ptr() for t in inputs}
-    saved: dict[int, int] = {}
-
-    def keep(t):
-        if t.untyped_storage().data_ptr() not in known:
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        call()
-    return sum(saved.values())
 
 
 @pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
