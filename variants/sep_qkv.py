@@ -11,7 +11,7 @@ matrices stacked (and the fused layer's default init has the same fan-in, hence
 the same distribution). We therefore run it as one GEMM. It follows that q and
 k were never "tied" in the baseline either, and that the study's faster
 training of this model cannot come from its structure.
-``tests/test_variants.py`` checks the equivalence against three separate layers.
+``tests/test_seed_semantics.py`` checks the equivalence against three separate layers.
 
 Extra parameters: the QKV bias, (H + 2G) * hs per layer.
 """
