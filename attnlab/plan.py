@@ -318,7 +318,7 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
         mask.append(Tensor_("boolean window mask", (T, S), 1))
     G = resolved.n_query_groups
     keys = S + 1 if "sink" in shapes else S  # the sink attends as one more key (a zero value)
-    math_maps = _math_backend_tensors(B, H, G, T, keys, hs, a, new_v="sink" in shapes)
+    math_maps = _math_backend_tensors(B, H, G, T, keys, hs, vs, a, new_v="sink" in shapes)
     # Where SDPA cannot take GQA fused, k and v reach it repeated to H heads
     # (attnlab.attention.sdpa_attention), and with a sink's zero key: new tensors the kernel saves.
     half = torch.bfloat16 if a == 2 else torch.float32
@@ -363,7 +363,7 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
                       f"{precision} (head_size={hs})", tuple(extra + math_maps), mask_grad)
 
 
-def _math_backend_tensors(B: int, H: int, G: int, T: int, S: int, hs: int, a: int,
+def _math_backend_tensors(B: int, H: int, G: int, T: int, S: int, hs: int, vs: int, a: int,
                           new_v: bool = False) -> list[Tensor_]:
     """What SDPA's math backend (torch's ``_scaled_dot_product_attention_math``) saves for the
     backward beyond its inputs: q and k, each scaled by sqrt(scale), k and v repeated to the H
@@ -379,9 +379,9 @@ def _math_backend_tensors(B: int, H: int, G: int, T: int, S: int, hs: int, a: in
                Tensor_("math backend: scaled k" + (f", {copy}" if copy else "") + " (saved)", (B, H, S, hs), m,
                        per_position=True)]
     if copy:  # else v itself is saved, already counted with the layer unless it is new
-        tensors.append(Tensor_(f"math backend: v, {copy} (saved)", (B, H, S, hs), m, per_position=True))
+        tensors.append(Tensor_(f"math backend: v, {copy} (saved)", (B, H, S, vs), m, per_position=True))
     elif new_v:
-        tensors.append(Tensor_("math backend: v with the sink's zero key (saved)", (B, G, S, hs), m,
+        tensors.append(Tensor_("math backend: v with the sink's zero key (saved)", (B, G, S, vs), m,
                                per_position=True))
     return tensors
 

@@ -157,6 +157,26 @@ def test_the_math_backend_tensors_are_what_torch_math_kernel_saves(precision, dt
 
 @pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
 @pytest.mark.parametrize("n_query_groups", [4, 2], ids=["mha", "gqa"])
+def test_the_math_backend_tensors_count_values_of_their_own_head_size(precision, dtype, n_query_groups):
+    """diff_attn's values are twice its keys' head size: the v copies the math kernel saves (in
+    fp32 under bf16, repeated under GQA) are of the values' size."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from attnlab.plan import _math_backend_tensors
+
+    B, T, H, hs, vs = 2, 24, 4, 258, 516
+    q = torch.randn(B, H, T, hs, dtype=dtype, requires_grad=True)
+    k = torch.randn(B, n_query_groups, T, hs, dtype=dtype, requires_grad=True)
+    v = torch.randn(B, n_query_groups, T, vs, dtype=dtype, requires_grad=True)
+    with sdpa_kernel(SDPBackend.MATH):
+        saved = new_saved_bytes(lambda: torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=True), (q, k, v))
+    tensors = _math_backend_tensors(B, H, n_query_groups, T, T, hs, vs, 2 if precision == "bf16-mixed" else 4)
+    assert sum(t.nbytes for t in tensors) == saved
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
+@pytest.mark.parametrize("n_query_groups", [4, 2], ids=["mha", "gqa"])
 def test_with_a_sink_the_math_backend_tensors_are_what_the_sdpa_path_saves(precision, dtype, n_query_groups):
     """As above through attnlab's own SDPA call with a sink (one more key, a zero value): its
     concatenated k and v are new tensors, so a v saved as it is counts too."""
