@@ -20,7 +20,8 @@ Three phases in turn:
    logits and gradients of the same weights against the explicit kernel under the same
    precision, relative error at most ``EQUALITY_TOLERANCE``.
 3. **cuda-tests** (``--tests-s``): the CUDA-only tests (the memory estimate against a measured
-   CUDA step; FlexAttention gradients against the explicit kernel): pytest's summary.
+   CUDA step; FlexAttention gradients against the explicit kernel), a pytest process per file
+   side by side: each file's summary.
 
 and beside them, from the start until the deadline, **steps**: per (preset, T, variant), in
 order of importance (every variant at the first T, then the next; the presets side by side), the
@@ -46,12 +47,14 @@ cases a worker was stopped in, by name.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import subprocess
@@ -85,7 +88,7 @@ ROOT = SCRIPT.parents[1]
 EQUALITY_SHAPE = dict(vocab_size=512, block_size=256, n_layer=2, n_head=4, n_query_groups=2, n_embd=256,
                       intermediate_size=512)  # batch 2
 EQUALITY_TOLERANCE = 2e-2  # as tests/test_bf16.py: bf16's rounding (2^-8) x 5
-# Their tests named *cuda*, the quick files first.
+# Their tests named *cuda*: a pytest process per file, side by side (cuda_tests).
 CUDA_TESTS = ["tests/test_plan.py", "tests/test_cudnn_sdpa.py", "tests/test_flex_kernel.py"]
 PHASES = ("train", "equality", "cuda-tests", "steps")  # the order they run in (steps: beside them)
 # The train phase: train.py as a researcher runs it on a GPU, short. gqa100m's heads of 64 put
@@ -100,7 +103,8 @@ TRAIN_OVERRIDES = ["trainer=gpu", "model=gqa100m", "variant=qk_scale", "trainer.
 # batch 8) is 15.4 GiB, and this leaves room for its error (--train-reserve-gib with other overrides).
 PHASE_RESERVE_GIB = {"equality": 4.0, "cuda-tests": 4.0, "train": 24.0}
 # What the estimates of everything on the GPU at once may add up to, of its memory. The rest: a CUDA
-# context per process (about 0.5-1 GiB each; up to 4 workers and 2 phase processes), what the caching
+# context per process (about 0.5-1 GiB each; up to 4 workers, the check's own and a phase's: 3 for the
+# CUDA-only tests' files side by side), what the caching
 # allocator reserves beyond what is allocated (expandable segments keep that small) and the
 # estimates' error (within 1.5x in the tests).
 MEMORY_SHARE = 0.8
@@ -308,33 +312,42 @@ def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
 
 # --------------------------------------------------------------------------- phase: equality
 
-def equality(variant: str, device: torch.device, precision: str) -> list[dict]:
-    """Every kernel ``variant`` trains on here against the explicit kernel, same weights."""
+def equality(variant: str, device: torch.device, precision: str, rows: list[dict]) -> list[dict]:
+    """Every kernel ``variant`` trains on here against the explicit kernel, same weights: a row per
+    fused kernel appended to ``rows``. A kernel that fails gets a row with its error and the next
+    one runs, unless the error spoils the process's CUDA context (raised after its row)."""
     shape = dict(EQUALITY_SHAPE, variant=variant)
     block = get_variant(variant)
-    rows = []
     # Each variant's score_mod is another compile of FlexAttention's wrapper: without a reset,
     # Dynamo's recompile limit (8) could send the later variants to FlexAttention's eager path.
     torch._dynamo.reset()
     idx = torch.randint(0, shape["vocab_size"], (2, shape["block_size"] + 1), device=device)
-    reference = None
-    for kernel in ["explicit", *[k for k in supported_kernels(block, ModelConfig(**shape)) if k != "explicit"]]:
-        if kernel == "flex" and device.type != "cuda":
-            continue  # FlexAttention has no CPU backward
+
+    def logits_and_gradient(kernel: str, weights: dict | None) -> tuple[dict, torch.Tensor, torch.Tensor]:
         torch.manual_seed(0)
         model = build_model(ModelConfig(**shape, attn_kernel=kernel)).to(device)
-        if reference is not None:
-            model.load_state_dict(reference[0])
+        if weights is not None:
+            model.load_state_dict(weights)
         with autocast(device, precision):
             logits = model(idx[:, :-1])
         F.cross_entropy(logits.float().flatten(0, 1), idx[:, 1:].flatten()).backward()
-        grad = torch.cat([p.grad.float().flatten() for p in model.parameters()])
-        logits = logits.float().detach()
-        if reference is None:
-            reference = (model.state_dict(), logits, grad)
+        return (model.state_dict(), logits.float().detach(),
+                torch.cat([p.grad.float().flatten() for p in model.parameters()]))
+
+    weights, reference_logits, reference_grad = logits_and_gradient("explicit", None)
+    for kernel in [k for k in supported_kernels(block, ModelConfig(**shape)) if k != "explicit"]:
+        if kernel == "flex" and device.type != "cuda":
+            continue  # FlexAttention has no CPU backward
+        try:
+            _, logits, grad = logits_and_gradient(kernel, weights)
+        except Exception as err:
+            rows.append({"variant": variant, "kernel": kernel, "ok": False,
+                         "error": f"{type(err).__name__}: {first_line(err)}"})
+            if is_cuda_error(err):  # the process's CUDA context is spoilt: its phase starts another
+                raise
             continue
-        logit_error = ((logits - reference[1]).abs().max() / reference[1].abs().max()).item()
-        grad_error = ((grad - reference[2]).norm() / reference[2].norm()).item()
+        logit_error = ((logits - reference_logits).abs().max() / reference_logits.abs().max()).item()
+        grad_error = ((grad - reference_grad).norm() / reference_grad.norm()).item()
         rows.append({"variant": variant, "kernel": kernel, "logit_error": logit_error, "grad_error": grad_error,
                      "ok": logit_error <= EQUALITY_TOLERANCE and grad_error <= EQUALITY_TOLERANCE})
     return rows
@@ -345,11 +358,16 @@ def equality_phase(args, device: torch.device, part: Path, until: float) -> int:
     for variant in variant_list(args):
         if variant in done or time.time() > until:
             continue
+        # A crash (a signal, an abort) leaves no row: the phase names the variant from this note.
+        with atomic_write(started_file(part, 0)) as note:
+            json.dump({"case": variant, "started": time.time(), "pid": os.getpid()}, note)
+        rows: list[dict] = []
         try:
-            rows = equality(variant, device, args.precision)
+            equality(variant, device, args.precision, rows)
         except Exception as err:  # noqa: BLE001
-            rows = [{"variant": variant, "kernel": "?", "ok": False,
-                     "error": f"{type(err).__name__}: {first_line(err)}"}]
+            if not rows or "error" not in rows[-1]:  # not a kernel's own row: the explicit reference's
+                rows.append({"variant": variant, "kernel": "?", "ok": False,
+                             "error": f"{type(err).__name__}: {first_line(err)}"})
             if device.type == "cuda" and is_cuda_error(err):
                 append_rows(part, rows)
                 return CUDA_ERROR_EXIT
@@ -531,11 +549,15 @@ def variant_list(args) -> list[str]:
 
 def run_phase_process(phase: str, argv: list[str], part: Path, until: float,
                       script: Path = SCRIPT) -> dict:
-    """``phase`` in child processes of ``script`` (a new one after each CUDA error, while the last
-    one made progress) until done or ``until``."""
+    """``phase`` in child processes of ``script`` until done or ``until``: a new one after a
+    CUDA error or a crash, while the last one made progress. A child that crashed (a signal, an
+    abort: no row of its own) gets a row naming the variant it was in, from its note, and the
+    next child goes on with the variant after it."""
     runs = []
+    started = started_file(part, 0)
     while time.time() < until:
         before = len(read_rows(part))
+        started.unlink(missing_ok=True)
         command = [sys.executable, str(script), *argv, "--run-phase", phase, "--part", str(part),
                    "--until", str(until)]
         try:  # a few seconds' grace: the child stops itself before ``until``
@@ -544,8 +566,14 @@ def run_phase_process(phase: str, argv: list[str], part: Path, until: float,
             runs.append("stopped at the deadline")
             break
         runs.append(f"exit {code}")
-        if code != CUDA_ERROR_EXIT or len(read_rows(part)) == before:
+        note = read_started(started)
+        if code not in (0, CUDA_ERROR_EXIT) and note is not None and note["case"] not in {
+                r["variant"] for r in read_rows(part)}:
+            append_rows(part, [{"variant": note["case"], "kernel": "?", "ok": False,
+                                "error": f"its process ended with exit {code} in this variant"}])
+        if code == 0 or len(read_rows(part)) == before:
             break
+    started.unlink(missing_ok=True)
     return {"processes": runs, "rows": read_rows(part)}
 
 
@@ -644,26 +672,42 @@ def _kill_group(process: subprocess.Popen, wait: bool = True) -> None:
 
 
 def cuda_tests(until: float) -> dict:
-    # -v: a line per test as it ends, so a phase stopped at its limit still says how far it got
-    command = [sys.executable, "-m", "pytest", "-v", "--tb=short", "-rs", "-m", "", "-k", "cuda", *CUDA_TESTS]
-    shown = " ".join(["python", *command[1:]])
+    """The CUDA-only tests, a pytest process per file side by side until ``until``: each file
+    compiles kernels of its own (FlexAttention's, a variant at a time: tens of seconds each,
+    cold), so in turn the last file would get only what the others left of the phase's time."""
+    env = dict(os.environ)  # Inductor's compile threads, shared out between the files
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // (len(CUDA_TESTS) + 1))))
+    with concurrent.futures.ThreadPoolExecutor(len(CUDA_TESTS)) as pool:
+        runs = list(pool.map(lambda path: cuda_test_file(path, until, env), CUDA_TESTS))
+    codes = [run["returncode"] for run in runs]
+    return {"command": " & ".join(run["command"] for run in runs),
+            "returncode": None if None in codes else next((c for c in codes if c != 0), 0),
+            "summary": "; ".join(f"{Path(path).name}: {run['summary']}" for path, run in zip(CUDA_TESTS, runs)),
+            "output_tail": "\n".join(f"== {path}\n{run['output_tail']}" for path, run in zip(CUDA_TESTS, runs)),
+            "files": dict(zip(CUDA_TESTS, runs))}
+
+
+def cuda_test_file(path: str, until: float, env: dict | None = None) -> dict:
+    # -v: a line per test as it ends, so a file stopped at its limit still says how far it got
+    command = [sys.executable, "-m", "pytest", "-v", "--tb=short", "-rs", "-m", "", "-k", "cuda", path]
+    shown = shlex.join(["python", *command[1:]])
     limit = max(1.0, until - time.time())
-    returncode, stdout, stderr = run_until(command, until)
+    returncode, stdout, stderr = run_until(command, until, env)
     if returncode is None:
         return {"command": shown, "returncode": None,
                 "summary": f"stopped at its limit of {limit:.0f} s after {tests_so_far(stdout)}",
-                "output_tail": stdout[-3000:]}
+                "output_tail": stdout[-1500:]}
     lines = [line for line in stdout.strip().splitlines() if line.strip()]
     return {"command": shown, "returncode": returncode,
-            "summary": lines[-1] if lines else stderr[-500:], "output_tail": stdout[-3000:]}
+            "summary": lines[-1].strip("= ") if lines else stderr[-500:], "output_tail": stdout[-1500:]}
 
 
-def run_until(command: list[str], until: float) -> tuple[int | None, str, str]:
+def run_until(command: list[str], until: float, env: dict | None = None) -> tuple[int | None, str, str]:
     """``command`` in the repository, stopped at ``until``: (exit code, or None if stopped; its
     stdout; its stderr), what it printed so far either way."""
     try:
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, errors="replace",
-                                timeout=max(1.0, until - time.time()))
+                                timeout=max(1.0, until - time.time()), env=env)
     except subprocess.TimeoutExpired as err:
         return None, *(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
                        for x in (err.stdout, err.stderr))

@@ -258,19 +258,30 @@ def test_the_gpu_check_restarts_its_process_after_a_cuda_error_but_not_after_an_
 
 
 FLAKY_CHILD = """
-import json, pathlib, sys
+import json, os, pathlib, signal, sys
 part = pathlib.Path(sys.argv[sys.argv.index("--part") + 1])
 done = part.read_text().splitlines() if part.exists() else []
-part.write_text("".join(line + "\\n" for line in [*done, json.dumps({"case": len(done)})]))
-sys.exit({exit_codes}[len(done)])
+code = {exit_codes}[len(done)]
+if code == "crash":  # in a variant, before its row: its note, then a signal
+    note = {"case": f"v{len(done)}", "started": 0, "pid": os.getpid()}
+    (part.parent / f"{part.stem}.started-0").write_text(json.dumps(note))
+    os.kill(os.getpid(), signal.SIGKILL)
+if code != "no row":
+    part.write_text("".join(line + "\\n" for line in [*done, json.dumps({"variant": f"v{len(done)}"})]))
+sys.exit(1 if code == "no row" else code)
 """
+CRASHED = {"variant": "v1", "kernel": "?", "ok": False, "error": "its process ended with exit -9 in this variant"}
 
 
-@pytest.mark.parametrize("exit_codes, runs", [([3, 3, 0], ["exit 3", "exit 3", "exit 0"]),
-                                               ([3, 1], ["exit 3", "exit 1"])])
-def test_the_gpu_check_starts_a_new_process_after_a_cuda_error_until_the_phase_ends(tmp_path, exit_codes, runs):
-    """A phase's process that exits with CUDA_ERROR_EXIT after finishing a row is followed by a new one,
-    which goes on from the rows on disk; any other exit ends the phase."""
+@pytest.mark.parametrize("exit_codes, runs, rows", [
+    ([3, 3, 0], ["exit 3", "exit 3", "exit 0"], [{"variant": "v0"}, {"variant": "v1"}, {"variant": "v2"}]),
+    ([3, "crash", 0], ["exit 3", "exit -9", "exit 0"], [{"variant": "v0"}, CRASHED, {"variant": "v2"}]),
+    ([3, "no row"], ["exit 3", "exit 1"], [{"variant": "v0"}])], ids=["cuda-errors", "crash", "no-progress"])
+def test_the_gpu_check_starts_a_new_process_after_a_cuda_error_or_a_crash_until_the_phase_ends(
+        tmp_path, exit_codes, runs, rows):
+    """A phase's process that ends in a CUDA error (CUDA_ERROR_EXIT) or a crash after progress is
+    followed by a new one, which goes on from the rows on disk; a crashed one's variant gets a row
+    naming it, from its note. A process that ends without progress ends the phase."""
     import time
 
     import gpu_check
@@ -279,9 +290,35 @@ def test_the_gpu_check_starts_a_new_process_after_a_cuda_error_until_the_phase_e
     child = tmp_path / "child.py"
     child.write_text(FLAKY_CHILD.replace("{exit_codes}", repr(exit_codes)))
     part = tmp_path / "part.jsonl"
-    outcome = gpu_check.run_phase_process("steps", [], part, time.time() + 60, script=child)
+    outcome = gpu_check.run_phase_process("equality", [], part, time.time() + 60, script=child)
     assert outcome["processes"] == runs
-    assert outcome["rows"] == [{"case": i} for i in range(len(runs))]
+    assert outcome["rows"] == rows
+    assert not list(tmp_path.glob("part.started-*"))
+
+
+def test_a_kernel_that_fails_in_the_equality_check_gets_its_own_row(monkeypatch):
+    """The kernel's error is its row; the explicit reference's rows stand. An error that spoils
+    the CUDA context is raised after its row, so that the phase starts a new process."""
+    import gpu_check
+
+    build = gpu_check.build_model
+
+    def failing(config):
+        if config.attn_kernel == "sdpa":
+            raise failure
+        return build(config)
+
+    monkeypatch.setattr(gpu_check, "build_model", failing)
+    failure = ValueError("no kernel for this shape")
+    rows = []
+    assert gpu_check.equality("qk_scale", gpu_check.torch.device("cpu"), "32-true", rows) is rows
+    assert rows == [{"variant": "qk_scale", "kernel": "sdpa", "ok": False,
+                     "error": "ValueError: no kernel for this shape"}]
+    monkeypatch.setattr(gpu_check, "is_cuda_error", lambda err: True)  # as a device-side assert would be
+    rows = []
+    with pytest.raises(ValueError):
+        gpu_check.equality("qk_scale", gpu_check.torch.device("cpu"), "32-true", rows)
+    assert [r["kernel"] for r in rows] == ["sdpa"]
 
 
 FLAKY_WORKER = """
@@ -415,13 +452,31 @@ def test_the_cuda_tests_progress_counts_the_outcomes_pytest_v_printed():
     assert gpu_check.tests_so_far(verbose) == "2 passed, 1 failed, 1 skipped"
 
 
+@pytest.mark.slow  # a pytest subprocess per file
+def test_the_cuda_tests_phase_runs_each_file_in_a_pytest_of_its_own_and_sums_them_up():
+    import re
+
+    import gpu_check
+    import torch
+
+    done = gpu_check.cuda_tests(time.time() + 300)
+    assert done["returncode"] == 0 and list(done["files"]) == gpu_check.CUDA_TESTS
+    for path, part in zip(gpu_check.CUDA_TESTS, done["summary"].split("; ")):
+        assert part.startswith(f"{Path(path).name}: ")
+        # Every test named *cuda* was selected, and ran (on a GPU) or was skipped for want of one.
+        outcome = "passed" if torch.cuda.is_available() else "skipped"
+        assert re.search(rf"\b\d+ {outcome}\b.*\bdeselected\b", part), part
+        assert done["files"][path]["command"].endswith(f"-m '' -k cuda {path}")
+
+
 @pytest.mark.slow  # a pytest subprocess, stopped
 def test_the_cuda_tests_phase_stopped_before_any_test_says_so():
     import gpu_check
 
     stopped = gpu_check.cuda_tests(time.time() + 0.5)  # pytest cannot even start in that time
     assert stopped["returncode"] is None
-    assert stopped["summary"] == "stopped at its limit of 1 s after no test"
+    assert stopped["summary"] == "; ".join(f"{Path(path).name}: stopped at its limit of 1 s after no test"
+                                           for path in gpu_check.CUDA_TESTS)
 
 
 def test_the_memory_the_gpu_check_holds_for_each_phase_covers_the_plans_estimate_of_it():
