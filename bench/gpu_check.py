@@ -40,7 +40,8 @@ CPUs) compile side by side and time one at a time, never while ``train.py`` trai
 that does not fit for ``gpu_share.HEAD_WAIT_S`` at most; one out of memory beside other cases is
 retried once with no other case beside it. Each row names what else ran on the GPU during its
 timed steps. A worker that ends in an error (a CUDA error spoils its process) or spends
-``CASE_LIMIT_S`` in one case is stopped and replaced. Cases not reached are listed as not run;
+``case_limit_s`` in one case (``CASE_LIMIT_S``; longer with a ``--train-s`` whose train phase a
+case may wait for) is stopped and replaced. Cases not reached are listed as not run;
 cases a worker was stopped in, by name.
 """
 
@@ -110,8 +111,10 @@ PHASE_RESERVE_GIB = {"equality": 4.0, "cuda-tests": 4.0, "train": 24.0}
 MEMORY_SHARE = 0.8
 CASE_RESERVE_S = 45  # a steps case (a cold compile, then steps) is not started with less time than this left
 # A steps case (a cold compile beside others', then its steps) still running after this is hung:
-# its worker is stopped and replaced. Far above a compile's tens of seconds.
+# its worker is stopped and replaced. Far above a compile's tens of seconds; and since a case may
+# wait for its timed steps while train.py trains, at least --train-s + CASE_BEYOND_TRAIN_S.
 CASE_LIMIT_S = 240
+CASE_BEYOND_TRAIN_S = 90
 CUDA_ERROR_EXIT = 3  # a steps process that hit a CUDA error exits with this, to be restarted
 # What a CUDA error's message holds (torch's runtime, the driver, cuDNN, Triton, a bad address).
 CUDA_ERROR_MARKS = ("CUDA error", "CUDA driver error", "cuDNN error", "Triton Error [CUDA]",
@@ -911,7 +914,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if "steps" in args.phases:  # beside the other phases, from the start: compiling is most of it
         print(f"== steps: {args.workers} worker(s) beside the other phases until the deadline", flush=True)
         pool = StepsPool([*argv, "--share-bytes", str(memory_bytes)], parts["steps"], deadline, args.workers,
-                         on_rows=write_report)
+                         on_rows=write_report, case_limit_s=case_limit_s(args))
 
         def steps_pool() -> None:
             processes["steps"] = pool.run()["processes"]
@@ -951,6 +954,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     clean_parts(parts.values())
     print(markdown(report))
     return report
+
+
+def case_limit_s(args: argparse.Namespace) -> float:
+    """How long a steps case may run before its worker is taken for hung: a case that compiled
+    while train.py trains waits for its timed steps until the train phase ends."""
+    waits = args.train_s if "train" in args.phases else 0.0
+    return max(CASE_LIMIT_S, waits + CASE_BEYOND_TRAIN_S)
 
 
 def _exit_on_sigterm(signum, frame) -> None:

@@ -321,6 +321,17 @@ def test_a_kernel_that_fails_in_the_equality_check_gets_its_own_row(monkeypatch)
     assert [r["kernel"] for r in rows] == ["sdpa"]
 
 
+def test_a_steps_case_may_wait_for_the_whole_train_phase_before_it_is_taken_for_hung():
+    import gpu_check
+
+    default = gpu_check.parse_args(["--device", "cpu"])
+    assert gpu_check.case_limit_s(default) == gpu_check.CASE_LIMIT_S >= default.train_s + 60
+    longer = gpu_check.parse_args(["--device", "cpu", "--train-s", "400"])
+    assert gpu_check.case_limit_s(longer) == 400 + gpu_check.CASE_BEYOND_TRAIN_S
+    no_train = gpu_check.parse_args(["--device", "cpu", "--train-s", "400", "--phases", "equality", "steps"])
+    assert gpu_check.case_limit_s(no_train) == gpu_check.CASE_LIMIT_S
+
+
 FLAKY_WORKER = """
 import json, os, pathlib, subprocess, sys, time
 part = pathlib.Path(sys.argv[sys.argv.index("--part") + 1])
