@@ -18,7 +18,8 @@ Three phases in turn:
    (the most of any phase) goes back to the step cases once it ends.
 2. **equality** (``--equality-s``): for every variant and every kernel it trains on here,
    logits and gradients of the same weights against the explicit kernel under the same
-   precision, relative error at most ``EQUALITY_TOLERANCE``.
+   precision, relative error at most ``EQUALITY_TOLERANCE``; ``EQUALITY_PROCESSES`` processes
+   side by side, each a share of the variants.
 3. **cuda-tests** (``--tests-s``): the CUDA-only tests (the memory estimate against a measured
    CUDA step; FlexAttention gradients against the explicit kernel), a pytest process per file
    side by side: each file's summary.
@@ -115,6 +116,9 @@ CASE_RESERVE_S = 45  # a steps case (a cold compile, then steps) is not started 
 # wait for its timed steps while train.py trains, at least --train-s + CASE_BEYOND_TRAIN_S.
 CASE_LIMIT_S = 240
 CASE_BEYOND_TRAIN_S = 90
+# The equality phase's processes side by side, each a share of the variants: a FlexAttention
+# compile per variant is tens of seconds of CPU work, cold.
+EQUALITY_PROCESSES = 2
 CUDA_ERROR_EXIT = 3  # a steps process that hit a CUDA error exits with this, to be restarted
 # What a CUDA error's message holds (torch's runtime, the driver, cuDNN, Triton, a bad address).
 CUDA_ERROR_MARKS = ("CUDA error", "CUDA driver error", "cuDNN error", "Triton Error [CUDA]",
@@ -357,8 +361,10 @@ def equality(variant: str, device: torch.device, precision: str, rows: list[dict
 
 
 def equality_phase(args, device: torch.device, part: Path, until: float) -> int:
+    """Process ``args.shard`` ("i/n"): every n-th variant from the i-th, its rows appended to ``part``."""
     done = {r["variant"] for r in read_rows(part)}
-    for variant in variant_list(args):
+    index, count = (int(x) for x in args.shard.split("/"))
+    for variant in variant_list(args)[index::count]:
         if variant in done or time.time() > until:
             continue
         # A crash (a signal, an abort) leaves no row: the phase names the variant from this note.
@@ -548,6 +554,25 @@ FIRST_VARIANTS = ("baseline", "qk_scale", "sigmoid_attn", "softcap", "diff_attn"
 def variant_list(args) -> list[str]:
     variants = args.variants or available_variants()
     return [*[v for v in FIRST_VARIANTS if v in variants], *[v for v in variants if v not in FIRST_VARIANTS]]
+
+
+def equality_processes(argv: list[str], parts: list[Path], until: float, variants: list[str],
+                       script: Path = SCRIPT) -> tuple[list[dict], list[str]]:
+    """The equality phase in ``len(parts)`` processes side by side, each a share of the variants
+    with a part of its own (and a new process after a CUDA error or a crash, ``run_phase_process``):
+    (the rows in ``variants``' order, each process's exits)."""
+    count = len(parts)
+
+    def share(index: int) -> dict:
+        return run_phase_process("equality", [*argv, "--shard", f"{index}/{count}"], parts[index], until, script)
+
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        outcomes = list(pool.map(share, range(count)))
+    rank = {variant: i for i, variant in enumerate(variants)}
+    rows = sorted((row for outcome in outcomes for row in outcome["rows"]),
+                  key=lambda row: rank.get(row["variant"], len(rank)))  # stable: a variant's kernels in order
+    return rows, [f"process {index + 1}/{count}: {run}" for index, outcome in enumerate(outcomes)
+                  for run in outcome["processes"]]
 
 
 def run_phase_process(phase: str, argv: list[str], part: Path, until: float,
@@ -843,6 +868,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--part", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--until", type=float, help=argparse.SUPPRESS)
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)  # an equality process's share: "i/n"
     p.add_argument("--share-bytes", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.workers is None:
@@ -868,8 +894,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     deadline = started + args.deadline_s
     args.out.mkdir(parents=True, exist_ok=True)
     parts = {phase: args.out / f"part-{phase}.jsonl" for phase in ("equality", "steps")}
+    equality_parts = [args.out / f"part-equality-{i}.jsonl" for i in range(EQUALITY_PROCESSES)]
     share_dir = share_dir_of(parts["steps"])
-    clean_parts(parts.values())
+    clean_parts([*parts.values(), *equality_parts])
     order = cases(args.presets, args.seq_lens, variant_list(args))
     results, processes, tests, train = {}, {}, None, None
     reporting = threading.Lock()  # the steps pool's thread reports too
@@ -939,8 +966,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                 processes[phase] = ["exit 0"] if train["returncode"] == 0 and "error" not in train else []
             else:
                 with gpu.phase(phase):
-                    outcome = run_phase_process(phase, argv, parts[phase], min(deadline, time.time() + args.equality_s))
-                results[phase], processes[phase] = outcome["rows"], outcome["processes"]
+                    results[phase], processes[phase] = equality_processes(
+                        argv, equality_parts, min(deadline, time.time() + args.equality_s), variant_list(args))
             gpu.hold("phases", phases_need(phases[done:]))
             write_report()
         if pool_thread is not None:
@@ -951,7 +978,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         if pool is not None:  # stopped from outside (an interrupt, SIGTERM): its workers' groups too
             pool.stop()
             pool_thread.join()
-    clean_parts(parts.values())
+    clean_parts([*parts.values(), *equality_parts])
     print(markdown(report))
     return report
 

@@ -107,7 +107,9 @@ def test_the_gpu_check_runs_on_cpu_in_smoke_mode_and_writes_its_report(tmp_path,
     # Only the report: the train phase's scratch run directory lived in the temporary directory.
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md"]
     # each phase in its own process
-    assert report["processes"] == {"equality": ["exit 0"], "train": ["exit 0"], "steps": ["worker 0: exit 0"]}
+    # The equality phase's processes side by side, each a share of the variants.
+    assert report["processes"] == {"equality": ["process 1/2: exit 0", "process 2/2: exit 0"], "train": ["exit 0"],
+                                   "steps": ["worker 0: exit 0"]}
     trained = report["train"]
     assert trained["returncode"] == 0 and trained["steps"] == 6 and len(trained["val_loss"]) == 3
     assert _positive(trained["tokens_per_s"]) and trained["mfu"] is None  # a CPU has no peak FLOP/s
@@ -330,6 +332,29 @@ def test_a_steps_case_may_wait_for_the_whole_train_phase_before_it_is_taken_for_
     assert gpu_check.case_limit_s(longer) == 400 + gpu_check.CASE_BEYOND_TRAIN_S
     no_train = gpu_check.parse_args(["--device", "cpu", "--train-s", "400", "--phases", "equality", "steps"])
     assert gpu_check.case_limit_s(no_train) == gpu_check.CASE_LIMIT_S
+
+
+SHARD_CHILD = """
+import json, pathlib, sys
+part = pathlib.Path(sys.argv[sys.argv.index("--part") + 1])
+index, count = (int(x) for x in sys.argv[sys.argv.index("--shard") + 1].split("/"))
+with part.open("a") as f:
+    for variant in ["a", "b", "c", "d", "e"][index::count]:
+        f.write(json.dumps({"variant": variant, "shard": index}) + "\\n")
+"""
+
+
+def test_the_equality_phase_shares_the_variants_out_between_processes_side_by_side(tmp_path):
+    import gpu_check
+
+    child = tmp_path / "child.py"
+    child.write_text(SHARD_CHILD)
+    parts = [tmp_path / f"part-equality-{i}.jsonl" for i in range(2)]
+    rows, processes = gpu_check.equality_processes([], parts, time.time() + 60, ["e", "d", "c", "b", "a"], child)
+    assert processes == ["process 1/2: exit 0", "process 2/2: exit 0"]
+    # Each process its share, in a part of its own; the rows in the order of the variants given.
+    assert rows == [{"variant": v, "shard": s} for v, s in (("e", 0), ("d", 1), ("c", 0), ("b", 1), ("a", 0))]
+    assert [len(gpu_check.read_rows(part)) for part in parts] == [3, 2]
 
 
 FLAKY_WORKER = """
