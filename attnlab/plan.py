@@ -38,17 +38,23 @@ broadcasts over heads or batch has its gradient accumulated at the full (B, H, T
 cast to the term's dtype before it is summed back to the term's shape.
 Gradients are counted whole while all activations are alive, so the estimate is an upper bound
 of the step's peak less allocator fragmentation; tests/test_plan.py compares it with a measured
-step. ``own``: a variant's own per-token activations outside the attention call (qk_norm's
-norms, gated_attn's gate, gelu_bias' GELUs), read off autograd by
-``own_activation_bytes_per_token``.
+step. ``own``: a variant's own per-token activations outside the attention kernel's calls
+(qk_norm's norms, gated_attn's gate, gelu_bias' GELUs, diff_attn's sub-norm and the paired values
+it hands the kernel), read off autograd by ``own_activation_bytes_per_token``. A fused kernel keeps
+the q, k and v it is handed; SDPA's math backend keeps scaled copies of q and k instead (its
+entries in the plan), so there the layer's q and k, and a variant's handed copies, are counted
+beside those copies: an overestimate.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
+import sys
+import unittest.mock
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -56,6 +62,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnlab import attention
 from attnlab.attention import (FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE, FLEX_MIN_HEAD_SIZE, KERNELS,
                                build_rope_cache, flex_head_size_problem, flex_takes_head_sizes, sdpa_takes_gqa)
 from attnlab.config import PRESETS, ModelConfig
@@ -143,11 +150,12 @@ _own_bytes: dict[tuple[str, int], float] = {}
 
 def own_activation_bytes_per_token(config: ModelConfig, precision: str) -> float:
     """Bytes per token that one layer of ``config``'s variant keeps for its backward beyond what
-    the baseline's attention block keeps (``layer`` in the module docstring): its norms, gates and
-    activation functions, outside the attention call and its ``ScoreTerms`` (``kernel_plan``
-    counts those). Read off the tensors autograd saves in forwards of the block on the CPU at the
-    configuration's widths, at ``PROBE_TOKENS`` tokens and twice as many (under bf16 autocast
-    where ``precision`` computes in half precision), less the baseline block's; never below 0."""
+    the baseline's attention block keeps (``layer`` in the module docstring): its norms, gates,
+    activation functions and the copies of q, k and v it hands the kernel, outside the kernel's
+    calls and its ``ScoreTerms`` (``kernel_plan`` counts those). Read off the tensors autograd
+    saves in forwards of the block on the CPU at the configuration's widths, at ``PROBE_TOKENS``
+    tokens and twice as many (under bf16 autocast where ``precision`` computes in half
+    precision), less the baseline block's; never below 0."""
     _, resolved = resolve(config)
     a = activation_bytes(precision)
     key = (repr(resolved), a)
@@ -163,7 +171,8 @@ def own_activation_bytes_per_token(config: ModelConfig, precision: str) -> float
 
 def _saved_outside_attention(config: ModelConfig, a: int, tokens: int) -> int:
     """Bytes of the new tensors autograd saves in one forward of ``config``'s attention block on
-    the CPU, one sequence of ``tokens`` tokens, outside its ``attend`` and ``score_terms``."""
+    the CPU, one sequence of ``tokens`` tokens, outside its attention kernel's calls and
+    ``score_terms`` (``_saved_in_block_forward``)."""
     block_type, resolved = resolve(config)
     # Its own random numbers (the block's initialisation, its input), so that a plan made before a
     # run's model is built leaves the run's draws as they were; and gradients on, so that autograd saves.
@@ -172,31 +181,61 @@ def _saved_outside_attention(config: ModelConfig, a: int, tokens: int) -> int:
 
 
 def _saved_in_block_forward(block: nn.Module, resolved: ModelConfig, a: int, tokens: int) -> int:
+    """What the kernel plan leaves out: counting pauses inside the attention kernel's calls
+    (``attnlab.attention.attend``) and ``score_terms``, whose tensors the plan counts. A block
+    whose ``attend`` calls the kernel (the baseline's, diff_attn's two maps) has what it keeps
+    around those calls counted, and the q, k and v it hands the kernel, which a fused kernel keeps
+    for its backward (the baseline's are the layer's own, so only a variant's copies, such as
+    diff_attn's paired and repeated values, count). One whose ``attend`` computes its attention
+    itself (talking_heads: its maps are the plan's) is paused in the whole of it."""
     block.layer_idx = 0
     counting = True
+    handed: dict[int, int] = {}  # storage -> bytes of the tensors handed to the kernel
+    kernel_calls = 0
 
-    def paused(method):
+    def paused(method, kernel: bool = False):
         def call(*args, **kwargs):
-            nonlocal counting
-            counting = False
+            nonlocal counting, kernel_calls
+            if kernel:
+                kernel_calls += 1
+                if counting:
+                    handed.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                                   for t in args[:3] if isinstance(t, torch.Tensor)})
+            outer, counting = counting, False
             try:
                 return method(*args, **kwargs)
             finally:
-                counting = True
+                counting = outer
         return call
 
-    block.attend, block.score_terms = paused(block.attend), paused(block.score_terms)
     x = torch.randn(1, tokens, resolved.n_embd, requires_grad=True)
     cos, sin = build_rope_cache(tokens, resolved.rope_n_elem, resolved.rope_base)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a == 2):
-        return new_saved_bytes(lambda: block(x, cos, sin), (x, cos, sin, *block.parameters(), *block.buffers()),
-                               counting=lambda: counting)
+    inputs = (x, cos, sin, *block.parameters(), *block.buffers())
+    known = {t.untyped_storage().data_ptr() for t in inputs}
+    # ``attend`` reaches the kernel through its module's global name (``from attnlab.attention
+    # import attend``): patched there for this forward only.
+    module = sys.modules[type(block).attend.__module__]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a == 2), contextlib.ExitStack() as stack:
+        if getattr(module, "attend", None) is attention.attend:
+            stack.enter_context(unittest.mock.patch.object(module, "attend", paused(attention.attend, kernel=True)))
+        stack.enter_context(unittest.mock.patch.object(block, "score_terms", paused(block.score_terms)))
+        saved = saved_storages(lambda: block(x, cos, sin), inputs, counting=lambda: counting)
+        if kernel_calls:
+            return sum({**saved, **{ptr: n for ptr, n in handed.items() if ptr not in known}}.values())
+        stack.enter_context(unittest.mock.patch.object(block, "attend", paused(block.attend)))
+        return sum(saved_storages(lambda: block(x, cos, sin), inputs, counting=lambda: counting).values())
 
 
 def new_saved_bytes(call: Callable[[], Any], inputs: Iterable[torch.Tensor],
                     counting: Callable[[], bool] = lambda: True) -> int:
     """Bytes of the tensors autograd saves for the backward during ``call()``, each storage once,
     other than ``inputs``' (and only while ``counting()``)."""
+    return sum(saved_storages(call, inputs, counting).values())
+
+
+def saved_storages(call: Callable[[], Any], inputs: Iterable[torch.Tensor],
+                   counting: Callable[[], bool] = lambda: True) -> dict[int, int]:
+    """``new_saved_bytes``' storages: their addresses and bytes."""
     known = {t.untyped_storage().data_ptr() for t in inputs}
     saved: dict[int, int] = {}
 
@@ -208,7 +247,7 @@ def new_saved_bytes(call: Callable[[], Any], inputs: Iterable[torch.Tensor],
 
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
         call()
-    return sum(saved.values())
+    return saved
 
 
 def _term_shapes(config: ModelConfig, B: int, T: int) -> tuple[dict[str, tuple[int, ...]], bool]:
@@ -520,7 +559,7 @@ def format_plan(preset: str, seq_len: int, batch_size: int, device: str, precisi
         own = own_activation_bytes_per_token(config, precision)
         if own:
             tokens = batch_size * seq_len
-            lines.append(f"    per layer: {name}'s own activations outside the attention call ({tokens:,} tokens, "
+            lines.append(f"    per layer: {name}'s own activations outside the attention kernel ({tokens:,} tokens, "
                          f"{own:,.0f} B each beyond the baseline block's) = {_fmt(tokens * own)}")
         verdict = "fits" if peak <= memory else "DOES NOT FIT"
         recomputed = estimate_peak_bytes(config, seq_len, batch_size, precision, plan, device_type,
