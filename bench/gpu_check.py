@@ -53,6 +53,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import platform
@@ -64,7 +65,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -322,7 +325,8 @@ def steps_phase(args, device: torch.device, part: Path, until: float) -> int:
 def equality(variant: str, device: torch.device, precision: str, rows: list[dict]) -> list[dict]:
     """Every kernel ``variant`` trains on here against the explicit kernel, same weights: a row per
     fused kernel appended to ``rows``. A kernel that fails gets a row with its error and the next
-    one runs, unless the error spoils the process's CUDA context (raised after its row)."""
+    one runs, unless the error spoils the process's CUDA context: raised after its row and rows
+    naming the kernels after it as not run."""
     shape = dict(EQUALITY_SHAPE, variant=variant)
     block = get_variant(variant)
     # Each variant's score_mod is another compile of FlexAttention's wrapper: without a reset,
@@ -338,23 +342,28 @@ def equality(variant: str, device: torch.device, precision: str, rows: list[dict
         with autocast(device, precision):
             logits = model(idx[:, :-1])
         F.cross_entropy(logits.float().flatten(0, 1), idx[:, 1:].flatten()).backward()
+        if device.type == "cuda":  # a kernel's asynchronous error surfaces here, in its own call
+            torch.cuda.synchronize(device)
         return (model.state_dict(), logits.float().detach(),
                 torch.cat([p.grad.float().flatten() for p in model.parameters()]))
 
     weights, reference_logits, reference_grad = logits_and_gradient("explicit", None)
-    for kernel in [k for k in supported_kernels(block, ModelConfig(**shape)) if k != "explicit"]:
-        if kernel == "flex" and device.type != "cuda":
-            continue  # FlexAttention has no CPU backward
+    kernels = [k for k in supported_kernels(block, ModelConfig(**shape))
+               if k != "explicit" and not (k == "flex" and device.type != "cuda")]  # flex: no CPU backward
+    for done, kernel in enumerate(kernels, start=1):
         try:
             _, logits, grad = logits_and_gradient(kernel, weights)
+            logit_error = ((logits - reference_logits).abs().max() / reference_logits.abs().max()).item()
+            grad_error = ((grad - reference_grad).norm() / reference_grad.norm()).item()
         except Exception as err:
             rows.append({"variant": variant, "kernel": kernel, "ok": False,
                          "error": f"{type(err).__name__}: {first_line(err)}"})
             if is_cuda_error(err):  # the process's CUDA context is spoilt: its phase starts another
+                rows.extend({"variant": variant, "kernel": later, "ok": False,
+                             "error": f"not run: the CUDA error in {kernel} spoilt the process"}
+                            for later in kernels[done:])
                 raise
             continue
-        logit_error = ((logits - reference_logits).abs().max() / reference_logits.abs().max()).item()
-        grad_error = ((grad - reference_grad).norm() / reference_grad.norm()).item()
         rows.append({"variant": variant, "kernel": kernel, "logit_error": logit_error, "grad_error": grad_error,
                      "ok": logit_error <= EQUALITY_TOLERANCE and grad_error <= EQUALITY_TOLERANCE})
     return rows
@@ -562,12 +571,10 @@ def equality_processes(argv: list[str], parts: list[Path], until: float, variant
     with a part of its own (and a new process after a CUDA error or a crash, ``run_phase_process``):
     (the rows in ``variants``' order, each process's exits)."""
     count = len(parts)
-
-    def share(index: int) -> dict:
-        return run_phase_process("equality", [*argv, "--shard", f"{index}/{count}"], parts[index], until, script)
-
-    with concurrent.futures.ThreadPoolExecutor(count) as pool:
-        outcomes = list(pool.map(share, range(count)))
+    env = compile_threads_shared(count)
+    outcomes = side_by_side([
+        functools.partial(run_phase_process, "equality", [*argv, "--shard", f"{index}/{count}"], parts[index],
+                          until, script, env) for index in range(count)])
     rank = {variant: i for i, variant in enumerate(variants)}
     rows = sorted((row for outcome in outcomes for row in outcome["rows"]),
                   key=lambda row: rank.get(row["variant"], len(rank)))  # stable: a variant's kernels in order
@@ -576,7 +583,7 @@ def equality_processes(argv: list[str], parts: list[Path], until: float, variant
 
 
 def run_phase_process(phase: str, argv: list[str], part: Path, until: float,
-                      script: Path = SCRIPT) -> dict:
+                      script: Path = SCRIPT, env: dict | None = None) -> dict:
     """``phase`` in child processes of ``script`` until done or ``until``: a new one after a
     CUDA error or a crash, while the last one made progress. A child that crashed (a signal, an
     abort: no row of its own) gets a row naming the variant it was in, from its note, and the
@@ -588,12 +595,14 @@ def run_phase_process(phase: str, argv: list[str], part: Path, until: float,
         started.unlink(missing_ok=True)
         command = [sys.executable, str(script), *argv, "--run-phase", phase, "--part", str(part),
                    "--until", str(until)]
-        try:  # a few seconds' grace: the child stops itself before ``until``
-            code = subprocess.run(command, cwd=ROOT, timeout=max(1.0, until - time.time()) + 5).returncode
-        except subprocess.TimeoutExpired:
+        # A few seconds' grace: the child stops itself before ``until``.
+        code, _, _ = run_child(command, max(1.0, until - time.time()) + 5, env=env)
+        if code is None:
             runs.append("stopped at the deadline")
             break
         runs.append(f"exit {code}")
+        if STOPPING.is_set():  # killed with the check, not crashed
+            break
         note = read_started(started)
         if code not in (0, CUDA_ERROR_EXIT) and note is not None and note["case"] not in {
                 r["variant"] for r in read_rows(part)}:
@@ -703,13 +712,12 @@ def cuda_tests(until: float) -> dict:
     """The CUDA-only tests, a pytest process per file side by side until ``until``: each file
     compiles kernels of its own (FlexAttention's, a variant at a time: tens of seconds each,
     cold), so in turn the last file would get only what the others left of the phase's time."""
-    env = dict(os.environ)  # Inductor's compile threads, shared out between the files
-    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // (len(CUDA_TESTS) + 1))))
-    with concurrent.futures.ThreadPoolExecutor(len(CUDA_TESTS)) as pool:
-        runs = list(pool.map(lambda path: cuda_test_file(path, until, env), CUDA_TESTS))
+    env = compile_threads_shared(len(CUDA_TESTS))
+    runs = side_by_side([functools.partial(cuda_test_file, path, until, env) for path in CUDA_TESTS])
     codes = [run["returncode"] for run in runs]
+    failed = [c for c in codes if c not in (0, None)]
     return {"command": " & ".join(run["command"] for run in runs),
-            "returncode": None if None in codes else next((c for c in codes if c != 0), 0),
+            "returncode": failed[0] if failed else None if None in codes else 0,
             "summary": "; ".join(f"{Path(path).name}: {run['summary']}" for path, run in zip(CUDA_TESTS, runs)),
             "output_tail": "\n".join(f"== {path}\n{run['output_tail']}" for path, run in zip(CUDA_TESTS, runs)),
             "files": dict(zip(CUDA_TESTS, runs))}
@@ -733,13 +741,70 @@ def cuda_test_file(path: str, until: float, env: dict | None = None) -> dict:
 def run_until(command: list[str], until: float, env: dict | None = None) -> tuple[int | None, str, str]:
     """``command`` in the repository, stopped at ``until``: (exit code, or None if stopped; its
     stdout; its stderr), what it printed so far either way."""
+    code, stdout, stderr = run_child(command, max(1.0, until - time.time()), env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, errors="replace")
+    return code, *(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (stdout, stderr))
+
+
+# The phases' child processes (train.py, the equality processes, the test files' pytest), so that a
+# check stopped from outside stops them too: threads of its own wait on some of them.
+_children: set[subprocess.Popen] = set()
+_children_lock = threading.Lock()
+STOPPING = threading.Event()  # set once the check is being stopped: no child is started or restarted
+
+
+def run_child(command: list[str], timeout: float, **popen) -> tuple[int | None, Any, Any]:
+    """``command`` in the repository, in a process group of its own (its compile processes stop
+    with it): (exit code, or None if stopped at ``timeout`` seconds; its stdout and stderr where
+    piped, what it printed so far either way). Registered while it runs, for ``stop_children``."""
+    if STOPPING.is_set():
+        return None, None, None
+    with subprocess.Popen(command, cwd=ROOT, start_new_session=True, **popen) as process:
+        with _children_lock:
+            _children.add(process)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as expired:  # on POSIX it holds what was printed so far
+            _kill_group(process)
+            return None, expired.stdout, expired.stderr
+        except BaseException:
+            _kill_group(process)
+            raise
+        finally:
+            with _children_lock:
+                _children.discard(process)
+    return process.returncode, stdout, stderr
+
+
+def stop_children() -> None:
+    """Kill every registered child's process group, and start no more."""
+    STOPPING.set()
+    with _children_lock:
+        running = list(_children)
+    for process in running:
+        _kill_group(process, wait=False)
+
+
+def side_by_side(jobs: list[Callable[[], Any]]) -> list[Any]:
+    """``jobs`` in threads of their own, their results in order. Stopped from outside (SIGTERM,
+    Ctrl-C: an exception in this thread), the children they started are killed first, so that
+    the threads end at once instead of at their time limits."""
+    pool = concurrent.futures.ThreadPoolExecutor(len(jobs))
     try:
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, errors="replace",
-                                timeout=max(1.0, until - time.time()), env=env)
-    except subprocess.TimeoutExpired as err:
-        return None, *(x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
-                       for x in (err.stdout, err.stderr))
-    return result.returncode, result.stdout, result.stderr
+        return [future.result() for future in [pool.submit(job) for job in jobs]]
+    except BaseException:
+        stop_children()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def compile_threads_shared(processes: int) -> dict:
+    """The environment for ``processes`` compiling side by side: Inductor's compile threads shared
+    out between them (and the steps workers'), unless set already."""
+    env = dict(os.environ)
+    env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // (processes + 1))))
+    return env
 
 
 def tests_so_far(verbose_output: str) -> str:
@@ -890,10 +955,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.run_phase:  # a child process: one phase, its rows appended to --part
         phase = steps_phase if args.run_phase == "steps" else equality_phase
         sys.exit(phase(args, device, args.part, args.until))
+    STOPPING.clear()  # a check run again in the same process (the tests) starts its children anew
     started = time.time()
     deadline = started + args.deadline_s
     args.out.mkdir(parents=True, exist_ok=True)
-    parts = {phase: args.out / f"part-{phase}.jsonl" for phase in ("equality", "steps")}
+    parts = {"steps": args.out / "part-steps.jsonl"}
     equality_parts = [args.out / f"part-equality-{i}.jsonl" for i in range(EQUALITY_PROCESSES)]
     share_dir = share_dir_of(parts["steps"])
     clean_parts([*parts.values(), *equality_parts])

@@ -317,21 +317,59 @@ def test_a_kernel_that_fails_in_the_equality_check_gets_its_own_row(monkeypatch)
     assert rows == [{"variant": "qk_scale", "kernel": "sdpa", "ok": False,
                      "error": "ValueError: no kernel for this shape"}]
     monkeypatch.setattr(gpu_check, "is_cuda_error", lambda err: True)  # as a device-side assert would be
+    monkeypatch.setattr(gpu_check, "supported_kernels", lambda block, config: ["explicit", "sdpa", "later"])
     rows = []
     with pytest.raises(ValueError):
         gpu_check.equality("qk_scale", gpu_check.torch.device("cpu"), "32-true", rows)
-    assert [r["kernel"] for r in rows] == ["sdpa"]
+    # The kernels after it would run in a spoilt process: named as not run (its phase goes on with
+    # the next variant in a new process).
+    assert rows[1:] == [{"variant": "qk_scale", "kernel": "later", "ok": False,
+                         "error": "not run: the CUDA error in sdpa spoilt the process"}]
+    assert [r["kernel"] for r in rows] == ["sdpa", "later"]
 
 
 def test_a_steps_case_may_wait_for_the_whole_train_phase_before_it_is_taken_for_hung():
     import gpu_check
 
     default = gpu_check.parse_args(["--device", "cpu"])
-    assert gpu_check.case_limit_s(default) == gpu_check.CASE_LIMIT_S >= default.train_s + 60
+    assert gpu_check.case_limit_s(default) == gpu_check.CASE_LIMIT_S >= default.train_s + gpu_check.CASE_BEYOND_TRAIN_S
     longer = gpu_check.parse_args(["--device", "cpu", "--train-s", "400"])
     assert gpu_check.case_limit_s(longer) == 400 + gpu_check.CASE_BEYOND_TRAIN_S
     no_train = gpu_check.parse_args(["--device", "cpu", "--train-s", "400", "--phases", "equality", "steps"])
     assert gpu_check.case_limit_s(no_train) == gpu_check.CASE_LIMIT_S
+
+
+def test_a_check_stopped_while_phases_run_side_by_side_kills_their_children():
+    """SIGTERM or Ctrl-C reaches the check's main thread as an exception while threads wait on
+    the phases' children (the equality processes, the test files): those are killed, not
+    waited for until their time limits."""
+    import signal
+
+    import gpu_check
+
+    class Stopped(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stopped
+
+    ended = []
+    sleeper = [sys.executable, "-c", "import time; time.sleep(20)"]
+
+    def job() -> None:
+        ended.append(gpu_check.run_child(sleeper, 120)[0])
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 2.0)
+        with pytest.raises(Stopped):
+            gpu_check.side_by_side([job, job])
+        assert ended == [-signal.SIGKILL] * 2  # killed, not slept out (exit 0)
+        assert gpu_check.run_child(sleeper, 120) == (None, None, None)  # and no child is started after
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        gpu_check.STOPPING.clear()
 
 
 SHARD_CHILD = """
@@ -533,11 +571,12 @@ def test_the_memory_the_gpu_check_holds_for_each_phase_covers_the_plans_estimate
     T, B = int(train["trainer.seq_len"]), int(train["trainer.batch_size"])
     config = dataclasses.replace(variant_at_preset(train["model"], train["variant"])[0], block_size=T)
     assert 1.25 * estimate(config, T, B) <= gpu_check.PHASE_RESERVE_GIB["train"]
-    # The equality phase's model, the largest of the CUDA-only tests' (tests/test_plan.py) no larger.
+    # The equality phase's processes side by side, each training the equality model at most; the
+    # CUDA-only tests' files side by side, none training more than tests/test_plan.py's largest.
     equality = ModelConfig(**gpu_check.EQUALITY_SHAPE, variant="talking_heads")
-    assert 1.25 * estimate(equality, 256, 2) <= gpu_check.PHASE_RESERVE_GIB["equality"]
+    assert gpu_check.EQUALITY_PROCESSES * 1.25 * estimate(equality, 256, 2) <= gpu_check.PHASE_RESERVE_GIB["equality"]
     from test_plan import SMALL
-    assert 1.25 * estimate(ModelConfig(**{**SMALL, "variant": "talking_heads"}), 256, 8) \
+    assert len(gpu_check.CUDA_TESTS) * 1.25 * estimate(ModelConfig(**{**SMALL, "variant": "talking_heads"}), 256, 8) \
         <= gpu_check.PHASE_RESERVE_GIB["cuda-tests"]
 
 
