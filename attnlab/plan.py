@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import math
 import os
 import sys
@@ -190,8 +191,10 @@ def _saved_in_block_forward(block: nn.Module, resolved: ModelConfig, a: int, tok
     itself (talking_heads: its maps are the plan's) is paused in the whole of it."""
     block.layer_idx = 0
     counting = True
-    handed: dict[int, int] = {}  # storage -> bytes of the tensors handed to the kernel
+    # storage -> a tensor handed to the kernel, held so that its address is not reused meanwhile
+    handed: dict[int, torch.Tensor] = {}
     kernel_calls = 0
+    kernel_signature = inspect.signature(attention.attend)
 
     def paused(method, kernel: bool = False):
         def call(*args, **kwargs):
@@ -199,8 +202,8 @@ def _saved_in_block_forward(block: nn.Module, resolved: ModelConfig, a: int, tok
             if kernel:
                 kernel_calls += 1
                 if counting:
-                    handed.update({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                                   for t in args[:3] if isinstance(t, torch.Tensor)})
+                    given = kernel_signature.bind(*args, **kwargs).arguments
+                    handed.update({given[name].untyped_storage().data_ptr(): given[name] for name in "qkv"})
             outer, counting = counting, False
             try:
                 return method(*args, **kwargs)
@@ -221,7 +224,8 @@ def _saved_in_block_forward(block: nn.Module, resolved: ModelConfig, a: int, tok
         stack.enter_context(unittest.mock.patch.object(block, "score_terms", paused(block.score_terms)))
         saved = saved_storages(lambda: block(x, cos, sin), inputs, counting=lambda: counting)
         if kernel_calls:
-            return sum({**saved, **{ptr: n for ptr, n in handed.items() if ptr not in known}}.values())
+            return sum({**saved, **{ptr: t.untyped_storage().nbytes() for ptr, t in handed.items()
+                                    if ptr not in known}}.values())
         stack.enter_context(unittest.mock.patch.object(block, "attend", paused(block.attend)))
         return sum(saved_storages(lambda: block(x, cos, sin), inputs, counting=lambda: counting).values())
 
