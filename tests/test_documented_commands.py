@@ -34,9 +34,8 @@ from omegaconf import OmegaConf
 
 from attnlab.analysis.config import register_schema as register_evaluate_schema
 from attnlab.training.config import register_schema as register_train_schema
-from test_training import CONFIGS
-
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 SUFFIXES = {".md", ".yaml", ".sbatch", ".py"}
 # script: (its config folder, its config's name, what registers its typed schema)
 SCRIPTS = {"train.py": (CONFIGS, "train", register_train_schema),
@@ -45,15 +44,14 @@ COMMAND = re.compile(r"python (train\.py|evaluate\.py)(?![\w.])(.*)")
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
 PLACEHOLDER = re.compile(r"\.\.\.|<|\[group=|\[key=")
 SHELL_FENCES = {"", "bash", "sh", "shell", "console"}
-SLURM_SCRIPT = ROOT / "scripts" / "slurm" / "multinode.sbatch"
 
 
 def _tracked_files() -> list[Path]:
     """The tracked files that may show commands; none outside a git checkout (the first test skips)."""
     try:
-        listed = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True,
-                                check=True, timeout=60).stdout.split()
-    except (FileNotFoundError, subprocess.CalledProcessError):
+        listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, text=True,
+                                check=True, timeout=60).stdout.split("\0")
+    except (OSError, subprocess.SubprocessError):
         return []
     return [ROOT / name for name in listed if Path(name).suffix in SUFFIXES and not name.startswith("tests/")]
 
@@ -215,13 +213,18 @@ def test_every_value_of_every_documented_sweep_composes_and_validates(where, scr
     _check(where, script, arguments, _override_sets(script, arguments)[1:])
 
 
-def test_the_slurm_script_composes_with_its_own_example_arguments():
-    # The script passes fixed overrides before the user's ("$@"); its header shows those.
-    text = SLURM_SCRIPT.read_text(encoding="utf-8")
-    example = re.search(r"sbatch scripts/slurm/multinode\.sbatch (.*)", text).group(1)
+SLURM_SCRIPTS = [path for path in _tracked_files() if path.suffix == ".sbatch"]
+
+
+@pytest.mark.parametrize("script", SLURM_SCRIPTS, ids=lambda path: path.name)
+def test_every_slurm_script_composes_with_its_own_example_arguments(script):
+    # A script passes fixed overrides before the user's ("$@"); its header shows an example of those.
+    text = script.read_text(encoding="utf-8")
+    example = re.search(rf"sbatch {re.escape(script.relative_to(ROOT).as_posix())} (.*)", text)
+    assert example, f"{script.name}: no 'sbatch {script.relative_to(ROOT).as_posix()} ...' example in its header"
     fixed = [line for line in _logical_lines(text) if line.lstrip().startswith("srun python train.py")]
     assert len(fixed) == 1
     fixed_arguments = COMMAND.search(fixed[0]).group(2)
     assert fixed_arguments.rstrip().endswith('"$@"')  # the user's arguments come last
-    for overrides in _override_sets("train.py", fixed_arguments.replace('"$@"', example)):
+    for overrides in _override_sets("train.py", fixed_arguments.replace('"$@"', example.group(1))):
         _compose_and_validate("train.py", overrides)
