@@ -22,7 +22,7 @@ Three phases in turn:
    side by side, each a share of the variants.
 3. **cuda-tests** (``--tests-s``): the CUDA-only tests (the memory estimate against a measured
    CUDA step; FlexAttention gradients against the explicit kernel), a pytest process per file
-   side by side: each file's summary.
+   side by side (FlexAttention's in two, each half of the variants): each one's summary.
 
 and beside them, from the start until the deadline, **steps**: per (preset, T, variant), in
 order of importance (every variant at the first T, then the next; the presets side by side), the
@@ -93,8 +93,10 @@ ROOT = SCRIPT.parents[1]
 EQUALITY_SHAPE = dict(vocab_size=512, block_size=256, n_layer=2, n_head=4, n_query_groups=2, n_embd=256,
                       intermediate_size=512)  # batch 2
 EQUALITY_TOLERANCE = 2e-2  # as tests/test_bf16.py: bf16's rounding (2^-8) x 5
-# Their tests named *cuda*: a pytest process per file, side by side (cuda_tests).
+# Their tests named *cuda*: a pytest process per file, side by side (cuda_tests); FlexAttention's
+# file, a cold compile per variant, in two complementary halves of its variants.
 CUDA_TESTS = ["tests/test_plan.py", "tests/test_cudnn_sdpa.py", "tests/test_flex_kernel.py"]
+SPLIT_CUDA_TESTS = {"tests/test_flex_kernel.py"}
 PHASES = ("train", "equality", "cuda-tests", "steps")  # the order they run in (steps: beside them)
 # The train phase: train.py as a researcher runs it on a GPU, short. gqa100m's heads of 64 put
 # qk_scale on FlexAttention, the most fragile path: its block mask and score_mod compiled inside
@@ -712,20 +714,33 @@ def cuda_tests(until: float) -> dict:
     """The CUDA-only tests, a pytest process per file side by side until ``until``: each file
     compiles kernels of its own (FlexAttention's, a variant at a time: tens of seconds each,
     cold), so in turn the last file would get only what the others left of the phase's time."""
-    env = compile_threads_shared(len(CUDA_TESTS))
-    runs = side_by_side([functools.partial(cuda_test_file, path, until, env) for path in CUDA_TESTS])
+    selections = cuda_test_selections()
+    env = compile_threads_shared(len(selections))
+    runs = side_by_side([functools.partial(cuda_test_file, path, until, env, keyword)
+                         for path, keyword in selections])
+    names = [f"{Path(path).name}" + (f" ({keyword})" if keyword != "cuda" else "") for path, keyword in selections]
     codes = [run["returncode"] for run in runs]
     failed = [c for c in codes if c not in (0, None)]
     return {"command": " & ".join(run["command"] for run in runs),
             "returncode": failed[0] if failed else None if None in codes else 0,
-            "summary": "; ".join(f"{Path(path).name}: {run['summary']}" for path, run in zip(CUDA_TESTS, runs)),
-            "output_tail": "\n".join(f"== {path}\n{run['output_tail']}" for path, run in zip(CUDA_TESTS, runs)),
-            "files": dict(zip(CUDA_TESTS, runs))}
+            "summary": "; ".join(f"{name}: {run['summary']}" for name, run in zip(names, runs)),
+            "output_tail": "\n".join(f"== {name}\n{run['output_tail']}" for name, run in zip(names, runs)),
+            "files": dict(zip(names, runs))}
 
 
-def cuda_test_file(path: str, until: float, env: dict | None = None) -> dict:
+def cuda_test_selections() -> list[tuple[str, str]]:
+    """(file, pytest -k expression) per process: each file's tests named *cuda*, a split file's
+    in two halves, every other registered variant and the rest (complements: no test in both, none
+    left out)."""
+    half = " or ".join(available_variants()[::2])
+    return [selection for path in CUDA_TESTS for selection in (
+        [(path, f"cuda and ({half})"), (path, f"cuda and not ({half})")] if path in SPLIT_CUDA_TESTS
+        else [(path, "cuda")])]
+
+
+def cuda_test_file(path: str, until: float, env: dict | None = None, keyword: str = "cuda") -> dict:
     # -v: a line per test as it ends, so a file stopped at its limit still says how far it got
-    command = [sys.executable, "-m", "pytest", "-v", "--tb=short", "-rs", "-m", "", "-k", "cuda", path]
+    command = [sys.executable, "-m", "pytest", "-v", "--tb=short", "-rs", "-m", "", "-k", keyword, path]
     shown = shlex.join(["python", *command[1:]])
     limit = max(1.0, until - time.time())
     returncode, stdout, stderr = run_until(command, until, env)

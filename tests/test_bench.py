@@ -526,21 +526,30 @@ def test_the_cuda_tests_progress_counts_the_outcomes_pytest_v_printed():
     assert gpu_check.tests_so_far(verbose) == "2 passed, 1 failed, 1 skipped"
 
 
-@pytest.mark.slow  # a pytest subprocess per file
+@pytest.mark.slow  # a pytest subprocess per file, and FlexAttention's file collected on its own
 def test_the_cuda_tests_phase_runs_each_file_in_a_pytest_of_its_own_and_sums_them_up():
     import re
+    import shlex
+    import subprocess
 
     import gpu_check
     import torch
 
     done = gpu_check.cuda_tests(time.time() + 300)
-    assert done["returncode"] == 0 and list(done["files"]) == gpu_check.CUDA_TESTS
-    for path, part in zip(gpu_check.CUDA_TESTS, done["summary"].split("; ")):
-        assert part.startswith(f"{Path(path).name}: ")
-        # Every test named *cuda* was selected, and ran (on a GPU) or was skipped for want of one.
-        outcome = "passed" if torch.cuda.is_available() else "skipped"
-        assert re.search(rf"\b\d+ {outcome}\b.*\bdeselected\b", part), part
-        assert done["files"][path]["command"].endswith(f"-m '' -k cuda {path}")
+    selections = gpu_check.cuda_test_selections()
+    assert done["returncode"] == 0 and len(done["files"]) == len(selections) == len(gpu_check.CUDA_TESTS) + 1
+    outcome = "passed" if torch.cuda.is_available() else "skipped"  # or ran, on a GPU
+    selected = {}
+    for (path, keyword), (name, run) in zip(selections, done["files"].items()):
+        assert name.startswith(Path(path).name) and run["command"].endswith(f"-m '' -k {shlex.quote(keyword)} {path}")
+        counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|skipped|failed|deselected)", run["summary"])}
+        assert counts.get(outcome, 0) > 0, run["summary"]
+        selected[path] = selected.get(path, 0) + counts.get("passed", 0) + counts.get("skipped", 0)
+    # The split file's two halves select every test named *cuda* in it, each once.
+    split = next(iter(gpu_check.SPLIT_CUDA_TESTS))
+    listed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "", "-k", "cuda", split],
+                            cwd=gpu_check.ROOT, capture_output=True, text=True, timeout=300).stdout
+    assert selected[split] == sum(1 for line in listed.splitlines() if "::" in line) > 0
 
 
 @pytest.mark.slow  # a pytest subprocess, stopped
@@ -549,8 +558,9 @@ def test_the_cuda_tests_phase_stopped_before_any_test_says_so():
 
     stopped = gpu_check.cuda_tests(time.time() + 0.5)  # pytest cannot even start in that time
     assert stopped["returncode"] is None
-    assert stopped["summary"] == "; ".join(f"{Path(path).name}: stopped at its limit of 1 s after no test"
-                                           for path in gpu_check.CUDA_TESTS)
+    assert stopped["summary"] == "; ".join(f"{name}: stopped at its limit of 1 s after no test"
+                                           for name in stopped["files"])
+    assert len(stopped["files"]) == len(gpu_check.cuda_test_selections())
 
 
 def test_the_memory_the_gpu_check_holds_for_each_phase_covers_the_plans_estimate_of_it():
@@ -576,8 +586,8 @@ def test_the_memory_the_gpu_check_holds_for_each_phase_covers_the_plans_estimate
     equality = ModelConfig(**gpu_check.EQUALITY_SHAPE, variant="talking_heads")
     assert gpu_check.EQUALITY_PROCESSES * 1.25 * estimate(equality, 256, 2) <= gpu_check.PHASE_RESERVE_GIB["equality"]
     from test_plan import SMALL
-    assert len(gpu_check.CUDA_TESTS) * 1.25 * estimate(ModelConfig(**{**SMALL, "variant": "talking_heads"}), 256, 8) \
-        <= gpu_check.PHASE_RESERVE_GIB["cuda-tests"]
+    largest = estimate(ModelConfig(**{**SMALL, "variant": "talking_heads"}), 256, 8)
+    assert len(gpu_check.cuda_test_selections()) * 1.25 * largest <= gpu_check.PHASE_RESERVE_GIB["cuda-tests"]
 
 
 def test_a_retried_case_s_row_replaces_its_out_of_memory_row_which_stays_if_the_retry_never_runs():
