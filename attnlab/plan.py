@@ -146,7 +146,7 @@ class KernelPlan:
 
 
 PROBE_TOKENS = 16  # own_activation_bytes_per_token's block forwards: this many tokens, and twice it
-_own_bytes: dict[tuple[str, int], float] = {}
+_slopes: dict[tuple[str, int], float] = {}  # (resolved config, a) -> _saved_per_token's result
 
 
 def own_activation_bytes_per_token(config: ModelConfig, precision: str) -> float:
@@ -159,15 +159,19 @@ def own_activation_bytes_per_token(config: ModelConfig, precision: str) -> float
     precision), less the baseline block's; never below 0."""
     _, resolved = resolve(config)
     a = activation_bytes(precision)
+    baseline = dataclasses.replace(resolved, variant="baseline", variant_options={})
+    return max(0.0, _saved_per_token(resolved, a) - _saved_per_token(baseline, a))
+
+
+def _saved_per_token(resolved: ModelConfig, a: int) -> float:
+    """``_saved_outside_attention``'s bytes per token, the slope between two lengths (what does not
+    grow with the tokens, autocast's bf16 copy of a weight, counted with the weights, drops out);
+    cached, so that the baseline block is probed once for all the variants of a plan."""
     key = (repr(resolved), a)
-    if key not in _own_bytes:
-        baseline = dataclasses.replace(resolved, variant="baseline", variant_options={})
-        # The slope between two lengths: what does not grow with the tokens (autocast's bf16
-        # copy of a weight, counted with the weights) drops out.
-        slope = [(_saved_outside_attention(c, a, 2 * PROBE_TOKENS) - _saved_outside_attention(c, a, PROBE_TOKENS))
-                 / PROBE_TOKENS for c in (resolved, baseline)]
-        _own_bytes[key] = max(0.0, slope[0] - slope[1])
-    return _own_bytes[key]
+    if key not in _slopes:
+        _slopes[key] = (_saved_outside_attention(resolved, a, 2 * PROBE_TOKENS)
+                        - _saved_outside_attention(resolved, a, PROBE_TOKENS)) / PROBE_TOKENS
+    return _slopes[key]
 
 
 def _saved_outside_attention(config: ModelConfig, a: int, tokens: int) -> int:

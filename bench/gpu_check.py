@@ -630,10 +630,7 @@ class StepsPool:
         self.on_rows, self.case_limit_s = on_rows, case_limit_s
         self.running: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()  # ``stop`` may come from another thread (an interrupt)
-        self.env = dict(os.environ)
-        if workers > 1:  # Inductor's Triton compile threads, shared out between the workers
-            self.env.setdefault("TORCHINDUCTOR_COMPILE_THREADS",
-                                str(max(1, (os.cpu_count() or 1) // (workers + 1))))
+        self.env = compile_threads_shared(workers) if workers > 1 else dict(os.environ)
         # Blocks of varying size (a case after another) leave less reserved-but-unused memory,
         # which the estimates of the cases beside it do not count.
         self.env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -815,8 +812,8 @@ def side_by_side(jobs: list[Callable[[], Any]]) -> list[Any]:
 
 
 def compile_threads_shared(processes: int) -> dict:
-    """The environment for ``processes`` compiling side by side: Inductor's compile threads shared
-    out between them (and the steps workers'), unless set already."""
+    """The environment for ``processes`` compiling side by side (the steps workers, a phase's
+    processes): Inductor's compile threads shared out between them, unless set already."""
     env = dict(os.environ)
     env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(max(1, (os.cpu_count() or 1) // (processes + 1))))
     return env
@@ -974,10 +971,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     started = time.time()
     deadline = started + args.deadline_s
     args.out.mkdir(parents=True, exist_ok=True)
-    parts = {"steps": args.out / "part-steps.jsonl"}
+    steps_part = args.out / "part-steps.jsonl"
     equality_parts = [args.out / f"part-equality-{i}.jsonl" for i in range(EQUALITY_PROCESSES)]
-    share_dir = share_dir_of(parts["steps"])
-    clean_parts([*parts.values(), *equality_parts])
+    share_dir = share_dir_of(steps_part)
+    clean_parts([steps_part, *equality_parts])
     order = cases(args.presets, args.seq_lens, variant_list(args))
     results, processes, tests, train = {}, {}, None, None
     reporting = threading.Lock()  # the steps pool's thread reports too
@@ -985,7 +982,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     def write_report() -> dict:
         # After every phase and steps case: a check stopped from outside keeps what it finished.
         with reporting:
-            steps = latest_per_case(read_rows(parts["steps"]), order)
+            steps = latest_per_case(read_rows(steps_part), order)
             done = {case_of(r) for r in steps}
             report = {
                 "command": "python bench/gpu_check.py " + " ".join(argv),
@@ -997,7 +994,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                 "precision": args.precision, "compiled": not args.no_compile, "phases": args.phases,
                 "variants": variant_list(args), "deadline_s": args.deadline_s, "workers": args.workers,
                 "timed_steps": args.steps, "memory_bytes": memory_bytes, "steps": steps,
-                "stopped_in": stopped_cases(parts["steps"], steps),
+                "stopped_in": stopped_cases(steps_part, steps),
                 "not_run": [c for c in order if c not in done] if "steps" in args.phases else [],
                 "equality": results.get("equality", []), "cuda_tests": tests, "train": train,
                 "processes": dict(processes), "seconds": time.time() - started}
@@ -1021,7 +1018,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     pool, pool_thread = None, None
     if "steps" in args.phases:  # beside the other phases, from the start: compiling is most of it
         print(f"== steps: {args.workers} worker(s) beside the other phases until the deadline", flush=True)
-        pool = StepsPool([*argv, "--share-bytes", str(memory_bytes)], parts["steps"], deadline, args.workers,
+        pool = StepsPool([*argv, "--share-bytes", str(memory_bytes)], steps_part, deadline, args.workers,
                          on_rows=write_report, case_limit_s=case_limit_s(args))
 
         def steps_pool() -> None:
@@ -1059,7 +1056,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         if pool is not None:  # stopped from outside (an interrupt, SIGTERM): its workers' groups too
             pool.stop()
             pool_thread.join()
-    clean_parts([*parts.values(), *equality_parts])
+    clean_parts([steps_part, *equality_parts])
     print(markdown(report))
     return report
 
