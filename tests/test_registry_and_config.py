@@ -46,6 +46,32 @@ def test_a_variant_defined_in_one_place_trains_without_touching_the_model():
     assert "throwaway_temperature" not in available_variants()
 
 
+def test_an_option_the_attention_description_refuses_names_the_variant():
+    """A variant that leaves its checks to AttentionSpec's (no __post_init__ of its own)."""
+    from dataclasses import dataclass
+
+    from attnlab.attention import AttentionSpec
+
+    @register("throwaway_capped")
+    class Capped(BaselineAttention):
+        """Baseline with soft-capped logits."""
+
+        @dataclass(frozen=True)
+        class Options:
+            cap: float = 30.0
+
+        @classmethod
+        def attention_spec(cls, config):
+            return AttentionSpec(softcap=cls.options(config).cap)
+
+    try:
+        with pytest.raises(ValueError, match=r"variant 'throwaway_capped': softcap must be positive, got -1.0; "
+                                             r"options: \{'cap': -1.0\}"):
+            build_model(tiny_config("throwaway_capped", variant_options={"cap": -1.0}))
+    finally:
+        unregister("throwaway_capped")
+
+
 def test_registering_a_name_twice_is_an_error():
     with pytest.raises(ValueError, match="already registered"):
         register("baseline")(type("Other", (BaselineAttention,), {}))

@@ -208,6 +208,8 @@ def test_cli_sweep_of_every_variant_by_2_seeds_then_evaluation_over_all_of_them(
         assert run.config.is_file() and run.metrics.is_file() and run.tokenizer.is_file()
         assert run.last_checkpoint.is_file() and run.best_checkpoint.is_file()
         assert list((run.path / "tensorboard").glob("events.out.tfevents.*"))
+    # Lightning's messages once per run, through Hydra's handlers (train.py's print_lightning_messages_once)
+    assert (result.stdout + result.stderr).count("Trainable params") == len(runs)
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     evaluation = subprocess.run(

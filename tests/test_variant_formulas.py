@@ -128,6 +128,8 @@ def randomise(blk, seed: int = 0) -> None:
             p.copy_(0.3 * r)
         elif name in ("logits_mix", "weights_mix"):
             p.copy_(r / math.sqrt(p.shape[0]))
+        elif p.ndim == 1:  # a vector of a variant's own (one value per head, say)
+            p.copy_(0.5 * r)
         else:  # Linear weights (out, in)
             p.copy_(r / math.sqrt(p.shape[1]))
 

@@ -166,7 +166,11 @@ def resolve(config: ModelConfig, seq_len: int | None = None) -> tuple[type[Atten
         raise ValueError(f"model.attn_kernel={resolved.attn_kernel!r} cannot run variant "
                          f"{config.variant!r}: it computes its attention itself; kernels that can: "
                          f"auto, {', '.join(block.kernels)}")
-    check_kernel(resolved.attn_kernel, block.attention_spec(resolved), config.variant)
+    try:
+        spec = block.attention_spec(resolved)
+    except ValueError as err:  # an option value the description refuses (AttentionSpec's checks)
+        raise ValueError(f"variant {config.variant!r}: {err}; options: {resolved.variant_options}") from None
+    check_kernel(resolved.attn_kernel, spec, config.variant)
     return block, resolved
 
 

@@ -210,16 +210,24 @@ def _loss_by_position_measure(cfg: EvaluateConfig, leave_out: Callable[[str], No
 
 
 def check_prompts_fit(runs: Sequence[RunDir], cfg: EvaluateConfig) -> None:
-    """Every prompt (plus the new tokens) fits every model's context, or a ValueError naming it."""
+    """Every prompt (plus the new tokens) fits every model's context, or a ValueError naming the
+    setting, the run and what would fit."""
+    heatmap = ("heatmap_prompt", cfg.heatmap_prompt) if cfg.heatmap_prompt else ("prompts[0] (the heatmaps' prompt)",
+                                                                                 cfg.prompts[0])
     for run in runs:
         tokenizer = run.load_tokenizer()
         block_size = run.load_config()["resolved_model"]["block_size"]
-        for prompt, new in [*((p, cfg.sampling.max_new_tokens) for p in cfg.prompts),
-                            (cfg.heatmap_prompt or cfg.prompts[0], 0)]:
+        for (setting, prompt), new in [*(((f"prompts[{i}]", p), cfg.sampling.max_new_tokens)
+                                         for i, p in enumerate(cfg.prompts)), (heatmap, 0)]:
             try:
                 check_fits_context(len(tokenizer.encode(prompt, bos=True)), new, block_size)
             except ValueError as err:
-                raise ValueError(f"{run.variant}/seed{run.seed}, prompt {prompt!r}: {err}") from None
+                # Small models (a tiny block_size) meet the default prompts here: say how to
+                # give others, as a Hydra list quoted for the shell.
+                raise ValueError(f"{setting}={prompt!r} does not fit run {run.variant}/seed{run.seed}: "
+                                 f"{str(err).replace('max_new_tokens', 'sampling.max_new_tokens')}. Give "
+                                 f"shorter prompts, e.g. \"prompts=['...','...']\" (quoted for the shell), "
+                                 f"or a smaller sampling.max_new_tokens") from None
 
 
 def without_text_outputs(cfg: EvaluateConfig) -> tuple[EvaluateConfig, str | None]:

@@ -113,13 +113,23 @@ def test_a_checkpoint_of_another_variant_is_refused(runs_dir, tmp_path):
         run.load_model()
 
 
-def test_a_prompt_longer_than_the_context_fails_before_any_output(runs_dir, tmp_path):
-    cfg = EvaluateConfig(runs_dir=str(runs_dir), output_dir=str(tmp_path / "out"), prompts=["海" * 80],
-                         outputs=["samples"], sampling=SAMPLING)
-    with pytest.raises(ValueError, match=r"baseline/seed0, prompt '海+': prompt is \d+ tokens, longer than the "
-                                         r"model's context allows \(block_size=64\)"):
+@pytest.mark.parametrize("settings, message", [
+    ({"prompts": ["海" * 80]},
+     r"prompts\[0\]='海+' does not fit run baseline/seed0: prompt is \d+ tokens, longer than the model's "
+     r"context allows \(block_size=64\); shorten it to at most 63 tokens\. Give shorter prompts, e\.g\. "
+     r"\"prompts=\['\.\.\.','\.\.\.'\]\" \(quoted for the shell\), or a smaller sampling\.max_new_tokens"),
+    ({"prompts": ["海", "海" * 20], "sampling": SamplingConfig(max_new_tokens=50)},
+     r"prompts\[1\]='海+' does not fit run baseline/seed0: prompt \(\d+ tokens\) \+ sampling\.max_new_tokens=50 "
+     r"exceeds the model's context block_size=64; allowed: sampling\.max_new_tokens <= \d+\."),
+    ({"prompts": ["海"], "heatmap_prompt": "海" * 80}, r"heatmap_prompt='海+' does not fit run baseline/seed0"),
+])
+def test_a_prompt_longer_than_the_context_fails_before_any_output_naming_the_setting(
+        runs_dir, tmp_path, settings, message):
+    cfg = EvaluateConfig(runs_dir=str(runs_dir), output_dir=str(tmp_path / "out"),
+                         **{"outputs": ["samples"], "sampling": SAMPLING, **settings})
+    with pytest.raises(ValueError, match=message):
         evaluate(cfg)
-    assert not (tmp_path / "out" / "samples.md").exists()
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 @pytest.mark.parametrize("settings, message", [
