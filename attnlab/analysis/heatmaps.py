@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 
 from attnlab.analysis.maps import AttentionMaps
-from attnlab.analysis.style import save_figure
+from attnlab.analysis.style import drawable, save_figure
 
 CMAP = matplotlib.colormaps["viridis"].with_extremes(bad="white")  # "bad": the masked triangle
 SIGNED_CMAP = matplotlib.colormaps["RdBu_r"].with_extremes(bad="lightgrey")
@@ -51,6 +51,7 @@ def plot_attention(ax: Axes, probs: np.ndarray, labels: Sequence[str], title: st
     image = ax.imshow(np.ma.masked_array(probs, mask=upper), cmap=SIGNED_CMAP if signed else CMAP,
                       vmin=-vmax if signed else 0.0, vmax=vmax, interpolation="nearest")
     size = _tick_fontsize(T)
+    labels = [drawable(label) for label in labels]
     ax.set_xticks(range(T), labels, rotation=90, fontsize=size)
     ax.set_yticks(range(T), labels if ylabels else [""] * T, fontsize=size)
     ax.set_xlabel("key")
@@ -118,7 +119,7 @@ def variant_grid_figure(maps_by_variant: Sequence[AttentionMaps], layer: int) ->
     for signed, image in sorted(by_scale.items()):
         fig.colorbar(image, ax=drawn, fraction=0.02, pad=0.01,
                      label="signed weight (diverging scale)" if signed else "attention probability")
-    fig.suptitle(f"layer {layer}: {maps_by_variant[0].prompt}")
+    fig.suptitle(f"layer {layer}: {drawable(maps_by_variant[0].prompt)}")
     return fig
 
 
@@ -191,7 +192,7 @@ def difference_figure(maps_by_variant: Sequence[AttentionMaps], reference: Atten
     fig.colorbar(image, ax=[ax for ax in panels.flat if ax.get_visible()], fraction=0.02, pad=0.01,
                  label=f"weight difference (variant − {reference.variant})")
     fig.suptitle(f"layer {layer}: difference from {reference.variant} (seed {reference.seed}), "
-                 f"scale ±{limit:.3g}: {reference.prompt}")
+                 f"scale ±{limit:.3g}: {drawable(reference.prompt)}")
     return fig
 
 

@@ -7,6 +7,7 @@ no kanji (they render as empty boxes), so every figure uses IPAexGothic, which
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,21 @@ def use_style() -> None:
 
 
 use_style()
+
+
+@functools.cache
+def _font_codepoints() -> frozenset[int]:
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(FT2Font(font_manager.findfont(FONT_FAMILY, fallback_to_default=False)).get_charmap())
+
+
+def drawable(text: str) -> str:
+    """``text`` with each character the figure font has no glyph for (a rare kanji such as 𠮷,
+    an emoji) written as its code point, U+20BB7, instead of drawn as an empty box."""
+    codepoints = _font_codepoints()
+    return "".join(c if ord(c) in codepoints or c in "\n\t" else f"U+{ord(c):04X}" for c in text)
 
 
 def variant_colors(variants: Sequence[str]) -> dict[str, str]:

@@ -8,6 +8,7 @@ from these annotations.
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -244,7 +245,10 @@ class DataConfig:
     hf_revision: Optional[str] = None
     val_fraction: float = 0.05  # share of documents held out, chosen by a seeded hash of their text
     split_seed: int = 0
-    on_decode_error: str = "fail"  # "replace": invalid UTF-8 becomes U+FFFD (counted and logged)
+    # The text files' encoding (.txt, .jsonl): utf-8, or one that keeps ASCII's newline, such as
+    # cp932 (Windows Shift-JIS) or euc_jp. A leading byte-order mark is dropped; CRLF becomes LF.
+    encoding: str = "utf-8"
+    on_decode_error: str = "fail"  # "replace": undecodable bytes become U+FFFD (counted and logged per file)
     cache_dir: str = "data/cache"  # tokenizers/ and shards/; relative to the working directory
     shard_tokens: int = 2**27  # tokens per shard file (256 MiB at uint16)
     num_threads: int = 0  # sentencepiece threads for training and encoding; 0: all cores
@@ -293,6 +297,10 @@ class DataConfig:
             raise DataError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int):
             raise DataError(f"data.split_seed must be an int, got {self.split_seed!r}")
+        _check_encoding(self.encoding)
+        if self.encoding != "utf-8" and self.source != "text":
+            raise DataError(f"data.encoding={self.encoding!r} is only used with data.source='text' "
+                            f"(files of .txt or .jsonl), not with {self.source!r}")
         if self.on_decode_error not in DECODE_ERROR_MODES:
             raise DataError(f"unknown data.on_decode_error {self.on_decode_error!r}; "
                             f"allowed: {', '.join(DECODE_ERROR_MODES)}")
@@ -308,6 +316,20 @@ class DataConfig:
             if self.source not in SYNTHETIC_SOURCES:
                 raise DataError(f"data.num_train_examples={self.num_train_examples} is only used with a "
                                 f"synthetic source ({', '.join(SYNTHETIC_SOURCES)}), not with {self.source!r}")
+
+
+def _check_encoding(encoding: object) -> None:
+    """A codec Python knows that writes the newline as the byte \\n: files are read line by line."""
+    examples = "e.g. utf-8, cp932 (Windows Shift-JIS), shift_jis, euc_jp"
+    if not isinstance(encoding, str) or not encoding:
+        raise DataError(f"data.encoding must be a codec name ({examples}), got {encoding!r}")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise DataError(f"unknown data.encoding {encoding!r}; Python's codec names, {examples}") from None
+    if "\n".encode(encoding) != b"\n":
+        raise DataError(f"data.encoding={encoding!r} does not write a newline as the byte \\n, so its files "
+                        f"cannot be read line by line; convert them to UTF-8 (iconv -f {encoding} -t UTF-8)")
 
 
 _SECTIONS = {"tokenizer": TokenizerConfig, "mqar": MQARConfig, "induction": InductionConfig, "icr": ICRConfig,

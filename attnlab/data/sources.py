@@ -3,7 +3,9 @@
 Each source resolves its inputs up front (so a missing file fails before any
 work), describes itself by content (the cache key: a changed file means a
 rebuild) and yields documents as strings. Empty or whitespace-only documents
-are skipped everywhere.
+are skipped everywhere. Files are decoded from ``data.encoding``; a leading byte-order
+mark is dropped and CRLF line endings become LF, so that the same text saved by
+another editor gives the same tokens (the tokenizer keeps every character as it is).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import lzma
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,20 +41,26 @@ class Corpus:
     fingerprint: dict[str, Any]
     files: list[Path]
     cfg: DataConfig
+    # Files whose replaced bytes were logged: the corpus is read twice (tokenizer, shards), logged once.
+    reported: set[Path] = field(default_factory=set)
 
     def documents(self) -> Iterator[str]:
+        for text in self._documents_as_stored():
+            yield text.replace("\r\n", "\n")
+
+    def _documents_as_stored(self) -> Iterator[str]:
         if self.kind == "hf":
             yield from _hf_documents(self.cfg, self.files)
             return
         field_name = "text" if self.kind == "demo" else self.cfg.text_field
         for path in self.files:
-            yield from read_file(path, field_name, self.cfg.on_decode_error)
+            yield from read_file(path, field_name, self.cfg.on_decode_error, self.cfg.encoding, self.reported)
 
 
 def resolve_source(cfg: DataConfig, cache_dir: Path) -> Corpus:
     """Find the inputs of ``cfg`` and fingerprint them; raises if any is missing."""
     hashes = _HashCache(cache_dir / "file_hashes.json")
-    common = {"on_decode_error": cfg.on_decode_error}
+    common = {"on_decode_error": cfg.on_decode_error, "encoding": cfg.encoding, "normalised": "bom, crlf"}
     if cfg.source == "demo":
         if not DEMO_CORPUS.is_file():
             raise DataFileNotFoundError(f"demo corpus not found at {DEMO_CORPUS}; rebuild it with "
@@ -85,7 +93,8 @@ def expand_paths(patterns: list[str]) -> list[Path]:
         matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(pattern), recursive=True))
         matches = [m for m in matches if m.is_file()]
         if not matches:
-            raise DataFileNotFoundError(f"no files match {pattern!r} (working directory {os.getcwd()})")
+            raise DataFileNotFoundError(f"data.paths: no files match {pattern!r} (working directory {os.getcwd()}); "
+                                        f"give globs of {', '.join(TEXT_SUFFIXES)} files")
         files.update(dict.fromkeys(m.resolve() for m in matches))
     return list(files)
 
@@ -101,36 +110,72 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def _decode(raw: bytes, path: Path, where: str, mode: str) -> str:
+# Encodings a Japanese file that is not UTF-8 is likely in, tried to name the setting that reads it.
+JAPANESE_ENCODINGS = ("cp932", "euc_jp")
+
+
+class _LineDecoder:
+    """Decodes one file's lines from ``encoding``: a leading byte-order mark is dropped; an
+    undecodable line fails, naming the file, the line and an encoding that reads it, or (mode
+    ``replace``) has its bad bytes replaced by U+FFFD, counted and logged once per file."""
+
+    def __init__(self, path: Path, encoding: str, mode: str, reported: set[Path]) -> None:
+        self.path, self.encoding, self.mode, self.reported = path, encoding, mode, reported
+        self.replaced: list[int] = []  # line numbers
+
+    def decode(self, raw: bytes, lineno: int) -> str:
+        try:
+            text = raw.decode(self.encoding)
+        except UnicodeDecodeError as e:
+            if self.mode == "fail":
+                readers = [enc for enc in JAPANESE_ENCODINGS if enc != self.encoding and _decodes(raw, enc)]
+                hint = f"set data.encoding={readers[0]} if the file is in that encoding, " if readers else ""
+                raise DataError(f"{self.path}: line {lineno}: invalid {self.encoding} at byte {e.start} "
+                                f"({raw[e.start:e.start + 4]!r}); {hint}fix the file, or set "
+                                f"data.on_decode_error=replace (bad bytes become U+FFFD)") from None
+            self.replaced.append(lineno)
+            text = raw.decode(self.encoding, errors="replace")
+        return text.removeprefix("\ufeff") if lineno == 1 else text
+
+    def report(self, lines: int) -> None:
+        if self.replaced and self.path not in self.reported:
+            self.reported.add(self.path)
+            log.warning("%s: %d of %d line(s) had bytes invalid in %s, replaced by U+FFFD (first: line %d)%s",
+                        self.path, len(self.replaced), lines, self.encoding, self.replaced[0],
+                        "; is data.encoding right for this file?" if len(self.replaced) > lines // 2 else "")
+
+
+def _decodes(raw: bytes, encoding: str) -> bool:
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if mode == "fail":
-            raise DataError(f"{path}: {where}: invalid UTF-8 at byte {e.start} ({raw[e.start:e.start + 4]!r}); "
-                            "fix the file or set data.on_decode_error=replace") from None
-        log.warning("%s: %s: invalid UTF-8 replaced by U+FFFD", path, where)
-        return raw.decode("utf-8", errors="replace")
+        raw.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
-def read_file(path: Path, text_field: str, on_decode_error: str = "fail") -> Iterator[str]:
-    """Documents of one file: ``.txt`` blocks between blank lines, ``.jsonl`` lines, ``.parquet`` rows."""
+def read_file(path: Path, text_field: str, on_decode_error: str = "fail", encoding: str = "utf-8",
+              reported: set[Path] | None = None) -> Iterator[str]:
+    """Documents of one file: ``.txt`` blocks between blank lines, ``.jsonl`` lines, ``.parquet`` rows.
+    ``reported``: files whose replaced bytes are already logged (added to as they are)."""
     name = path.name
+    reported = set() if reported is None else reported
     if name.endswith(".parquet"):
-        yield from _read_parquet(path, text_field)
+        yield from _read_parquet(path, text_field)  # parquet strings are UTF-8 by the format
     elif name.endswith((".jsonl", ".jsonl.gz", ".jsonl.xz")):
-        yield from _read_jsonl(path, text_field, on_decode_error)
+        yield from _read_jsonl(path, text_field, _LineDecoder(path, encoding, on_decode_error, reported))
     else:
-        yield from _read_txt(path, on_decode_error)
+        yield from _read_txt(path, _LineDecoder(path, encoding, on_decode_error, reported))
 
 
-def _read_txt(path: Path, on_decode_error: str) -> Iterator[str]:
+def _read_txt(path: Path, decoder: _LineDecoder) -> Iterator[str]:
     # Blank lines separate documents: a single large file still yields many
     # documents to split train/val by, and is read in bounded memory. Documents
     # that must keep their blank lines belong in .jsonl.
     lines: list[str] = []
+    lineno = 0
     with _open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
-            line = _decode(raw, path, f"line {lineno}", on_decode_error)
+            line = decoder.decode(raw, lineno)
             if line.strip():
                 lines.append(line)
             elif lines:
@@ -138,14 +183,16 @@ def _read_txt(path: Path, on_decode_error: str) -> Iterator[str]:
                 lines = []
     if lines:
         yield "".join(lines).rstrip("\r\n")
+    decoder.report(lineno)
 
 
-def _read_jsonl(path: Path, text_field: str, on_decode_error: str) -> Iterator[str]:
+def _read_jsonl(path: Path, text_field: str, decoder: _LineDecoder) -> Iterator[str]:
+    lineno = 0
     with _open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
+            line = decoder.decode(raw, lineno)
+            if not line.strip():
                 continue
-            line = _decode(raw, path, f"line {lineno}", on_decode_error)
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -159,6 +206,7 @@ def _read_jsonl(path: Path, text_field: str, on_decode_error: str) -> Iterator[s
                 raise DataError(f"{path}: line {lineno}: field {text_field!r} is {type(text).__name__}, not a string")
             if text.strip():
                 yield text
+    decoder.report(lineno)
 
 
 def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
@@ -171,7 +219,11 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
     for batch in pf.iter_batches(columns=[text_field], batch_size=4096):
         for text in batch.column(0).to_pylist():
             if isinstance(text, bytes):
-                text = _decode(text, path, "row", "fail")
+                try:
+                    text = text.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}: a value of column {text_field!r} is not UTF-8 (byte {e.start}); "
+                                    "store text as a string column") from None
             if text and text.strip():
                 yield text
 

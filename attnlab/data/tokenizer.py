@@ -118,10 +118,12 @@ def train_tokenizer(sentences: Iterator[str], cfg: TokenizerConfig, out: Path, n
 def _explain(message: str, cfg: TokenizerConfig) -> str:
     """sentencepiece's two common failures, in attnlab's option names."""
     if m := re.search(r"smaller than required_chars\. \d+ vs (\d+)", message):
-        return (f"the corpus needs {m.group(1)} pieces (characters + 260 byte/special) at character_coverage="
-                f"{cfg.character_coverage}; raise vocab_size or lower character_coverage")
+        return (f"the corpus needs {m.group(1)} pieces (characters + 260 byte/special) at "
+                f"data.tokenizer.character_coverage={cfg.character_coverage}; raise data.tokenizer.vocab_size "
+                f"or lower data.tokenizer.character_coverage (down to 0.98)")
     if m := re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message):
-        return f"the corpus is too small for this vocabulary; use vocab_size <= {m.group(1)} or add text"
+        return (f"the corpus is too small for this vocabulary; set data.tokenizer.vocab_size <= {m.group(1)} "
+                f"or add text")
     return message.strip().splitlines()[-1] if message.strip() else "unknown error"
 
 

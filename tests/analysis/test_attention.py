@@ -7,11 +7,11 @@ import pytest
 from fontTools.ttLib import TTFont
 from matplotlib import font_manager
 
-from attnlab.analysis.heatmaps import heatmap_figure, save_heatmaps
+from attnlab.analysis.heatmaps import heatmap_figure, save_difference_heatmaps, save_heatmaps
 from attnlab.analysis.maps import (AttentionMaps, attention_maps, attention_statistics, head_statistics,
                                    summarize_statistics, token_labels)
 from attnlab.analysis.pipeline import load_experiment, load_run, representative_runs
-from attnlab.analysis.style import FONT_FAMILY
+from attnlab.analysis.style import FONT_FAMILY, drawable
 
 from .conftest import EXPERIMENT, PROMPTS, VARIANTS
 
@@ -75,15 +75,22 @@ def test_heatmap_font_is_a_cjk_font_with_the_glyphs_we_draw():
     assert all(ord(ch) in cmap for ch in "彼女が子供の頃に住んでいた、海の見える小さな町は。␣¹²³"), path
 
 
+def test_characters_the_font_lacks_are_written_as_code_points():
+    assert drawable("海の𠮷野家😀 a、。") == "海のU+20BB7野家U+1F600 a、。"
+
+
 @pytest.mark.slow  # renders and saves figures
 def test_heatmaps_render_japanese_without_missing_glyphs(tmp_path):
     T = 4
     probs = np.tril(np.ones((1, T, T))) / np.arange(1, T + 1)[:, None]
-    m = AttentionMaps("baseline", 0, "町は、", [1, 2, 3, 4], ["<s>", "町", "は", "、"], [probs])
+    # 𠮷 and the emoji are outside the font, in the prompt of the titles; 𩸽 as a piece of the vocabulary
+    m = AttentionMaps("baseline", 0, "町は、𠮷😀", [1, 2, 3, 4], ["<s>", "町", "𩸽", "、"], [probs])
+    other = AttentionMaps("qk_scale", 0, m.prompt, m.token_ids, m.pieces, [np.tril(probs[:, :, ::-1])])
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="Glyph")  # "Glyph 30010 ... missing from font(s)"
         heatmap_figure(m, 0, 0).savefig(tmp_path / "one.png")
         paths = save_heatmaps([m, m], tmp_path / "maps", layers=[0])
+        save_difference_heatmaps([m, other], "baseline", tmp_path / "diff", layers=[0])
     assert {p.name for p in paths} == {"layer0_head0.png", "layer0_head0.pdf", "grid_layer0.png", "grid_layer0.pdf"}
     with pytest.raises(ValueError, match=r"heatmap layers \[3\] do not exist; allowed: 0..0"):
         save_heatmaps([m], tmp_path / "bad", layers=[3])

@@ -19,6 +19,14 @@ def test_defaults_are_the_demo_setting():
     (dict(val_fraction=0.0), "val_fraction must be in (0, 1), got 0.0"),
     (dict(val_fraction=1.5), "val_fraction must be in (0, 1), got 1.5"),
     (dict(on_decode_error="ignore"), "unknown data.on_decode_error 'ignore'; allowed: fail, replace"),
+    (dict(source="text", paths=["x"], encoding="sjis-win"),
+     "unknown data.encoding 'sjis-win'; Python's codec names, e.g. utf-8, cp932 (Windows Shift-JIS), "
+     "shift_jis, euc_jp"),
+    (dict(source="text", paths=["x"], encoding="utf-16"),
+     "data.encoding='utf-16' does not write a newline as the byte \\n, so its files cannot be read line by line; "
+     "convert them to UTF-8 (iconv -f utf-16 -t UTF-8)"),
+    (dict(encoding="cp932"), "data.encoding='cp932' is only used with data.source='text' (files of .txt or .jsonl), "
+                             "not with 'demo'"),
     (dict(text_field=""), "text_field must be a non-empty string"),
     (dict(split_seed="0"), "split_seed must be an int"),
     (dict(shard_tokens=10), "shard_tokens must be an int >= 1024, got 10"),

@@ -6,6 +6,7 @@ tmp_path; tokenizers use tiny vocabularies so that every test runs in about a se
 
 import gzip
 import json
+import logging
 import lzma
 import os
 import subprocess
@@ -108,12 +109,14 @@ def test_tokenizer_vocab_too_large_for_corpus_is_a_clear_error(tmp_path):
     write_jsonl(tmp_path / "c.jsonl", ["short text"] * 2 + ["other words here"] * 8)
     cfg = text_config(tmp_path, str(tmp_path / "c.jsonl"), val_fraction=0.01,
                       tokenizer=TokenizerConfig(vocab_size=5000, model_type="bpe"))
-    with pytest.raises(DataError, match=r"tokenizer training failed \(vocab_size=5000.*use vocab_size <= \d+"):
+    with pytest.raises(DataError, match=r"tokenizer training failed \(vocab_size=5000.*set "
+                                        r"data\.tokenizer\.vocab_size <= \d+ or add text"):
         prepare_data(cfg)
     assert not list((tmp_path / "cache" / "tokenizers").iterdir())  # nothing half-written
     cfg = text_config(tmp_path, str(tmp_path / "c.jsonl"), val_fraction=0.01,
                       tokenizer=TokenizerConfig(vocab_size=261, model_type="bpe"))
-    with pytest.raises(DataError, match=r"the corpus needs \d+ pieces .* raise vocab_size or lower character_cov"):
+    with pytest.raises(DataError, match=r"the corpus needs \d+ pieces .* raise data\.tokenizer\.vocab_size "
+                                        r"or lower data\.tokenizer\.character_cov"):
         prepare_data(cfg)
 
 
@@ -231,7 +234,8 @@ def test_txt_parquet_and_compressed_jsonl_give_the_same_tokens(tmp_path, docs):
 
 
 def test_missing_files(tmp_path):
-    with pytest.raises(DataFileNotFoundError, match=r"no files match '.*nowhere/\*\.jsonl'"):
+    with pytest.raises(DataFileNotFoundError, match=r"data.paths: no files match '.*nowhere/\*\.jsonl' \(working "
+                                                    r"directory .*\); give globs of \.txt, .*\.parquet files"):
         prepare_data(text_config(tmp_path, str(tmp_path / "nowhere" / "*.jsonl")))
     assert not (tmp_path / "cache" / "tokenizers").exists()
 
@@ -260,23 +264,75 @@ def test_missing_text_field_jsonl_and_parquet(tmp_path, docs):
     assert prepare_data(text_config(tmp_path, str(tmp_path / "c.jsonl"), text_field="body")).train_tokens > 0
 
 
-def test_undecodable_bytes_fail_or_replace(tmp_path, docs):
+def test_undecodable_bytes_fail_or_replace_counted_once_per_file(tmp_path, docs, caplog):
     bad = tmp_path / "bad.txt"
     good = "\n\n".join(docs).encode("utf-8")
-    bad.write_bytes(good + b"\nbroken \xff\xfe byte")
-    with pytest.raises(DataError, match=r"bad\.txt: line \d+: invalid UTF-8 at byte \d+.*on_decode_error=replace"):
+    bad.write_bytes(good + b"\nbroken \xff\xfe byte\n\nand \xff again")
+    with pytest.raises(DataError, match=r"bad\.txt: line \d+: invalid utf-8 at byte \d+.*on_decode_error=replace"):
         prepare_data(text_config(tmp_path, str(bad)))
-    p = prepare_data(text_config(tmp_path, str(bad), on_decode_error="replace"))
+    with caplog.at_level(logging.WARNING, logger="attnlab.data.sources"):
+        p = prepare_data(text_config(tmp_path, str(bad), on_decode_error="replace"))
     tok = p.tokenizer()
     texts = documents_in(p.train, tok) + documents_in(p.val, tok)
     assert sum(t.endswith("\nbroken \ufffd\ufffd byte") for t in texts) == 1
+    lines = good.count(b"\n") + 4
+    warnings = [r.getMessage() for r in caplog.records if "replaced by U+FFFD" in r.getMessage()]
+    assert warnings == [f"{bad}: 2 of {lines} line(s) had bytes invalid in utf-8, replaced by U+FFFD "
+                        f"(first: line {lines - 2})"]
 
 
 def test_undecodable_jsonl_line_names_file_and_line(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_bytes(b'{"text": "fine"}\n{"text": "bad \xc3("}\n')
-    with pytest.raises(DataError, match=r"c\.jsonl: line 2: invalid UTF-8"):
+    with pytest.raises(DataError, match=r"c\.jsonl: line 2: invalid utf-8"):
         prepare_data(text_config(tmp_path, str(path)))
+
+
+def test_japanese_files_in_shift_jis_or_euc_jp_are_read_with_data_encoding(tmp_path, docs):
+    """The error names the encoding that reads the file; with it the documents are the UTF-8 ones."""
+    japanese = [d for d in docs if any("\u3040" <= c <= "\u30ff" for c in d) and _encodable(d, "cp932", "euc_jp")]
+    assert len(japanese) >= 10
+    (tmp_path / "utf8").mkdir()
+    reference = write_jsonl(tmp_path / "utf8" / "c.jsonl", japanese)
+    expected = ShardIndex.load(prepare_data(text_config(tmp_path, str(reference))).train).read_all()
+    for encoding in ("cp932", "euc_jp"):
+        path = tmp_path / encoding / "c.jsonl"
+        path.parent.mkdir()
+        path.write_bytes(reference.read_text(encoding="utf-8").encode(encoding))
+        hint = "cp932" if encoding == "cp932" else "(cp932|euc_jp)"
+        with pytest.raises(DataError, match=rf"c\.jsonl: line 1: invalid utf-8 at byte \d+ .*; set data.encoding="
+                                            rf"{hint} if the file is in that encoding, fix the file, or set "
+                                            r"data.on_decode_error=replace"):
+            prepare_data(text_config(tmp_path, str(path)))
+        read = prepare_data(text_config(tmp_path, str(path), encoding=encoding))
+        assert np.array_equal(ShardIndex.load(read.train).read_all(), expected), encoding
+
+
+def _encodable(text: str, *encodings: str) -> bool:
+    try:
+        for encoding in encodings:
+            text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def test_a_byte_order_mark_and_crlf_line_endings_give_the_same_tokens(tmp_path, docs):
+    """Files saved by a Windows editor (BOM, CRLF) read as the same documents as plain UTF-8 ones."""
+    plain = tmp_path / "plain" / "c.txt"
+    plain.parent.mkdir()
+    plain.write_text("\n\n".join(d.replace("\n", " ") + "\nsecond line" for d in docs) + "\n", encoding="utf-8")
+    windows = tmp_path / "windows" / "c.txt"
+    windows.parent.mkdir()
+    windows.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes().replace(b"\n", b"\r\n"))
+    (tmp_path / "jsonl").mkdir()
+    jsonl = write_jsonl(tmp_path / "jsonl" / "c.jsonl", [d.replace("\n", " ") + "\r\nsecond line" for d in docs])
+    jsonl.write_bytes(b"\xef\xbb\xbf" + jsonl.read_bytes().replace(b"\n", b"\r\n"))
+    results = [prepare_data(text_config(tmp_path, str(p))) for p in (plain, windows, jsonl)]
+    tokens = [ShardIndex.load(r.train).read_all() for r in results]
+    assert np.array_equal(tokens[0], tokens[1]) and np.array_equal(tokens[0], tokens[2])
+    first = documents_in(results[1].train, results[1].tokenizer())[0]
+    assert not first.startswith("\ufeff") and "\r" not in first and first.endswith("\nsecond line")
 
 
 # --------------------------------------------------------------------------- reproducibility
