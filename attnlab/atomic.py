@@ -2,7 +2,9 @@
 
 The data goes to a temporary file in the same directory (so the final rename never crosses
 a filesystem), is flushed to disk, and is renamed over the target: a POSIX rename is atomic.
-Temporary files of a killed writer end in ``PARTIAL_SUFFIX``.
+Temporary files of a killed writer end in ``PARTIAL_SUFFIX``. The file gets the permissions
+``open`` would give it (0666 less the umask), not ``mkstemp``'s owner-only 0600: colleagues on a
+shared cluster read each other's runs.
 """
 
 from __future__ import annotations
@@ -17,12 +19,24 @@ from typing import IO, Any
 PARTIAL_SUFFIX = ".partial"
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import: reading it later, while other threads create files, could race.
+UMASK = _process_umask()
+FILE_MODE = 0o666 & ~UMASK
+
+
 @contextmanager
 def atomic_write(path: Path, mode: str = "w", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """``with atomic_write(path) as f: f.write(...)``: ``path`` changes only if the block completes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, mode, **open_kwargs) as file:
             yield file
             file.flush()

@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -73,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from attnlab.atomic import FILE_MODE, UMASK
 from attnlab.checkpoint import load_checkpoint_config, load_model
 from attnlab.config import ModelConfig
 from attnlab.data.tokenizer import Tokenizer, check_vocab_fits
@@ -375,11 +375,9 @@ def _portable_tokenizer_config(path: Path) -> None:
 
 def _default_permissions(directory: Path) -> None:
     """mkdtemp makes the directory private, and safetensors files may come out 0600: use the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
+    directory.chmod(0o777 & ~UMASK)
     for path in directory.iterdir():
-        path.chmod(0o666 & ~umask)
+        path.chmod(FILE_MODE)
 
 
 @contextlib.contextmanager

@@ -46,6 +46,9 @@ def test_resume_after_interruption_gives_identical_losses(tmp_path, corpus):
     a, b = losses(straight), losses(resumed)
     assert list(a.index) == list(b.index) and len(a) == 8
     assert a.tolist() == b.tolist()  # exactly equal on CPU fp32
+    # Files get open()'s permissions (the umask's), not the owner-only ones of a temporary file.
+    assert {p.stat().st_mode & 0o777 for p in (resumed.last_checkpoint, resumed.metrics, resumed.summary)} == \
+        {resumed.config.stat().st_mode & 0o777}
     sa, sb = straight.load_summary(), resumed.load_summary()
     for key in ("steps", "tokens_seen", "final_train_loss", "final_val_loss", "best_val_loss"):
         assert sa[key] == sb[key], key
@@ -66,8 +69,32 @@ def test_resume_auto_passes_over_a_finished_run_leaving_its_files_as_they_are(tm
     again = train(compose_config([*cfg, "resume=auto"]))
     assert again.path == run.path
     assert {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()} == before
-    longer = train(compose_config([*cfg, "resume=auto", "trainer.max_steps=10"]))  # more steps: it continues
-    assert longer.load_summary()["steps"] == 10
+    with pytest.raises(ValueError, match=r"was trained with resolved_model.n_embd=32 \(now 64\)"):
+        train(compose_config([*cfg, "resume=auto", "model.n_embd=64"]))  # checked before it is passed over
+    longer = train(compose_config([*cfg, "resume=auto", "trainer.max_steps=14"]))  # more steps: it continues
+    assert longer.load_summary()["steps"] == 14
+    # past the schedule's end (step 8, as the run was started) the rate stays at its floor, lr x min_lr_ratio
+    frame = pd.read_csv(longer.metrics).dropna(subset=["lr-AdamW/pg1"]).set_index("step")["lr-AdamW/pg1"]
+    assert list(frame.index) == list(range(14)) and frame.loc[:7].is_monotonic_decreasing
+    assert frame.loc[8:].tolist() == pytest.approx([0.002 * 0.1] * 6, rel=1e-12), frame.loc[6:].tolist()
+
+
+def test_resuming_with_a_setting_that_decides_the_run_is_refused_leaving_its_files(tmp_path, corpus):
+    cfg = _overrides(tmp_path, corpus, "changed")
+    with pytest.raises(TrainingInterrupted):
+        train(compose_config(cfg), extra_callbacks=[PreemptAt(3)])
+    run_files = lambda run_dir: {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}  # noqa: E731
+    run_dir = tmp_path / "runs" / "changed" / "baseline" / "seed0"
+    before = run_files(run_dir)
+    with pytest.raises(ValueError, match=rf"resume: {run_dir} was trained with optim.lr=0.002 \(now 0.01\), "
+                                         r"trainer.batch_size=2 \(now 4\); a resumed run keeps the settings that "
+                                         r"decide its course\. .* another experiment_name=, or overwrite=true"):
+        train(compose_config([*cfg, "resume=auto", "optim.lr=0.01", "trainer.batch_size=4"]))
+    assert run_files(run_dir) == before
+    # Where it runs, what it logs and how long: these may change.
+    resumed = train(compose_config([*cfg, "resume=auto", "model.attn_kernel=explicit", "trainer.max_steps=10",
+                                    "trainer.log_every_n_steps=2", "data.num_threads=1"]))
+    assert resumed.load_summary()["steps"] == 10
 
 
 def test_resume_from_a_missing_file_names_it(tmp_path, corpus):
@@ -78,7 +105,8 @@ def test_resume_from_a_missing_file_names_it(tmp_path, corpus):
 
 @pytest.mark.parametrize("change, message", [
     ("variant=qk_scale", "different model .*variant: checkpoint 'baseline' vs requested 'qk_scale'"),
-    ("model.n_embd=64", "different model .*n_embd: checkpoint 32 vs requested 64"),
+    ("model.n_embd=64", r"different model .*n_embd: checkpoint 32 vs requested 64\); to go on, resume with the "
+                        r"model it was trained with, or from another checkpoint"),
 ], ids=["variant", "preset"])
 def test_resuming_a_checkpoint_of_another_variant_or_preset_is_refused(tmp_path, corpus, change, message):
     run = train(compose_config(_overrides(tmp_path, corpus, "other")))

@@ -358,6 +358,8 @@ def register_schema() -> None:
         return
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
+    for gone in set(_stored_variants or {}) - set(wanted):  # unregistered since: out of variant=glob(*) too
+        store.repo.get("variant", {}).pop(f"{gone}.yaml", None)
     for name, options in wanted.items():
         node = OmegaConf.create({"name": name, "options": options})
         # Open to unknown keys, so that a misspelt option reaches parse_options, whose error

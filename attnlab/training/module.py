@@ -26,6 +26,18 @@ log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_SKIPS = 10  # a run that keeps producing NaN/Inf has diverged: stop it
 
 
+class CosineToFloor(torch.optim.lr_scheduler.CosineAnnealingLR):
+    """Cosine decay to ``eta_min`` over ``T_max`` steps, then ``eta_min`` for good. torch's cosine
+    rises again past ``T_max``; a finished run resumed with a larger ``trainer.max_steps`` goes
+    past it (its ``T_max`` comes back from the checkpoint), and trains on at the floor. Up to
+    ``T_max`` it is torch's, step for step."""
+
+    def get_lr(self) -> list[float]:
+        if self.last_epoch > self.T_max:
+            return [self.eta_min for _ in self.optimizer.param_groups]
+        return super().get_lr()
+
+
 class NonFiniteLossError(FloatingPointError):
     """Training or validation loss became NaN/Inf; no checkpoint was written from that state."""
 
@@ -165,8 +177,7 @@ class LanguageModelModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.SequentialLR(
             optimizer,
             [torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup),
-             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.max_steps - warmup),
-                                                        eta_min=o.lr * o.min_lr_ratio)],
+             CosineToFloor(optimizer, T_max=max(1, self.max_steps - warmup), eta_min=o.lr * o.min_lr_ratio)],
             milestones=[warmup])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -30,8 +30,8 @@ from attnlab.training.hardware import (check_accelerator_available, check_kernel
                                        choose_matmul_precision, choose_precision, should_compile)
 from attnlab.training.loggers import check_logger, run_loggers
 from attnlab.training.module import LanguageModelModule, NonFiniteLossError
-from attnlab.training.rundir import (claim_run_dir, resolved_config, resume_checkpoint, trim_metrics,
-                                     write_run_files)
+from attnlab.training.rundir import (check_resume_keeps_settings, claim_run_dir, resolved_config,
+                                     resume_checkpoint, trim_metrics, write_run_files)
 from attnlab.training.summary import static_summary
 from attnlab.training.trainer import build_trainer
 
@@ -100,8 +100,10 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
     model_config = cfg.model.build(cfg.variant, prepared.vocab_size, cfg.trainer.seq_len)
     check_vocab_fits(prepared.vocab_size, model_config.vocab_size)
     apply_budget(cfg, model_config, None if prepared.task else prepared.train_tokens)
+    settings = yaml.safe_load(yaml.safe_dump(resolved_config(cfg, model_config)))  # as config.yaml reads
+    if ckpt_path is not None or (cfg.resume and run.is_complete()):  # before a metric row is trimmed
+        check_resume_keeps_settings(run, settings)
     if cfg.ladder.name is not None and is_rank_zero:  # before any compute: the ladder's runs must agree
-        settings = yaml.safe_load(yaml.safe_dump(resolved_config(cfg, model_config)))  # as config.yaml reads
         check_one_setting(ladder_runs(cfg.results_dir, cfg.ladder.name),
                           (cfg.variant.name, cfg.model.preset, settings, run.path))
     if cfg.trainer.seq_len > model_config.block_size:
@@ -117,9 +119,16 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
                  cfg.trainer.max_steps)
         return run
     if ckpt_path is not None:
-        check_checkpoint_matches(ckpt_path, model_config)
+        try:
+            check_checkpoint_matches(ckpt_path, model_config)
+            step = checkpoint_step(ckpt_path)
+        except ValueError as err:
+            raise ValueError(f"{err}; to go on, resume with the model it was trained with, or from another "
+                             f"checkpoint (resume=<path>.ckpt, e.g. {run.best_checkpoint}), or train a new "
+                             f"run: another experiment_name=, or overwrite=true (the old directory is moved "
+                             f"aside)") from None
         if is_rank_zero:
-            trim_metrics(run, checkpoint_step(ckpt_path))
+            trim_metrics(run, step)
     L.seed_everything(cfg.seed, workers=True)
     # Dynamo's caches belong to the process: every model's blocks share Block.forward's, and the eager
     # FlexAttention wrapper one more. Runs of a sweep in one process (Hydra's basic launcher) would

@@ -1,5 +1,6 @@
 """The training side of a run directory: claiming it, finding the checkpoint to resume,
-trimming metrics a resumed run logs again, writing its config and tokenizer.
+checking that a resumed run keeps the settings it was trained with, trimming metrics a
+resumed run logs again, writing its config and tokenizer.
 
 (``attnlab.runs.RunDir`` is the layout, and the reader evaluate and the notebooks use.)
 """
@@ -16,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from attnlab.atomic import remove_partial_writes
+from attnlab.atomic import atomic_write, remove_partial_writes
 from attnlab.checkpoint import is_checkpoint
-from attnlab.config import ModelConfig
+from attnlab.config import RUNTIME_SETTINGS, ModelConfig
 from attnlab.data import PreparedData
 from attnlab.runs import RunDir
 from attnlab.training.config import TrainConfig
@@ -42,7 +43,7 @@ def claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
             raise FileExistsError(
                 f"run directory {run.path} already exists; pass resume=auto to continue it, "
                 f"overwrite=true to replace it (the old one is moved aside), or choose another "
-                f"experiment=/seed=")
+                f"experiment_name=/seed=")
         aside = run.path.with_name(f"{run.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         run.path.rename(aside)
         log.warning("moved the existing run directory aside to %s", aside)
@@ -78,11 +79,52 @@ def resume_checkpoint(run: RunDir, resume: str | None) -> Path | None:
     return ckpt
 
 
+# What a resumed run must keep: the settings that decide its trajectory (data and its order, the
+# batches, the optimiser and its schedule, the measure of validation). A resumed run that changed
+# one would be neither the run it continues nor a fresh run with the new value. Where and how it
+# runs (devices, precision, kernel, compile), what it logs, and how long it goes on
+# (trainer.max_steps) may change. The model is the resolved one (a finished run is passed over
+# before its checkpoint is read).
+FIXED_ON_RESUME = ("seed", "variant", "data", "trainer.batch_size", "trainer.accumulate_grad_batches",
+                   "trainer.seq_len", "trainer.val_batches", "optim", "resolved_model")
+# Where the data cache is and how fast it is built; how the model is computed.
+CHANGEABLE_ON_RESUME = ("data.cache_dir", "data.num_threads",
+                        *(f"resolved_model.{key}" for key in sorted(RUNTIME_SETTINGS)))
+
+
+def check_resume_keeps_settings(run: RunDir, settings: dict) -> None:
+    """Refuse to resume ``run`` with other ``FIXED_ON_RESUME`` settings than its ``config.yaml``'s
+    (``settings``: the resolved configuration, as ``config.yaml`` reads), naming each one."""
+    if not run.config.is_file():  # a checkpoint resumed into a new run directory: a deliberate fork
+        return
+    saved = _flatten(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {})
+    requested = _flatten(settings)
+    changed = [key for key in sorted(set(saved) | set(requested))
+               if key.split(".")[0] in FIXED_ON_RESUME or ".".join(key.split(".")[:2]) in FIXED_ON_RESUME
+               if key not in CHANGEABLE_ON_RESUME and saved.get(key) != requested.get(key)]
+    if changed:
+        details = ", ".join(f"{key}={saved.get(key)!r} (now {requested.get(key)!r})" for key in changed)
+        raise ValueError(f"resume: {run.path} was trained with {details}; a resumed run keeps the settings "
+                         f"that decide its course. Resume it without these changes, or train a new run with "
+                         f"them: another experiment_name=, or overwrite=true (the old directory is moved aside)")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def trim_metrics(run: RunDir, step: int) -> None:
     """Drop rows logged after the checkpoint, which the resumed run will log again."""
     if run.metrics.is_file():
         frame = pd.read_csv(run.metrics)
-        frame[frame["step"] < step].to_csv(run.metrics, index=False)
+        with atomic_write(run.metrics) as file:  # a kill mid-write leaves the old file, not half of it
+            frame[frame["step"] < step].to_csv(file, index=False)
 
 
 def resolved_config(cfg: TrainConfig, model_config: ModelConfig) -> dict:

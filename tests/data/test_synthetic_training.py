@@ -99,12 +99,14 @@ def test_the_recall_experiment_composes_for_every_variant():
 
 
 def test_the_estimate_counts_the_sweep_as_hydra_would():
+    from attnlab.training.config import register_schema
     from attnlab.training.estimate import TimeEstimate, count_jobs
 
     sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
                "params": {"variant": "glob(*)", "seed": "0,1,2"}}
 
     def jobs(task: list[str], target: dict = sweeper) -> int | None:
+        register_schema()  # as train.py does at import: the variant group is the registry's now
         config = OmegaConf.create({"hydra": {"sweeper": target, "overrides": {"task": task}}})
         with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):  # the group options, for glob
             return count_jobs(config)
