@@ -20,6 +20,7 @@ def main(cfg: DictConfig) -> float | None:
     print_lightning_messages_once()
     try:
         config: TrainConfig = OmegaConf.to_object(cfg)
+        check_launcher_can_start(config)
         run = train(config)
     except (ValueError, FileNotFoundError, FileExistsError, MissingMandatoryValue) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -35,6 +36,21 @@ def main(cfg: DictConfig) -> float | None:
     summary = run.load_summary() if run.is_complete() else {}
     print(f"run directory: {run.path}")
     return summary.get("best_val_loss")  # what a Hydra sweeper would minimise
+
+
+def check_launcher_can_start(config: TrainConfig) -> None:
+    """joblib's launcher runs each job in a worker process of its own pool; Lightning cannot start
+    DDP's processes from there (it re-runs the worker's command line), and the job dies with a
+    parser error and a killed worker. Refuse before anything is written."""
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = str(HydraConfig.get().launcher.get("_target_", "")) if HydraConfig.initialized() else ""
+    t = config.trainer
+    if "joblib" in launcher.lower() and (t.strategy != "auto" or t.devices not in (1, "1") or t.num_nodes != 1):
+        raise ValueError(f"hydra/launcher=joblib runs each job in one process, but trainer.strategy={t.strategy!r}, "
+                         f"trainer.devices={t.devices!r}, trainer.num_nodes={t.num_nodes!r} would start several; "
+                         f"run such jobs with the basic launcher (drop hydra/launcher=joblib) or "
+                         f"hydra/launcher=slurm, or train on one device (trainer.devices=1 trainer.strategy=auto)")
 
 
 def print_lightning_messages_once() -> None:

@@ -57,6 +57,9 @@ def check_fits_context(n_prompt: int, max_new_tokens: int, block_size: int) -> N
     """Raise before any work if the prompt, or prompt plus new tokens, exceed the context."""
     if n_prompt == 0:
         raise ValueError("the prompt encodes to no tokens; give a non-empty prompt")
+    if max_new_tokens >= block_size:  # no prompt could fit: say so, not "shorten it"
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context "
+                         f"block_size={block_size}; allowed: max_new_tokens <= {block_size - 1}")
     longest = block_size - 1 if max_new_tokens > 0 else block_size
     if n_prompt > longest:
         raise ValueError(f"prompt is {n_prompt} tokens, longer than the model's context allows "

@@ -80,7 +80,7 @@ GiB = 2 ** 30
 DEVICE_MEMORY: dict[str, int] = {
     "h100": 80 * GiB, "h200": 141 * GiB, "a100": 80 * GiB, "a100-40": 40 * GiB, "a100-80": 80 * GiB,
     "l4": 24 * GiB, "rtx4090": 24 * GiB, "a10": 24 * GiB, "v100": 32 * GiB, "v100-16": 16 * GiB,
-    "t4": 16 * GiB,
+    "t4": 16 * GiB, "b200": 180 * GiB,
 }
 TRANSIENT_MAPS = 3  # see KernelPlan.transient_bytes
 
@@ -577,15 +577,40 @@ def format_plan(preset: str, seq_len: int, batch_size: int, device: str, precisi
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _known_device(name: str) -> str:
+    key = device_key(name)
+    if key != "cpu" and key not in DEVICE_MEMORY:
+        raise argparse.ArgumentTypeError(f"unknown device {name!r}; known: cpu, {', '.join(sorted(DEVICE_MEMORY))}")
+    return name
+
+
 def main(argv: list[str] | None = None) -> None:
+    from variants import available_variants
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="seed100m", choices=sorted(PRESETS))
-    parser.add_argument("--seq-len", type=int, required=True)
-    parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--device", default="h100", help=f"cpu or one of {', '.join(sorted(DEVICE_MEMORY))}")
+    parser.add_argument("--seq-len", type=_positive_int, required=True, help="at most the preset's block_size")
+    parser.add_argument("--batch-size", type=_positive_int, required=True)
+    parser.add_argument("--device", default="h100", type=_known_device,
+                        help=f"cpu or one of {', '.join(sorted(DEVICE_MEMORY))}")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16-mixed", "bf16-true", "32-true"])
-    parser.add_argument("--variant", nargs="+", default=None, help="default: every registered variant")
+    parser.add_argument("--variant", nargs="+", default=None, choices=available_variants(), metavar="VARIANT",
+                        help=f"default: every registered variant ({', '.join(available_variants())})")
     args = parser.parse_args(argv)
+    block_size = PRESETS[args.preset]["block_size"]
+    if args.seq_len > block_size:  # as train.py refuses trainer.seq_len
+        parser.error(f"--seq-len {args.seq_len} exceeds preset {args.preset!r}'s block_size={block_size}; "
+                     f"allowed: --seq-len <= {block_size}")
     print(format_plan(args.preset, args.seq_len, args.batch_size, args.device, args.precision, args.variant))
 
 

@@ -45,6 +45,7 @@ SLOW_TESTS = {
         "test_sweep_through_the_submitit_launcher_and_the_slurm_example_config",
         "test_cli_rejects_unknown_options_naming_them",
         "test_cli_reports_bad_values_in_one_line",
+        "test_a_multi_process_run_under_the_joblib_launcher_is_refused_before_anything_is_written",
         # in-process training runs (the fast tier still trains: tests/analysis/conftest.py's runs)
         "test_every_variant_trains_and_leaves_a_complete_run_directory",
         "test_same_seed_gives_identical_losses_and_data_order",

@@ -81,6 +81,9 @@ def test_prompt_longer_than_the_context_is_refused_with_the_limit():
     with pytest.raises(ValueError, match=r"allowed: max_new_tokens <= 2"):
         generate(model, [5] * 30, VOCAB, SamplingConfig(max_new_tokens=4))
     check_fits_context(32, 0, 32)  # attention maps of a full-context prompt are fine
+    with pytest.raises(ValueError, match=r"max_new_tokens=48 leaves no room for a prompt in the model's context "
+                                         r"block_size=32; allowed: max_new_tokens <= 31"):
+        generate(model, [5] * 40, VOCAB, SamplingConfig(max_new_tokens=48))
 
 
 @pytest.mark.parametrize("settings, message", [

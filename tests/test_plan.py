@@ -340,6 +340,30 @@ def test_the_cli_prints_every_variant(capsys):
     assert "peak estimate" in out
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--device", "b100"], "argument --device: unknown device 'b100'; known: cpu, a10, "),
+    (["--variant", "gelu_bais"], "argument --variant: invalid choice: 'gelu_bais'"),
+    (["--batch-size", "-1"], "argument --batch-size: '-1' is not a positive integer"),
+    (["--seq-len", "0"], "argument --seq-len: '0' is not a positive integer"),
+    (["--seq-len", "8192"], "--seq-len 8192 exceeds preset 'tiny''s block_size=256; allowed: --seq-len <= 256"),
+])
+def test_the_cli_refuses_bad_input_naming_the_argument(args, message, capsys):
+    defaults = {"--preset": "tiny", "--seq-len": "64", "--batch-size": "2", "--device": "cpu"}
+    given = dict(zip(args[::2], args[1::2]))
+    with pytest.raises(SystemExit) as exit_info:
+        main([item for key, value in {**defaults, **given}.items() for item in (key, value)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_named_gpu_has_its_memory_and_compute_capability():
+    from attnlab.cudnn_sdpa import NAMED_CAPABILITIES
+    from attnlab.plan import DEVICE_MEMORY
+
+    assert set(DEVICE_MEMORY) == set(NAMED_CAPABILITIES)
+    assert "b200" in DEVICE_MEMORY  # named in the README beside the H100 and H200
+
+
 def test_device_memory_table_and_cpu_ram():
     assert device_memory("h100") == 80 * 2**30
     assert device_memory("cpu") > 2**28

@@ -224,6 +224,15 @@ def test_cli_sweep_of_every_variant_by_2_seeds_then_evaluation_over_all_of_them(
           f"evaluation {time.perf_counter() - trained:.1f} s")
 
 
+def test_a_multi_process_run_under_the_joblib_launcher_is_refused_before_anything_is_written(tmp_path, corpus):
+    result = _cli(["-m", "hydra/launcher=joblib", *tiny_overrides(tmp_path, corpus), "trainer.devices=2",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert ("error: hydra/launcher=joblib runs each job in one process, but trainer.strategy='auto', "
+            "trainer.devices=2, trainer.num_nodes=1 would start several") in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_sweep_through_the_submitit_launcher_and_the_slurm_example_config(tmp_path, corpus):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     # The Slurm example composes (Slurm itself is not here) ...

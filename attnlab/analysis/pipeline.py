@@ -230,6 +230,17 @@ def check_prompts_fit(runs: Sequence[RunDir], cfg: EvaluateConfig) -> None:
                                  f"or a smaller sampling.max_new_tokens") from None
 
 
+def check_heatmap_layers(runs: Sequence[RunDir], layers: Sequence[int] | None) -> None:
+    """Every heatmap layer asked for exists in every model drawn, or a ValueError naming them."""
+    if layers is None or not runs:
+        return
+    n_layer = min(run.load_config()["resolved_model"]["n_layer"] for run in runs)
+    missing = [layer for layer in layers if not 0 <= layer < n_layer]
+    if missing:
+        raise ValueError(f"heatmap_layers={list(layers)}: layers {missing} do not exist in every model drawn "
+                         f"(n_layer={n_layer}); allowed: 0..{n_layer - 1}, or null for every layer")
+
+
 def without_text_outputs(cfg: EvaluateConfig) -> tuple[EvaluateConfig, str | None]:
     """An experiment trained on a synthetic task (data=mqar, data=induction) has no tokenizer, and
     the outputs that load models encode text prompts: those are dropped, with the note saying why."""
@@ -260,9 +271,6 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     out = cfg.output_path(exp.name)
     if out.resolve() == Path(cfg.runs_dir).resolve():
         raise ValueError(f"output directory {out} is the runs directory; set output_dir=<another path>")
-    out.mkdir(parents=True, exist_ok=True)
-    log.info("evaluating experiment %r (%d runs, %d skipped) into %s", exp.name, len(exp.runs),
-             len(exp.skipped), out)
     not_produced: list[str] = [no_tokenizer] if no_tokenizer else []  # outputs (or parts) left out, and why
 
     def leave_out(message: str) -> None:
@@ -274,7 +282,13 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         chosen = representative_runs(exp, cfg.model_seed)
         not_produced += [f"samples, heatmaps: variant {v!r} has no evaluable run with model_seed={cfg.model_seed}"
                          for v in exp.variants if v not in {r.variant for r in chosen}]
-        check_prompts_fit(chosen, cfg)  # before minutes of tables and figures, not after
+        # Before minutes of tables and figures, and before the output directory is made, not after.
+        check_prompts_fit(chosen, cfg)
+        if "heatmaps" in cfg.outputs:
+            check_heatmap_layers(chosen, cfg.heatmap_layers)
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("evaluating experiment %r (%d runs, %d skipped) into %s", exp.name, len(exp.runs),
+             len(exp.skipped), out)
     if "tables" in cfg.outputs:
         reason = comparison_skipped(exp.variants, cfg.baseline)
         if reason is not None:

@@ -43,7 +43,9 @@ def claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
             raise FileExistsError(
                 f"run directory {run.path} already exists; pass resume=auto to continue it, "
                 f"overwrite=true to replace it (the old one is moved aside), or choose another "
-                f"experiment_name=/seed=")
+                f"experiment_name=/seed=. A sweep over a setting the directory is not named by "
+                f"(experiment_name/variant/seed), such as an optuna search over optim.lr, names each "
+                f"run by it: 'experiment_name=lr${{optim.lr}}'")
         aside = run.path.with_name(f"{run.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         run.path.rename(aside)
         log.warning("moved the existing run directory aside to %s", aside)
