@@ -46,11 +46,11 @@ def check_launcher_can_start(config: TrainConfig) -> None:
 
     launcher = str(HydraConfig.get().launcher.get("_target_", "")) if HydraConfig.initialized() else ""
     t = config.trainer
-    if "joblib" in launcher.lower() and (t.strategy != "auto" or t.devices not in (1, "1") or t.num_nodes != 1):
-        raise ValueError(f"hydra/launcher=joblib runs each job in one process, but trainer.strategy={t.strategy!r}, "
-                         f"trainer.devices={t.devices!r}, trainer.num_nodes={t.num_nodes!r} would start several; "
-                         f"run such jobs with the basic launcher (drop hydra/launcher=joblib) or "
-                         f"hydra/launcher=slurm, or train on one device (trainer.devices=1 trainer.strategy=auto)")
+    if "joblib" in launcher.lower() and not t.one_process():
+        raise ValueError(f"hydra/launcher=joblib runs each job in one process, but trainer.devices={t.devices!r}, "
+                         f"trainer.num_nodes={t.num_nodes!r} would start several; run such jobs with the basic "
+                         f"launcher (drop hydra/launcher=joblib) or hydra/launcher=slurm, or train on one device "
+                         f"(trainer.devices=1)")
 
 
 def print_lightning_messages_once() -> None:

@@ -20,9 +20,13 @@ PARTIAL_SUFFIX = ".partial"
 
 
 def _process_umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
-    os.umask(mask)
-    return mask
+    try:  # Linux says it without changing it
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)  # elsewhere reading the umask means setting it; put it back at once
+        os.umask(mask)
+        return mask
 
 
 # Read once, at import: reading it later, while other threads create files, could race.

@@ -6,6 +6,7 @@ import signal
 import lightning as L
 import pandas as pd
 import pytest
+import yaml
 
 from attnlab.training.run import TrainingInterrupted, train
 from test_training import compose_config, tiny_overrides
@@ -47,8 +48,10 @@ def test_resume_after_interruption_gives_identical_losses(tmp_path, corpus):
     assert list(a.index) == list(b.index) and len(a) == 8
     assert a.tolist() == b.tolist()  # exactly equal on CPU fp32
     # Files get open()'s permissions (the umask's), not the owner-only ones of a temporary file.
-    assert {p.stat().st_mode & 0o777 for p in (resumed.last_checkpoint, resumed.metrics, resumed.summary)} == \
-        {resumed.config.stat().st_mode & 0o777}
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in (resumed.last_checkpoint, resumed.metrics, resumed.summary,
+                                               resumed.config)} == {0o666 & ~umask}
     sa, sb = straight.load_summary(), resumed.load_summary()
     for key in ("steps", "tokens_seen", "final_train_loss", "final_val_loss", "best_val_loss"):
         assert sa[key] == sb[key], key
@@ -91,6 +94,10 @@ def test_resuming_with_a_setting_that_decides_the_run_is_refused_leaving_its_fil
                                          r"decide its course\. .* another experiment_name=, or overwrite=true"):
         train(compose_config([*cfg, "resume=auto", "optim.lr=0.01", "trainer.batch_size=4"]))
     assert run_files(run_dir) == before
+    # A run written before a setting existed (its config.yaml lacks data.encoding) resumes.
+    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    del config["data"]["encoding"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     # Where it runs, what it logs and how long: these may change.
     resumed = train(compose_config([*cfg, "resume=auto", "model.attn_kernel=explicit", "trainer.max_steps=10",
                                     "trainer.log_every_n_steps=2", "data.num_threads=1"]))

@@ -79,3 +79,12 @@ def test_a_bad_seed_is_one_line_from_the_command_line(tmp_path, corpus):
     assert result.stderr.strip().splitlines()[-1] == "error: seed must be an integer in [0, 4294967295], got -1"
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("devices, one", [(1, True), ("1", True), ([3], True), ("3,", True), ("0,1", False),
+                                          (2, False), ("2", False), ("auto", False), (-1, False)])
+def test_one_process_reads_lightnings_forms_of_devices(devices, one):
+    from attnlab.training.config import TrainerSection
+
+    assert TrainerSection(devices=devices).one_process() is one
+    assert TrainerSection(devices=devices, num_nodes=2).one_process() is False

@@ -228,8 +228,8 @@ def test_a_multi_process_run_under_the_joblib_launcher_is_refused_before_anythin
     result = _cli(["-m", "hydra/launcher=joblib", *tiny_overrides(tmp_path, corpus), "trainer.devices=2",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert ("error: hydra/launcher=joblib runs each job in one process, but trainer.strategy='auto', "
-            "trainer.devices=2, trainer.num_nodes=1 would start several") in result.stderr
+    assert ("error: hydra/launcher=joblib runs each job in one process, but trainer.devices=2, "
+            "trainer.num_nodes=1 would start several") in result.stderr
     assert not (tmp_path / "runs").exists()
 
 

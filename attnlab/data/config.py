@@ -298,6 +298,7 @@ class DataConfig:
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int):
             raise DataError(f"data.split_seed must be an int, got {self.split_seed!r}")
         _check_encoding(self.encoding)
+        self.encoding = codecs.lookup(self.encoding).name  # one name per codec (UTF8, utf_8: utf-8), one cache key
         if self.encoding != "utf-8" and self.source != "text":
             raise DataError(f"data.encoding={self.encoding!r} is only used with data.source='text' "
                             f"(files of .txt or .jsonl), not with {self.source!r}")
@@ -324,10 +325,10 @@ def _check_encoding(encoding: object) -> None:
     if not isinstance(encoding, str) or not encoding:
         raise DataError(f"data.encoding must be a codec name ({examples}), got {encoding!r}")
     try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise DataError(f"unknown data.encoding {encoding!r}; Python's codec names, {examples}") from None
-    if "\n".encode(encoding) != b"\n":
+        newline = "\n".encode(encoding)
+    except LookupError:  # an unknown name, or a codec that is not a text encoding (hex, rot13)
+        raise DataError(f"unknown data.encoding {encoding!r}; Python's text codec names, {examples}") from None
+    if newline != b"\n":
         raise DataError(f"data.encoding={encoding!r} does not write a newline as the byte \\n, so its files "
                         f"cannot be read line by line; convert them to UTF-8 (iconv -f {encoding} -t UTF-8)")
 

@@ -128,8 +128,8 @@ class _LineDecoder:
             text = raw.decode(self.encoding)
         except UnicodeDecodeError as e:
             if self.mode == "fail":
-                readers = [enc for enc in JAPANESE_ENCODINGS if enc != self.encoding and _decodes(raw, enc)]
-                hint = f"set data.encoding={readers[0]} if the file is in that encoding, " if readers else ""
+                readers = [enc for enc in JAPANESE_ENCODINGS if enc != self.encoding and _reads(self.path, enc)]
+                hint = f"set data.encoding={' or '.join(readers)} if the file is in that encoding, " if readers else ""
                 raise DataError(f"{self.path}: line {lineno}: invalid {self.encoding} at byte {e.start} "
                                 f"({raw[e.start:e.start + 4]!r}); {hint}fix the file, or set "
                                 f"data.on_decode_error=replace (bad bytes become U+FFFD)") from None
@@ -145,9 +145,15 @@ class _LineDecoder:
                         "; is data.encoding right for this file?" if len(self.replaced) > lines // 2 else "")
 
 
-def _decodes(raw: bytes, encoding: str) -> bool:
+def _reads(path: Path, encoding: str, limit: int = 2**20) -> bool:
+    """Whether the file's first ``limit`` bytes (whole lines) decode in ``encoding``: one line is
+    not enough, a short EUC-JP line often decodes as cp932 too."""
+    with _open_binary(path) as f:
+        head = f.read(limit)
+    if len(head) == limit:
+        head = head[:head.rfind(b"\n") + 1]
     try:
-        raw.decode(encoding)
+        head.decode(encoding)
     except UnicodeDecodeError:
         return False
     return True

@@ -126,6 +126,18 @@ class TrainerSection:
     # advises there), torch's own setting on a CPU.
     float32_matmul_precision: str = "auto"
 
+    def one_process(self) -> bool:
+        """Whether Lightning trains in this process alone: one node, one device (1, "1", [3], "3,");
+        ``auto`` and -1 may be several."""
+        devices = self.devices
+        if isinstance(devices, str) and "," in devices:
+            count = len([d for d in devices.split(",") if d])
+        elif isinstance(devices, (list, tuple)):
+            count = len(devices)
+        else:
+            count = int(devices) if str(devices).isdigit() else None
+        return self.num_nodes == 1 and count == 1
+
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "seq_len", "val_every_n_steps", "val_batches",
                      "accumulate_grad_batches", "log_every_n_steps", "num_nodes"):
@@ -269,7 +281,7 @@ class TrainConfig:
             raise ValueError(f"seed={self.seed} is one of ladder.selection_seeds={self.ladder.selection_seeds}, "
                              f"which chose the learning rate: a ladder.lr=tuned run must use another seed")
         widening = self.ladder.lr in ("lower", "higher")
-        if widening and (self.trainer.devices not in (1, "1") or self.trainer.num_nodes != 1):
+        if widening and not self.trainer.one_process():
             # Each process reads the runs on disk; a sibling job finishing between two reads could
             # give the processes of one run different rates.
             raise ValueError(f"ladder.lr={self.ladder.lr} decides its rate from the runs on disk in every process: "

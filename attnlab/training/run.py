@@ -8,6 +8,7 @@ and Lightning settings), ``summary`` (what summary.json records besides the loss
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -100,8 +101,9 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
     model_config = cfg.model.build(cfg.variant, prepared.vocab_size, cfg.trainer.seq_len)
     check_vocab_fits(prepared.vocab_size, model_config.vocab_size)
     apply_budget(cfg, model_config, None if prepared.task else prepared.train_tokens)
-    settings = yaml.safe_load(yaml.safe_dump(resolved_config(cfg, model_config)))  # as config.yaml reads
-    if ckpt_path is not None or (cfg.resume and run.is_complete()):  # before a metric row is trimmed
+    settings = yaml.safe_load(yaml.safe_dump(resolved_config(cfg, model_config, prepared)))  # as config.yaml reads
+    done = run.load_summary() if cfg.resume and run.is_complete() else {}
+    if (ckpt_path is not None or done) and is_rank_zero:  # before a metric row is trimmed
         check_resume_keeps_settings(run, settings)
     if cfg.ladder.name is not None and is_rank_zero:  # before any compute: the ladder's runs must agree
         check_one_setting(ladder_runs(cfg.results_dir, cfg.ladder.name),
@@ -110,7 +112,6 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
         raise ValueError(f"trainer.seq_len={cfg.trainer.seq_len} exceeds model.block_size="
                          f"{model_config.block_size} of preset {model_config.name!r}; use "
                          f"trainer.seq_len<={model_config.block_size} or a larger model.block_size")
-    done = run.load_summary() if cfg.resume and run.is_complete() else {}
     if done and (done.get("steps", 0) >= cfg.trainer.max_steps or
                  (done.get("diverged") and cfg.trainer.nonfinite_loss == "stop")):
         # A requeued sweep (resume=auto) passes over its finished runs, leaving their files as they are
@@ -123,10 +124,11 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
             check_checkpoint_matches(ckpt_path, model_config)
             step = checkpoint_step(ckpt_path)
         except ValueError as err:
+            other = (f", e.g. {run.best_checkpoint}" if run.best_checkpoint.is_file()
+                     and run.best_checkpoint.resolve() != Path(ckpt_path).resolve() else "")
             raise ValueError(f"{err}; to go on, resume with the model it was trained with, or from another "
-                             f"checkpoint (resume=<path>.ckpt, e.g. {run.best_checkpoint}), or train a new "
-                             f"run: another experiment_name=, or overwrite=true (the old directory is moved "
-                             f"aside)") from None
+                             f"checkpoint (resume=<path>.ckpt{other}), or train a new run: another "
+                             f"experiment_name=, or overwrite=true (the old directory is moved aside)") from None
         if is_rank_zero:
             trim_metrics(run, step)
     L.seed_everything(cfg.seed, workers=True)

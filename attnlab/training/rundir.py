@@ -82,33 +82,59 @@ def resume_checkpoint(run: RunDir, resume: str | None) -> Path | None:
 
 
 # What a resumed run must keep: the settings that decide its trajectory (data and its order, the
-# batches, the optimiser and its schedule, the measure of validation). A resumed run that changed
-# one would be neither the run it continues nor a fresh run with the new value. Where and how it
-# runs (devices, precision, kernel, compile), what it logs, and how long it goes on
-# (trainer.max_steps) may change. The model is the resolved one (a finished run is passed over
-# before its checkpoint is read).
+# batches, the devices that share them, the optimiser and its schedule, the measure of validation)
+# and what they resolved to (the model; the tokenizer and token counts the data gave). A resumed run
+# that changed one would be neither the run it continues nor a fresh run with the new value. Where
+# and how it runs (accelerator, precision, kernel, compile), what it logs, and how long it goes on
+# (trainer.max_steps) may change.
 FIXED_ON_RESUME = ("seed", "variant", "data", "trainer.batch_size", "trainer.accumulate_grad_batches",
-                   "trainer.seq_len", "trainer.val_batches", "optim", "resolved_model")
+                   "trainer.seq_len", "trainer.val_batches", "trainer.devices", "trainer.num_nodes", "optim",
+                   "resolved_model", "resolved_data")
 # Where the data cache is and how fast it is built; how the model is computed.
 CHANGEABLE_ON_RESUME = ("data.cache_dir", "data.num_threads",
                         *(f"resolved_model.{key}" for key in sorted(RUNTIME_SETTINGS)))
+# Under a token budget, the budget sets trainer.max_steps and optim.warmup_steps: it is what is kept.
+FIXED_UNDER_A_BUDGET = ("budget.tokens_per_param", "budget.count", "budget.warmup_fraction", "budget.repeat_data")
+SET_BY_A_BUDGET = ("optim.warmup_steps",)
 
 
 def check_resume_keeps_settings(run: RunDir, settings: dict) -> None:
     """Refuse to resume ``run`` with other ``FIXED_ON_RESUME`` settings than its ``config.yaml``'s
-    (``settings``: the resolved configuration, as ``config.yaml`` reads), naming each one."""
+    (``settings``: the resolved configuration, as ``config.yaml`` reads), naming each one. A setting
+    the run's ``config.yaml`` lacks (added to attnlab since) counts at its default."""
     if not run.config.is_file():  # a checkpoint resumed into a new run directory: a deliberate fork
         return
-    saved = _flatten(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {})
     requested = _flatten(settings)
-    changed = [key for key in sorted(set(saved) | set(requested))
-               if key.split(".")[0] in FIXED_ON_RESUME or ".".join(key.split(".")[:2]) in FIXED_ON_RESUME
-               if key not in CHANGEABLE_ON_RESUME and saved.get(key) != requested.get(key)]
+    saved = {**_defaults(requested), **_flatten(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {})}
+    budget = requested.get("budget.tokens_per_param") is not None
+    fixed = [key for key in requested if _under(key, FIXED_ON_RESUME) or (budget and key in FIXED_UNDER_A_BUDGET)]
+    changed = [key for key in fixed
+               if key not in CHANGEABLE_ON_RESUME and not (budget and key in SET_BY_A_BUDGET)
+               and key in saved and saved[key] != requested[key]]
     if changed:
-        details = ", ".join(f"{key}={saved.get(key)!r} (now {requested.get(key)!r})" for key in changed)
+        details = ", ".join(f"{key}={saved[key]!r} (now {requested[key]!r})" for key in changed)
         raise ValueError(f"resume: {run.path} was trained with {details}; a resumed run keeps the settings "
                          f"that decide its course. Resume it without these changes, or train a new run with "
                          f"them: another experiment_name=, or overwrite=true (the old directory is moved aside)")
+
+
+def _under(key: str, sections: tuple[str, ...]) -> bool:
+    return any(key == section or key.startswith(f"{section}.") for section in sections)
+
+
+def _defaults(requested: dict) -> dict:
+    """Flattened defaults of every setting (``TrainConfig()``'s, and the requested variant's options')."""
+    from variants import get_variant
+    from variants.registry import option_fields
+
+    defaults = _flatten(yaml.safe_load(yaml.safe_dump(dataclasses.asdict(TrainConfig()))))
+    try:
+        options = option_fields(get_variant(requested.get("variant.name", "")))
+    except ValueError:
+        options = {}
+    for key, (_, default) in options.items():
+        defaults[f"variant.options.{key}"] = defaults[f"resolved_model.variant_options.{key}"] = default
+    return defaults
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -125,19 +151,24 @@ def trim_metrics(run: RunDir, step: int) -> None:
     """Drop rows logged after the checkpoint, which the resumed run will log again."""
     if run.metrics.is_file():
         frame = pd.read_csv(run.metrics)
-        with atomic_write(run.metrics) as file:  # a kill mid-write leaves the old file, not half of it
+        with atomic_write(run.metrics, newline="") as file:  # a kill mid-write leaves the old file, not half
             frame[frame["step"] < step].to_csv(file, index=False)
 
 
-def resolved_config(cfg: TrainConfig, model_config: ModelConfig) -> dict:
-    """What ``config.yaml`` holds: the training configuration and the model it resolved to."""
-    return {**dataclasses.asdict(cfg), "resolved_model": model_config.to_dict()}
+def resolved_config(cfg: TrainConfig, model_config: ModelConfig, prepared: PreparedData | None = None) -> dict:
+    """What ``config.yaml`` holds: the training configuration, the model it resolved to and (with
+    ``prepared``) what its data resolved to: the tokenizer and the token counts."""
+    data = {} if prepared is None else {"resolved_data": {
+        "tokenizer_sha256": prepared.tokenizer_sha256, "vocab_size": prepared.vocab_size,
+        "train_tokens": prepared.train_tokens, "val_tokens": prepared.val_tokens}}
+    return {**dataclasses.asdict(cfg), "resolved_model": model_config.to_dict(), **data}
 
 
 def write_run_files(run: RunDir, cfg: TrainConfig, model_config: ModelConfig,
                     prepared: PreparedData) -> None:
     """``config.yaml`` (the resolved configuration) and the run's tokenizer (a synthetic task has none)."""
     run.path.mkdir(parents=True, exist_ok=True)
-    run.config.write_text(yaml.safe_dump(resolved_config(cfg, model_config), sort_keys=False, allow_unicode=True))
+    with atomic_write(run.config, encoding="utf-8") as file:  # other ranks may read it (resume's check)
+        file.write(yaml.safe_dump(resolved_config(cfg, model_config, prepared), sort_keys=False, allow_unicode=True))
     if prepared.tokenizer_path is not None:
         shutil.copyfile(prepared.tokenizer_path, run.tokenizer)

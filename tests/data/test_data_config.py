@@ -11,6 +11,11 @@ def test_defaults_are_the_demo_setting():
     assert cfg.tokenizer.vocab_size == 8000 and cfg.tokenizer.byte_fallback is True
 
 
+def test_an_encoding_is_kept_under_its_codec_name():
+    assert DataConfig(encoding="UTF8").encoding == "utf-8"  # the demo source takes it: it is utf-8
+    assert DataConfig(source="text", paths=["x"], encoding="SJIS").encoding == "shift_jis"
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(source="web"), "unknown data.source 'web'; allowed: demo, text, hf"),
     (dict(source="text"), "needs data.paths"),
@@ -20,13 +25,14 @@ def test_defaults_are_the_demo_setting():
     (dict(val_fraction=1.5), "val_fraction must be in (0, 1), got 1.5"),
     (dict(on_decode_error="ignore"), "unknown data.on_decode_error 'ignore'; allowed: fail, replace"),
     (dict(source="text", paths=["x"], encoding="sjis-win"),
-     "unknown data.encoding 'sjis-win'; Python's codec names, e.g. utf-8, cp932 (Windows Shift-JIS), "
+     "unknown data.encoding 'sjis-win'; Python's text codec names, e.g. utf-8, cp932 (Windows Shift-JIS), "
      "shift_jis, euc_jp"),
     (dict(source="text", paths=["x"], encoding="utf-16"),
      "data.encoding='utf-16' does not write a newline as the byte \\n, so its files cannot be read line by line; "
      "convert them to UTF-8 (iconv -f utf-16 -t UTF-8)"),
     (dict(encoding="cp932"), "data.encoding='cp932' is only used with data.source='text' (files of .txt or .jsonl), "
                              "not with 'demo'"),
+    (dict(source="text", paths=["x"], encoding="hex"), "unknown data.encoding 'hex'; Python's text codec names"),
     (dict(text_field=""), "text_field must be a non-empty string"),
     (dict(split_seed="0"), "split_seed must be an int"),
     (dict(shard_tokens=10), "shard_tokens must be an int >= 1024, got 10"),

@@ -1,0 +1,82 @@
+"""What a resumed run may change, checked against its config.yaml without training (rundir.py)."""
+
+import copy
+import re
+
+import pytest
+import yaml
+
+from attnlab.runs import RunDir
+from attnlab.training.rundir import check_resume_keeps_settings
+from test_training import compose_config
+
+DATA = {"tokenizer_sha256": "ab12", "vocab_size": 1000, "train_tokens": 5000, "val_tokens": 500}
+
+
+def settings(overrides: list[str], data: dict = DATA) -> dict:
+    """The resolved configuration as config.yaml holds it (the model left out: the checkpoint's)."""
+    import dataclasses
+
+    cfg = compose_config(overrides)
+    return yaml.safe_load(yaml.safe_dump({**dataclasses.asdict(cfg), "resolved_data": data}))
+
+
+@pytest.fixture
+def run(tmp_path):
+    run = RunDir(tmp_path / "runs" / "e" / "baseline" / "seed0")
+    run.path.mkdir(parents=True)
+    return run
+
+
+def written(run: RunDir, config: dict) -> None:
+    run.config.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+@pytest.mark.parametrize("change, named", [
+    (["optim.lr=0.01"], "optim.lr=0.002 (now 0.01)"),
+    (["trainer.batch_size=4"], "trainer.batch_size=8 (now 4)"),
+    (["trainer.devices=2"], "trainer.devices=1 (now 2)"),  # the global batch
+    (["data.val_fraction=0.1"], "data.val_fraction=0.05 (now 0.1)"),
+])
+def test_a_setting_that_decides_the_run_is_refused_by_name(run, change, named):
+    written(run, settings([]))
+    with pytest.raises(ValueError, match=rf"resume: .*seed0 was trained with {re.escape(named)}; a resumed run keeps"):
+        check_resume_keeps_settings(run, settings(change))
+
+
+def test_where_and_how_long_it_runs_may_change(run):
+    written(run, settings([]))
+    check_resume_keeps_settings(run, settings(["trainer.max_steps=900", "trainer.precision=32-true",
+                                               "model.attn_kernel=explicit", "logger=wandb", "data.num_threads=1",
+                                               "trainer.val_every_n_steps=7", "trainer.compile=false"]))
+
+
+def test_data_that_now_tokenises_differently_is_refused(run):
+    written(run, settings([]))
+    with pytest.raises(ValueError, match=r"resolved_data.tokenizer_sha256='ab12' \(now 'cd34'\), "
+                                         r"resolved_data.train_tokens=5000 \(now 5100\)"):
+        check_resume_keeps_settings(run, settings([], {**DATA, "tokenizer_sha256": "cd34", "train_tokens": 5100}))
+
+
+def test_a_config_written_before_a_setting_existed_counts_it_at_its_default(run):
+    old = settings([])
+    del old["data"]["encoding"], old["resolved_data"]  # neither existed when the run was written
+    written(run, old)
+    check_resume_keeps_settings(run, settings([]))
+    with pytest.raises(ValueError, match=r"data.encoding='utf-8' \(now 'cp932'\)"):
+        check_resume_keeps_settings(run, settings(["data=text", "data.paths=[x.txt]", "data.encoding=cp932"]))
+
+
+def test_under_a_budget_the_budget_is_kept_not_the_warmup_it_sets(run):
+    budget = ["budget.tokens_per_param=20"]
+    saved = settings(budget)
+    written(run, saved)
+    derived = copy.deepcopy(settings(budget))
+    derived["optim"]["warmup_steps"] = 17  # what apply_budget sets from the budget
+    check_resume_keeps_settings(run, derived)
+    with pytest.raises(ValueError, match=r"budget.tokens_per_param=20.0 \(now 40.0\)"):
+        check_resume_keeps_settings(run, settings(["budget.tokens_per_param=40"]))
+
+
+def test_a_checkpoint_resumed_into_a_new_directory_is_not_compared(run):
+    check_resume_keeps_settings(run, settings(["optim.lr=0.01"]))  # no config.yaml: a deliberate fork
