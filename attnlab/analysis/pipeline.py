@@ -223,11 +223,14 @@ def check_prompts_fit(runs: Sequence[RunDir], cfg: EvaluateConfig) -> None:
                 check_fits_context(len(tokenizer.encode(prompt, bos=True)), new, block_size)
             except ValueError as err:
                 # Small models (a tiny block_size) meet the default prompts here: say how to
-                # give others, as a Hydra list quoted for the shell.
+                # give others, quoted for the shell as Hydra needs for non-ASCII text.
+                advice = ("Give a shorter one, e.g. \"heatmap_prompt='...'\" (quoted for the shell)"
+                          if setting == "heatmap_prompt" else
+                          "Give shorter prompts, e.g. \"prompts=['...','...']\" (quoted for the shell), or a "
+                          "smaller sampling.max_new_tokens")
                 raise ValueError(f"{setting}={prompt!r} does not fit run {run.variant}/seed{run.seed}: "
-                                 f"{str(err).replace('max_new_tokens', 'sampling.max_new_tokens')}. Give "
-                                 f"shorter prompts, e.g. \"prompts=['...','...']\" (quoted for the shell), "
-                                 f"or a smaller sampling.max_new_tokens") from None
+                                 f"{str(err).replace('max_new_tokens', 'sampling.max_new_tokens')}. "
+                                 f"{advice}") from None
 
 
 def check_heatmap_layers(runs: Sequence[RunDir], layers: Sequence[int] | None) -> None:

@@ -121,7 +121,10 @@ def test_a_checkpoint_of_another_variant_is_refused(runs_dir, tmp_path):
     ({"prompts": ["海", "海" * 20], "sampling": SamplingConfig(max_new_tokens=50)},
      r"prompts\[1\]='海+' does not fit run baseline/seed0: prompt \(\d+ tokens\) \+ sampling\.max_new_tokens=50 "
      r"exceeds the model's context block_size=64; allowed: sampling\.max_new_tokens <= \d+\."),
-    ({"prompts": ["海"], "heatmap_prompt": "海" * 80}, r"heatmap_prompt='海+' does not fit run baseline/seed0"),
+    ({"prompts": ["海"], "heatmap_prompt": "海" * 80},
+     r"heatmap_prompt='海+' does not fit run baseline/seed0: prompt is \d+ tokens, longer than the model's context "
+     r"allows \(block_size=64\); shorten it to at most 64 tokens\. Give a shorter one, e\.g\. "
+     r"\"heatmap_prompt='\.\.\.'\" \(quoted for the shell\)$"),
     ({"prompts": ["海"], "outputs": ["tables", "heatmaps"], "heatmap_layers": [0, 5]},
      r"heatmap_layers=\[0, 5\]: layers \[5\] do not exist in every model drawn \(n_layer=2\); allowed: 0\.\.1, "
      r"or null for every layer"),
