@@ -1,6 +1,8 @@
 """What a resumed run may change, checked against its config.yaml without training (rundir.py)."""
 
 import copy
+import dataclasses
+import functools
 import re
 
 import pytest
@@ -15,10 +17,12 @@ DATA = {"tokenizer_sha256": "ab12", "vocab_size": 1000, "train_tokens": 5000, "v
 
 def settings(overrides: list[str], data: dict = DATA) -> dict:
     """The resolved configuration as config.yaml holds it (the model left out: the checkpoint's)."""
-    import dataclasses
+    return {**copy.deepcopy(_composed(tuple(overrides))), "resolved_data": dict(data)}
 
-    cfg = compose_config(overrides)
-    return yaml.safe_load(yaml.safe_dump({**dataclasses.asdict(cfg), "resolved_data": data}))
+
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> dict:
+    return yaml.safe_load(yaml.safe_dump(dataclasses.asdict(compose_config(list(overrides)))))
 
 
 @pytest.fixture
@@ -56,6 +60,18 @@ def test_data_that_now_tokenises_differently_is_refused(run):
     with pytest.raises(ValueError, match=r"resolved_data.tokenizer_sha256='ab12' \(now 'cd34'\), "
                                          r"resolved_data.train_tokens=5000 \(now 5100\)"):
         check_resume_keeps_settings(run, settings([], {**DATA, "tokenizer_sha256": "cd34", "train_tokens": 5100}))
+
+
+def test_a_corpus_moved_to_another_path_resumes_where_the_run_recorded_its_data(run):
+    corpus = ["data=text", "data.paths=[/scratch/a/corpus.jsonl]"]
+    moved = ["data=text", "data.paths=[/scratch/b/corpus.jsonl]"]
+    written(run, settings(corpus))
+    check_resume_keeps_settings(run, settings(moved))  # the same tokenizer and token counts
+    old = settings(corpus)
+    del old["resolved_data"]  # a run written before it recorded them: the path is all there is
+    written(run, old)
+    with pytest.raises(ValueError, match=r"data.paths=\['/scratch/a/corpus.jsonl'\] \(now \['/scratch/b/"):
+        check_resume_keeps_settings(run, settings(moved))
 
 
 def test_a_config_written_before_a_setting_existed_counts_it_at_its_default(run):

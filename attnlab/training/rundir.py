@@ -105,11 +105,15 @@ def check_resume_keeps_settings(run: RunDir, settings: dict) -> None:
     if not run.config.is_file():  # a checkpoint resumed into a new run directory: a deliberate fork
         return
     requested = _flatten(settings)
-    saved = {**_defaults(requested), **_flatten(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {})}
+    written = _flatten(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {})
+    saved = {**_defaults(requested), **written}
     budget = requested.get("budget.tokens_per_param") is not None
+    # Where the run recorded what its data resolved to, that says whether the data is the same: a
+    # corpus moved to another path (a cluster's scratch directory) is.
+    moved = ("data.paths",) if "resolved_data.tokenizer_sha256" in written else ()
     fixed = [key for key in requested if _under(key, FIXED_ON_RESUME) or (budget and key in FIXED_UNDER_A_BUDGET)]
     changed = [key for key in fixed
-               if key not in CHANGEABLE_ON_RESUME and not (budget and key in SET_BY_A_BUDGET)
+               if key not in (*CHANGEABLE_ON_RESUME, *moved) and not (budget and key in SET_BY_A_BUDGET)
                and key in saved and saved[key] != requested[key]]
     if changed:
         details = ", ".join(f"{key}={saved[key]!r} (now {requested[key]!r})" for key in changed)
