@@ -53,20 +53,22 @@ class SamplingConfig:
             raise ValueError(f"repetition_penalty must be >= 1.0 (1.0: off), got {self.repetition_penalty}")
 
 
-def check_fits_context(n_prompt: int, max_new_tokens: int, block_size: int) -> None:
-    """Raise before any work if the prompt, or prompt plus new tokens, exceed the context."""
+def check_fits_context(n_prompt: int, max_new_tokens: int, block_size: int,
+                       new_tokens_setting: str = "max_new_tokens") -> None:
+    """Raise before any work if the prompt, or prompt plus new tokens, exceed the context.
+    ``new_tokens_setting``: the name the caller's user sets ``max_new_tokens`` by."""
     if n_prompt == 0:
         raise ValueError("the prompt encodes to no tokens; give a non-empty prompt")
     if max_new_tokens >= block_size:  # no prompt could fit: say so, not "shorten it"
-        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context "
-                         f"block_size={block_size}; allowed: max_new_tokens <= {block_size - 1}")
+        raise ValueError(f"{new_tokens_setting}={max_new_tokens} leaves no room for a prompt in the model's "
+                         f"context block_size={block_size}; allowed: {new_tokens_setting} <= {block_size - 1}")
     longest = block_size - 1 if max_new_tokens > 0 else block_size
     if n_prompt > longest:
         raise ValueError(f"prompt is {n_prompt} tokens, longer than the model's context allows "
                          f"(block_size={block_size}); shorten it to at most {longest} tokens")
     if n_prompt + max_new_tokens > block_size:
-        raise ValueError(f"prompt ({n_prompt} tokens) + max_new_tokens={max_new_tokens} exceeds the "
-                         f"model's context block_size={block_size}; allowed: max_new_tokens <= "
+        raise ValueError(f"prompt ({n_prompt} tokens) + {new_tokens_setting}={max_new_tokens} exceeds the "
+                         f"model's context block_size={block_size}; allowed: {new_tokens_setting} <= "
                          f"{block_size - n_prompt}")
 
 

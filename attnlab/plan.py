@@ -231,7 +231,7 @@ def _saved_in_block_forward(block: nn.Module, resolved: ModelConfig, a: int, tok
             return sum({**saved, **{ptr: t.untyped_storage().nbytes() for ptr, t in handed.items()
                                     if ptr not in known}}.values())
         stack.enter_context(unittest.mock.patch.object(block, "attend", paused(block.attend)))
-        return sum(saved_storages(lambda: block(x, cos, sin), inputs, counting=lambda: counting).values())
+        return new_saved_bytes(lambda: block(x, cos, sin), inputs, counting=lambda: counting)
 
 
 def new_saved_bytes(call: Callable[[], Any], inputs: Iterable[torch.Tensor],

@@ -220,7 +220,7 @@ def check_prompts_fit(runs: Sequence[RunDir], cfg: EvaluateConfig) -> None:
         for (setting, prompt), new in [*(((f"prompts[{i}]", p), cfg.sampling.max_new_tokens)
                                          for i, p in enumerate(cfg.prompts)), (heatmap, 0)]:
             try:
-                check_fits_context(len(tokenizer.encode(prompt, bos=True)), new, block_size)
+                check_fits_context(len(tokenizer.encode(prompt, bos=True)), new, block_size, "sampling.max_new_tokens")
             except ValueError as err:
                 # Small models (a tiny block_size) meet the default prompts here: say how to
                 # give others, quoted for the shell as Hydra needs for non-ASCII text.
@@ -228,8 +228,7 @@ def check_prompts_fit(runs: Sequence[RunDir], cfg: EvaluateConfig) -> None:
                           if setting == "heatmap_prompt" else
                           "Give shorter prompts, e.g. \"prompts=['...','...']\" (quoted for the shell), or a "
                           "smaller sampling.max_new_tokens")
-                raise ValueError(f"{setting}={prompt!r} does not fit run {run.variant}/seed{run.seed}: "
-                                 f"{str(err).replace('max_new_tokens', 'sampling.max_new_tokens')}. "
+                raise ValueError(f"{setting}={prompt!r} does not fit run {run.variant}/seed{run.seed}: {err}. "
                                  f"{advice}") from None
 
 
