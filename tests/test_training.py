@@ -98,6 +98,25 @@ def test_overrides_reach_the_typed_config(tmp_path, corpus):
         ("seed100m", 35000, 4096)
 
 
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
+def test_every_shipped_experiment_validates_its_last_step(experiment):
+    """A final loss older than the model (or none at all) would be every run's of that experiment."""
+    text = ["data.paths=[x.txt]"] if experiment == "seed_study" else []  # its corpus is the user's
+    trainer = compose_config([f"experiment={experiment}", *text]).trainer
+    assert trainer.validation_warning() is None
+
+
+def test_a_run_that_never_validates_its_last_steps_is_told_so():
+    from attnlab.training.config import TrainerSection
+
+    never = TrainerSection(max_steps=30, val_every_n_steps=250).validation_warning()
+    assert never.startswith("trainer.max_steps=30 < trainer.val_every_n_steps=250: this run never validates")
+    assert never.endswith("set trainer.val_every_n_steps=30 (or less) to evaluate it")
+    late = TrainerSection(max_steps=7600, val_every_n_steps=250).validation_warning()
+    assert "the last validation is at step 7500, so final_val_loss is 100 steps older" in late
+    assert "set trainer.max_steps=7750" in late
+
+
 def test_the_variant_config_group_is_derived_from_the_registry():
     register_schema()
     from hydra.core.config_store import ConfigStore

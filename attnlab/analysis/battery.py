@@ -25,13 +25,14 @@ and ``data.task`` (the task, its settings, its chance accuracy), so the difficul
 settings that differ between the task's cells, not its name.
 
 A cell is uninformative when every variant's mean accuracy is at chance (at most ``CHANCE_FACTOR`` x the
-task's chance accuracy) or every variant's is solved (at least ``SOLVED``): it ranks nothing, and is in
+cell's chance accuracy) or every variant's is solved (at least ``SOLVED``): it ranks nothing, and is in
 the ``cells`` table only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,15 +45,18 @@ import seaborn as sns
 from attnlab.analysis.agreement import agreement_table, battery_ladder_agreement
 from attnlab.analysis.config import EvaluateConfig
 from attnlab.analysis.ladder import is_ladder, ladder_comparison, ladder_result_comparison
+from attnlab.analysis.outputs import prepare_outputs
 from attnlab.analysis.stats import compare, holm, mean_ci
 from attnlab.analysis.style import save_figure, variant_colors
-from attnlab.analysis.tables import Table, read_evaluation_dir, variant_order
+from attnlab.analysis.tables import SETUP_KEYS, Table, read_evaluation_dir, setup_notes, variant_order
 from attnlab.runs import RunDir, find_runs
+
+log = logging.getLogger(__name__)
 
 CHANCE_FACTOR = 1.5  # at chance: mean accuracy <= 1.5 x chance
 SOLVED = 0.99  # solved: mean accuracy >= 0.99
 RULE = (f"A cell is uninformative when every variant's mean accuracy over seeds is at chance (<= {CHANCE_FACTOR:g} x "
-        f"the task's chance accuracy) or every variant's is solved (>= {SOLVED:g}); such cells are left out of "
+        f"the cell's chance accuracy) or every variant's is solved (>= {SOLVED:g}); such cells are left out of "
         f"every average and test.")
 
 
@@ -83,7 +87,8 @@ def battery_frame(runs: Sequence[RunDir], name: str) -> pd.DataFrame:
         cell = experiment[len(prefix):] if experiment.startswith(prefix) else experiment[len(name) + 1:]
         rows.append({"variant": summary["variant"], "task": task.pop("task"), "cell": cell,
                      "seed": int(summary["seed"]), "acc": float(summary["final_val_acc"]),
-                     "chance": float(task.pop("chance_acc")), "settings": task, "run_dir": str(run.path)})
+                     "chance": float(task.pop("chance_acc")), "settings": task, "run_dir": str(run.path),
+                     **{key: summary.get(key) for key in SETUP_KEYS}})
     return pd.DataFrame(rows)
 
 
@@ -140,11 +145,13 @@ def seed_scores(frame: pd.DataFrame, cells: list[str]) -> tuple[pd.Series, int]:
     return complete.mean(axis=1), len(pivot) - len(complete)
 
 
-def variant_note(frame: pd.DataFrame, cells: list[str], chance: float) -> str:
-    """Why a task's grid says nothing about this variant, or ''."""
+def variant_note(frame: pd.DataFrame, cells: list[str]) -> str:
+    """Why a task's grid says nothing about this variant, or ''. Each cell is held to its own chance
+    (a task's cells may differ in it: a larger vocabulary of values)."""
     if not cells:
         return "no informative cell"
-    means = frame[frame["cell"].isin(cells)].groupby("cell")["acc"].mean()
+    at = frame[frame["cell"].isin(cells)].groupby("cell")
+    means, chance = at["acc"].mean(), at["chance"].first()
     if (means <= CHANCE_FACTOR * chance).all():
         return "at chance in every informative cell"
     if (means >= SOLVED).all():
@@ -157,9 +164,11 @@ def per_task_table(frame: pd.DataFrame, statuses: pd.DataFrame, reference: str, 
     rows, comparisons, scores = [], [], {}
     for task in sorted(frame["task"].unique()):
         at = frame[frame["task"] == task]
-        chance = float(at["chance"].iloc[0])
         task_cells = statuses[statuses["task"] == task]
         cells = sorted(task_cells.loc[task_cells["status"] == "informative", "cell"])
+        # The chance of the score: the mean of its cells' chances, as the score is of their accuracies.
+        cell_chance = at.groupby("cell")["chance"].first()
+        chance = float(cell_chance[cells].mean() if cells else cell_chance.mean())
         left_out = task_cells[task_cells["status"] != "informative"]
         if len(left_out):
             notes.append(f"{task}: cell(s) " + ", ".join(f"{c} ({s})" for c, s in
@@ -176,7 +185,7 @@ def per_task_table(frame: pd.DataFrame, statuses: pd.DataFrame, reference: str, 
             scores[(variant, task)] = per_seed
             row = {"task": task, "variant": variant, "n": len(per_seed), "cells": len(cells), "chance": chance,
                    **_measure("acc", per_seed, None if variant == reference else scores.get((reference, task)), cfg),
-                   "note": variant_note(runs, cells, chance)}
+                   "note": variant_note(runs, cells)}
             if "p" in row:
                 comparisons.append(len(rows))
             rows.append(row)
@@ -187,8 +196,8 @@ def per_task_table(frame: pd.DataFrame, statuses: pd.DataFrame, reference: str, 
         "final val acc (95% CI)": [_fmt_interval(m, h) for m, h in zip(numbers["acc"], numbers["acc_half_width"])],
         **_difference_columns(numbers, reference), "note": numbers["note"]})
     explain = [f"final val acc: per seed, the mean over the task's informative cells; then the mean and its "
-               f"{cfg.confidence:.0%} t interval over seeds. Δ: variant − {reference}, paired by seed, "
-               f"Holm-adjusted over every (variant, task). {RULE}"]
+               f"{cfg.confidence:.0%} t interval over seeds; chance: the mean of those cells' chances. "
+               f"Δ: variant − {reference}, paired by seed, Holm-adjusted over every (variant, task). {RULE}"]
     return Table("per_task", numbers, display, explain + notes), scores
 
 
@@ -353,7 +362,11 @@ def difficulty_figure(cells: pd.DataFrame, frame: pd.DataFrame, keys: dict[str, 
             v = at[at["variant"] == variant].set_index("cell").reindex(order).dropna(subset=["acc"])
             ax.errorbar([x[c] for c in v.index], v["acc"], yerr=v["acc_half_width"].fillna(0).astype(float),
                         marker="o", capsize=3, color=colors[variant], label=variant)
-        ax.axhline(float(at["chance"].iloc[0]), color="grey", linewidth=0.8, linestyle="--")
+        chance = at.drop_duplicates("cell").set_index("cell").reindex(order)["chance"].astype(float)
+        if chance.nunique() == 1:
+            ax.axhline(float(chance.iloc[0]), color="grey", linewidth=0.8, linestyle="--")
+        else:  # each cell's own chance (e.g. more values to recall), at its difficulty
+            ax.plot([x[c] for c in order], chance, color="grey", linewidth=0.8, linestyle="--", marker="_")
         if knob and all(_numeric(settings[c][knob]) for c in order):
             if min(x.values()) > 0 and max(x.values()) / min(x.values()) >= 8:
                 ax.set_xscale("log")
@@ -419,13 +432,7 @@ def evaluate_battery_result(cfg: EvaluateConfig) -> Path:
     """The battery evaluated again from ``cfg.battery_result`` (its per-run accuracies), e.g. to
     compare a committed battery with a newer ladder without training it again."""
     frame, name, notes = battery_result_frame(cfg.battery_result)
-    if cfg.experiment is not None and cfg.experiment != name:
-        raise ValueError(f"experiment={cfg.experiment!r} but battery_result={cfg.battery_result!r} is the "
-                         f"evaluation of battery {name!r}; set experiment={name} or leave it out")
-    out = cfg.output_path(name)
-    if out.resolve() == Path(cfg.battery_result).resolve():
-        raise ValueError(f"output directory {out} is battery_result's own, which this evaluation reads; set "
-                         f"output_dir=<another path>")
+    out = cfg.output_path_reading("battery_result", "battery", name)
     return write_battery_evaluation(cfg, name, frame, notes, out, source=f"the battery result {cfg.battery_result}")
 
 
@@ -433,10 +440,16 @@ def write_battery_evaluation(cfg: EvaluateConfig, name: str, frame: pd.DataFrame
                              source: str) -> Path:
     """Tables, figures and evaluation.json of the battery ``name`` from its per-run rows."""
     out.mkdir(parents=True, exist_ok=True)
+    before = prepare_outputs(out)
     variants = variant_order(frame["variant"].unique(), cfg.baseline)
     notes = list(notes)
     if cfg.baseline not in variants:
         notes.append(f"No run of the reference variant {cfg.baseline!r}: no differences are reported.")
+    # One cell's runs are compared with each other: trained otherwise (a rerun at another lr), they say so.
+    for (task, cell), group in frame.groupby(["task", "cell"], sort=True):
+        for note in setup_notes(group, where=f"{task}/{cell}: "):
+            log.warning(note)
+            notes.append(note)
     keys = difficulty_keys(frame)
     cells = cells_table(frame, variants, keys, cfg.confidence)
     statuses = cells.numbers.drop_duplicates(["task", "cell"])[["task", "cell", "status"]]
@@ -455,7 +468,8 @@ def write_battery_evaluation(cfg: EvaluateConfig, name: str, frame: pd.DataFrame
         "chance_factor": CHANCE_FACTOR, "solved": SOLVED, "difficulty_keys": keys, "runs": sorted(frame["run_dir"]),
         "uninformative_cells": [f"{t}/{c} ({s})" for t, c, s in statuses.itertuples(index=False)
                                 if s != "informative"],
-        "notes": notes, "ladder_agreement": agreement_result}), indent=2, default=_json_default), encoding="utf-8")
+        "notes": notes, "ladder_agreement": agreement_result, "outputs": before.written()}),
+        indent=2, default=_json_default), encoding="utf-8")
     return out
 
 

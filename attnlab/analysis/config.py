@@ -13,7 +13,9 @@ from typing import Optional
 from attnlab.analysis.samples import DEFAULT_PROMPTS
 from attnlab.generate import SamplingConfig
 from attnlab.runs import CHECKPOINTS
+from variants import available_variants
 
+DEFAULT_LADDER_RESULT = "reference/ladder"  # the committed CPU ladder, relative to the working directory
 OUTPUTS = ("tables", "figures", "samples", "heatmaps", "attention_stats", "head_scores", "loss_by_position")
 
 
@@ -48,15 +50,32 @@ class EvaluateConfig:
     # default the committed CPU ladder reference, read relative to the working directory.
     ladder: Optional[str] = "ladder"
     ladder_runs_dir: Optional[str] = None
-    ladder_result: Optional[str] = "reference/ladder"
+    ladder_result: Optional[str] = DEFAULT_LADDER_RESULT
     # A battery's evaluation directory (tables/per_run.csv + evaluation.json) to evaluate again
     # without its runs, e.g. the committed reference/battery against a newer ladder; null: from runs.
     battery_result: Optional[str] = None
+    # A ladder's evaluation directory, to evaluate again without its runs (the committed
+    # reference/ladder with a newer attnlab); null: from runs.
+    ladder_again: Optional[str] = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def output_path(self, name: str) -> Path:
         """Where the evaluation of experiment ``name`` goes: output_dir, else results/<name> beside the runs."""
         return Path(self.output_dir) if self.output_dir else Path(self.runs_dir).parent / name
+
+    def output_path_reading(self, setting: str, kind: str, name: str) -> Path:
+        """``output_path`` of an evaluation read back from the directory in ``setting``
+        (``battery_result``, ``ladder_again``), the evaluation of ``kind`` ``name``: refused where
+        ``experiment`` names another, or where it would write over the directory it reads."""
+        result_dir = getattr(self, setting)
+        if self.experiment is not None and self.experiment != name:
+            raise ValueError(f"experiment={self.experiment!r} but {setting}={result_dir!r} is the evaluation of "
+                             f"{kind} {name!r}; set experiment={name} or leave it out")
+        out = self.output_path(name)
+        if out.resolve() == Path(result_dir).resolve():
+            raise ValueError(f"output directory {out} is {setting}'s own, which this evaluation reads; set "
+                             f"output_dir=<another path>")
+        return out
 
     def validate(self) -> None:
         """Fail fast, naming the bad value and what is allowed."""
@@ -79,6 +98,18 @@ class EvaluateConfig:
         if self.experiment is not None and (not self.experiment or "/" in self.experiment):
             raise ValueError(f"experiment must be a name without '/', got {self.experiment!r}")
         SamplingConfig(**vars(self.sampling))  # re-run its checks on the overridden values
+        if self.battery_result is not None and self.ladder_again is not None:
+            raise ValueError(f"battery_result={self.battery_result!r} and ladder_again={self.ladder_again!r}: "
+                             f"one evaluation directory at a time")
+        if self.baseline not in available_variants():  # a typo would leave every table without its Δ
+            raise ValueError(f"baseline={self.baseline!r} is not a registered variant; registered: "
+                             f"{', '.join(available_variants())}")
+        # The default may be missing (run from another directory: no agreement, said in evaluation.json);
+        # a directory named on purpose must exist.
+        if self.ladder_result not in (None, DEFAULT_LADDER_RESULT) and not Path(self.ladder_result).is_dir():
+            raise FileNotFoundError(f"ladder_result={self.ladder_result!r}: no such directory; pass a ladder's "
+                                    f"evaluation directory (python evaluate.py experiment=<ladder> writes one), "
+                                    f"or ladder_result=null for no comparison with a ladder")
 
 
 def register_schema() -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from attnlab.analysis.config import EvaluateConfig
+from attnlab.analysis.outputs import prepare_outputs
 from attnlab.analysis.scaling import FitError, ScalingComparison, scaling_comparison
 from attnlab.analysis.stats import compare, holm, mean_ci
 from attnlab.analysis.style import save_figure, variant_colors
@@ -70,8 +71,9 @@ def rung_order(frame: pd.DataFrame) -> list[str]:
 def per_rung_table(runs: pd.DataFrame, scaling: ScalingComparison | None, reference: str, variants: list[str],
                    cfg: EvaluateConfig, chosen: pd.DataFrame, notes: list[str]) -> Table:
     rates = {(r.variant, r.rung): r.lr for r in chosen.itertuples()}
+    edges = {(r.variant, r.rung): bool(r.at_edge) for r in chosen.itertuples()}
     multipliers = ({(r.variant, r.rung): r for r in scaling.multipliers.itertuples()} if scaling else {})
-    rows, comparisons = [], []
+    rows, comparisons, unequal = [], [], []
     for rung in rung_order(runs):
         at = runs[runs["rung"] == rung]
         ref = dict(zip(at.loc[at["variant"] == reference, "seed"], at.loc[at["variant"] == reference, "loss"]))
@@ -79,8 +81,12 @@ def per_rung_table(runs: pd.DataFrame, scaling: ScalingComparison | None, refere
             cell = at[at["variant"] == variant]
             if cell.empty:
                 continue
+            if ref and set(cell["seed"]) != set(ref):  # an interrupted sweep: means over other seeds
+                unequal.append(f"{variant} at {rung}: seeds {sorted(map(int, cell['seed']))} "
+                               f"({reference}: {sorted(map(int, ref))})")
             interval = mean_ci(cell["loss"], cfg.confidence)
-            row = {"rung": rung, "variant": variant, "lr": rates.get((variant, rung)), "n": len(cell),
+            row = {"rung": rung, "variant": variant, "lr": rates.get((variant, rung)),
+                   "lr_at_edge": edges.get((variant, rung), False), "n": len(cell),
                    "parameters": int(cell["parameters"].iloc[0]), "compute": float(cell["compute"].mean()),
                    "loss": interval.mean, "loss_half_width": interval.half_width}
             if variant != reference and len(ref) > 0:
@@ -104,7 +110,8 @@ def per_rung_table(runs: pd.DataFrame, scaling: ScalingComparison | None, refere
         return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
     display = pd.DataFrame({
-        "rung": numbers["rung"], "variant": numbers["variant"], "lr": numbers["lr"].map(lambda v: fmt(v, "g")),
+        "rung": numbers["rung"], "variant": numbers["variant"],
+        "lr": [fmt(v, "g") + (" (edge)" if edge else "") for v, edge in zip(numbers["lr"], numbers["lr_at_edge"])],
         "n": numbers["n"], "parameters": numbers["parameters"].map(lambda v: f"{v:,}"),
         "compute (PFLOP)": numbers["compute"].map(lambda v: f"{v / 1e15:.4g}"),
         "final val loss": [f"{m:.4f}" + (f" ± {h:.4f}" if h is not None and not math.isnan(h) else "")
@@ -129,6 +136,14 @@ def per_rung_table(runs: pd.DataFrame, scaling: ScalingComparison | None, refere
                f"variant's fitted curve minus {reference}'s at {reference}'s compute of the rung. Compute multiplier: "
                f"{reference}'s compute to reach the variant's loss (its fitted curve) over the variant's compute "
                f"(> 1: the variant saves compute)."]
+    if numbers["lr_at_edge"].any():
+        explain.append("lr (edge): chosen at the lowest or highest rate its grid tried; a wider grid might choose "
+                       "another.")
+    if unequal:
+        warning = (f"WARNING: seeds differ from {reference}'s at the same rung (an interrupted or partial sweep): "
+                   + "; ".join(unequal) + ". The paired tests use the shared seeds; means and fits use every run.")
+        log.warning(warning)
+        notes.append(warning)
     return Table("per_rung", numbers, display, explain + notes)
 
 
@@ -164,15 +179,18 @@ def multipliers_table(scaling: ScalingComparison, notes: list[str]) -> Table:
 
 
 def lr_selection_table(chosen: pd.DataFrame, seeds: list[int], name: str) -> Table:
+    # One order from runs and from a result read back: rung, then variant.
+    chosen = chosen.sort_values(["rung", "variant"], ignore_index=True)
     display = pd.DataFrame({
         "variant": chosen["variant"], "rung": chosen["rung"], "grid": chosen["grid"],
         "chosen lr": chosen["lr"].map(lambda v: f"{v:g}"),
         "selection loss": chosen["selection_loss"].map(lambda v: f"{v:.4f}"),
         "runs": chosen["selection_runs"], "at the grid's edge": chosen["at_edge"].map({True: "yes", False: ""})})
     notes = [f"Chosen on the runs at seed(s) {', '.join(map(str, seeds))}: the lowest mean final validation loss; "
-             f"those runs are in no other table. At the grid's edge: the lowest or highest rate tried, so a "
-             f"wider grid might choose another (python train.py -m experiment={name}_widen tries one step "
-             f"beyond). A rate marked diverged ended with a non-finite loss and bounds the grid on its side."]
+             f"those runs are in no other table (per_run.csv lists them). At the grid's edge: the lowest or "
+             f"highest rate tried, so a wider grid might choose another (python train.py -m "
+             f"experiment={name}_widen tries one step beyond). A rate marked diverged ended with a non-finite "
+             f"loss and bounds the grid on its side."]
     return Table("lr_selection", chosen, display, notes)
 
 
@@ -264,8 +282,30 @@ def compare_ladder(frame: pd.DataFrame, seeds: list[int], name: str, cfg: Evalua
 
 def evaluate_ladder(cfg: EvaluateConfig, name: str) -> Path:
     out = cfg.output_path(name)
+    comparison = ladder_comparison(cfg.runs_dir, name, cfg)
+    frame, seeds = comparison.frame, comparison.selection_seeds
+    return write_ladder_evaluation(cfg, name, comparison, out, source=f"the runs under {cfg.runs_dir}",
+                                   runs=sorted(comparison.compared["run_dir"]),
+                                   selection_runs=sorted(frame.loc[frame["seed"].isin(seeds), "run_dir"]))
+
+
+def evaluate_ladder_result(cfg: EvaluateConfig) -> Path:
+    """The ladder evaluated again from ``cfg.ladder_again`` (its per-run losses), e.g. a committed
+    result with a newer attnlab, without training it again."""
+    _, meta = read_evaluation_dir(cfg.ladder_again, "ladder_again", "ladder", ("ladder", "selection_seeds"))
+    name = meta["ladder"]
+    out = cfg.output_path_reading("ladder_again", "ladder", name)
+    comparison = ladder_result_comparison(cfg.ladder_again, cfg)
+    return write_ladder_evaluation(cfg, name, comparison, out, source=f"the ladder result {cfg.ladder_again}",
+                                   runs=list(meta.get("runs", [])), selection_runs=list(meta.get("selection_runs", [])))
+
+
+def write_ladder_evaluation(cfg: EvaluateConfig, name: str, comparison: LadderComparison, out: Path, source: str,
+                            runs: list[str], selection_runs: list[str]) -> Path:
+    """Tables, figures and evaluation.json of the ladder ``name`` from its comparison."""
+    frame, seeds, chosen, compared, notes, scaling, fit_problem = comparison
     out.mkdir(parents=True, exist_ok=True)
-    frame, seeds, chosen, compared, notes, scaling, fit_problem = ladder_comparison(cfg.runs_dir, name, cfg)
+    before = prepare_outputs(out)
     if fit_problem:
         log.warning(fit_problem)
     variants = variant_order(compared["variant"].unique(), cfg.baseline)
@@ -276,13 +316,14 @@ def evaluate_ladder(cfg: EvaluateConfig, name: str) -> Path:
     for table in tables:
         table.write(out / "tables")
     # Every run, the selection seeds' too: the numbers the tables are computed from.
-    frame.drop(columns="run_dir").sort_values(["rung", "variant", "lr", "seed"]).to_csv(
+    frame.drop(columns="run_dir", errors="ignore").sort_values(["rung", "variant", "lr", "seed"]).to_csv(
         out / "tables" / "per_run.csv", index=False)
     save_figure(loss_vs_compute_figure(compared, scaling, variants), out / "figures", "loss_vs_compute")
     if scaling is not None:
         save_figure(multiplier_figure(scaling, variants), out / "figures", "multiplier")
     (out / "evaluation.json").write_text(json.dumps({
-        "ladder": name, "reference": cfg.baseline, "selection_seeds": seeds,
-        "runs": sorted(compared["run_dir"]), "selection_runs": sorted(frame.loc[frame["seed"].isin(seeds), "run_dir"]),
-        "notes": notes, "fit": None if fit_problem else "ok"}, indent=2), encoding="utf-8")
+        "ladder": name, "source": source, "reference": cfg.baseline, "selection_seeds": seeds,
+        "runs": runs, "selection_runs": selection_runs,
+        "notes": notes, "fit": None if fit_problem else "ok", "outputs": before.written()},
+        indent=2), encoding="utf-8")
     return out

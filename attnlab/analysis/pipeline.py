@@ -30,12 +30,13 @@ from pathlib import Path
 import pandas as pd
 
 from attnlab.analysis import maps as maps_lib
-from attnlab.analysis.config import EvaluateConfig
+from attnlab.analysis.config import OUTPUTS, EvaluateConfig
 from attnlab.analysis.figures import (final_loss_figure, head_scores_figure, induction_curve_figure, logged_curves,
                                       loss_by_position_figure, loss_curve_figure, throughput_figure,
                                       validation_curves)
 from attnlab.analysis.battery import evaluate_battery, evaluate_battery_result, is_battery
-from attnlab.analysis.ladder import evaluate_ladder, is_ladder
+from attnlab.analysis.ladder import evaluate_ladder, evaluate_ladder_result, is_ladder
+from attnlab.analysis.outputs import prepare_outputs
 from attnlab.analysis.head_scores import SCORES, SPECIAL_IDS, head_scores_frame, summarize_head_scores
 from attnlab.analysis.heatmaps import save_difference_heatmaps, save_heatmaps
 from attnlab.analysis.position_loss import loss_by_position, validation_windows
@@ -244,7 +245,7 @@ def check_heatmap_layers(runs: Sequence[RunDir], layers: Sequence[int] | None) -
 
 
 def without_text_outputs(cfg: EvaluateConfig) -> tuple[EvaluateConfig, str | None]:
-    """An experiment trained on a synthetic task (data=mqar, data=induction) has no tokenizer, and
+    """An experiment trained on a synthetic task (data=mqar, induction or a MAD task) has no tokenizer, and
     the outputs that load models encode text prompts: those are dropped, with the note saying why."""
     name = cfg.experiment or latest_experiment(cfg.runs_dir)
     runs = experiment_run_dirs(cfg.runs_dir, name)
@@ -252,8 +253,8 @@ def without_text_outputs(cfg: EvaluateConfig) -> tuple[EvaluateConfig, str | Non
     if not dropped or not runs or any(run.tokenizer.is_file() for run in runs):
         return cfg, None
     note = (f"{', '.join(dropped)}: the runs of {name!r} have no tokenizer.model (trained on a synthetic task, "
-            f"data=mqar or data=induction), and these outputs encode text prompts; the tables report the "
-            f"task's accuracy on its scored positions (final val acc) instead")
+            f"such as data=mqar, data=induction or a MAD task), and these outputs encode text prompts; the "
+            f"tables report the task's accuracy on its scored positions (final val acc) instead")
     log.warning(note)
     return dataclasses.replace(cfg, outputs=[o for o in cfg.outputs if o not in MODEL_OUTPUTS]), note
 
@@ -262,10 +263,13 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     cfg.validate()
     if cfg.battery_result is not None:
         return evaluate_battery_result(cfg)  # a battery's per-run accuracies, without its runs
+    if cfg.ladder_again is not None:
+        return evaluate_ladder_result(cfg)  # a ladder's per-run losses, without its runs
     if cfg.experiment is not None and is_battery(cfg.runs_dir, cfg.experiment):
         return evaluate_battery(cfg, cfg.experiment)  # tasks x cells; ladder names match too
     if cfg.experiment is not None and is_ladder(cfg.runs_dir, cfg.experiment):
         return evaluate_ladder(cfg, cfg.experiment)  # a family of experiments, one per rung and rate
+    whole = set(cfg.outputs) == set(OUTPUTS)  # replaces the previous evaluation; else updates it
     cfg, no_tokenizer = without_text_outputs(cfg)
     needs_models = bool(set(MODEL_OUTPUTS) & set(cfg.outputs))
     exp = load_experiment(cfg.runs_dir, cfg.experiment, cfg.baseline, cfg.allow_mixed_data,
@@ -289,6 +293,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         if "heatmaps" in cfg.outputs:
             check_heatmap_layers(chosen, cfg.heatmap_layers)
     out.mkdir(parents=True, exist_ok=True)
+    before = prepare_outputs(out, replace=whole)
     log.info("evaluating experiment %r (%d runs, %d skipped) into %s", exp.name, len(exp.runs),
              len(exp.skipped), out)
     if "tables" in cfg.outputs:
@@ -362,7 +367,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     record = {"experiment": exp.name, "config": dataclasses.asdict(cfg),
               "runs": [str(r.path) for r in exp.runs],
               "skipped_runs": [{"run": name, "reasons": reasons} for name, reasons in exp.skipped.items()],
-              "not_produced": not_produced, "notes": exp.notes}
+              "not_produced": not_produced, "notes": exp.notes, "outputs": before.written()}
     (out / "evaluation.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
     return out

@@ -5,13 +5,16 @@ Each variant's runs (several seeds at each compute rung) are fitted by a saturat
     L(C) = E + A * C^(-alpha),      E >= 0, A > 0, 0 < alpha <= 3,
 
 with C the training FLOPs of a run (raw, not normalised: the fit normalises internally).
-Against the reference variant's curve L_ref, a variant that reaches mean loss L_v at compute
-C_v has the compute multiplier
+At a rung where the variant spent compute C_v, with L_v its fitted curve and L_ref the reference
+variant's, the compute multiplier is
 
-    m = L_ref^{-1}(L_v) / C_v,      L_ref^{-1}(L) = (A / (L - E))^(1/alpha),
+    m = L_ref^{-1}(L_v(C_v)) / C_v,      L_ref^{-1}(L) = (A / (L - E))^(1/alpha),
 
-the compute the reference would need for the same loss, per FLOP the variant spent (m > 1:
-the variant saves compute). m = inf when L_v <= E_ref: no amount of reference compute gets there.
+the compute the reference would need for the variant's loss, per FLOP the variant spent (m > 1:
+the variant saves compute). m = inf when L_v(C_v) <= E_ref: no amount of reference compute gets
+there. Both losses are read off fitted curves, so that the reference against itself is 1 at every
+rung: a variant's raw mean loss read against the reference's fit would carry the reference's own
+residual at that rung (its scatter about its curve) as if it were the variant's gain or loss.
 
 Uncertainty comes from a paired bootstrap over SEEDS: one draw of seeds with replacement per
 resample is applied to every (variant, rung), because runs with the same seed share the data
@@ -250,7 +253,7 @@ def scaling_comparison(frame: pd.DataFrame, reference: str = "baseline", resampl
     """Fit every variant's curve and compare each with ``reference``: multipliers, loss gaps, trends.
 
     Point estimates use every run. Multiplier at a rung: the reference fit's compute for the
-    variant's mean loss there, over the variant's mean compute there. Loss difference at equal
+    variant's fitted loss at its mean compute there, over that compute. Loss difference at equal
     FLOPs: L_v(C) - L_ref(C) of the two fitted curves at the reference's mean compute of the rung.
     Trend: OLS slope of log(multiplier) on log(compute) over the rungs, m ~ C^slope (slope > 0:
     the advantage grows with scale); rungs with an infinite multiplier are left out, separately in
@@ -323,7 +326,7 @@ def scaling_comparison(frame: pd.DataFrame, reference: str = "baseline", resampl
         E, A, alpha = fit[variant][:3]
         log_compute, log_multiplier = [], []
         for rung, (compute, loss, n_seeds) in cells[variant].items():
-            multiplier = _compute_at(E_ref, A_ref, alpha_ref, loss) / compute
+            multiplier = _compute_at(E_ref, A_ref, alpha_ref, _loss(E, A, alpha, compute)) / compute
             reference_compute = cells[reference][rung][0] if rung in cells[reference] else np.full_like(compute, np.nan)
             difference = _loss(E, A, alpha, reference_compute) - _loss(E_ref, A_ref, alpha_ref, reference_compute)
             needed = multiplier[0] * compute[0]

@@ -130,13 +130,19 @@ def comparability_notes(frame: pd.DataFrame, allow_mixed_data: bool = False) -> 
                              f"trained on one dataset, or pass allow_mixed_data=true to tabulate "
                              f"them anyway with a warning")
         notes.append(f"WARNING: {message}; losses are not comparable across these groups.")
-    notes += parameter_notes(frame)
+    return notes + parameter_notes(frame) + setup_notes(frame)
+
+
+def setup_notes(frame: pd.DataFrame, where: str = "") -> list[str]:
+    """A warning per ``SETUP_KEYS`` setting the runs of ``frame`` differ in (a run lacking it is not
+    counted), with each variant's values; ``where`` says which runs, e.g. a battery's cell."""
+    notes = []
     for key in SETUP_KEYS:
-        values = frame[key].dropna().unique()
-        if len(values) > 1:
-            per_variant = frame.groupby("variant")[key].unique()
-            detail = ", ".join(f"{v}: {'/'.join(map(str, vals))}" for v, vals in per_variant.items())
-            notes.append(f"WARNING: runs differ in {key} ({detail}).")
+        if key not in frame or len(frame[key].dropna().unique()) < 2:
+            continue
+        per_variant = frame.groupby("variant")[key].unique()
+        detail = ", ".join(f"{v}: {'/'.join(map(str, vals))}" for v, vals in per_variant.items())
+        notes.append(f"WARNING: {where}runs differ in {key} ({detail}).")
     return notes
 
 

@@ -138,6 +138,22 @@ class TrainerSection:
             count = int(devices) if str(devices).isdigit() else None
         return self.num_nodes == 1 and count == 1
 
+    def validation_warning(self) -> str | None:
+        """What a user should hear before training when the last steps are never validated: a short
+        smoke run that would finish with nothing to evaluate, or a final loss older than the run."""
+        steps, every = self.max_steps, self.val_every_n_steps
+        if steps < every:
+            return (f"trainer.max_steps={steps} < trainer.val_every_n_steps={every}: this run never validates, "
+                    f"so it records no final_val_loss (evaluate.py will skip it) and, unless "
+                    f"trainer.checkpoint_every_n_steps is at most {steps}, writes no checkpoint; set "
+                    f"trainer.val_every_n_steps={steps} (or less) to evaluate it")
+        if steps % every:
+            last = steps - steps % every
+            return (f"trainer.max_steps={steps} is not a multiple of trainer.val_every_n_steps={every}: the last "
+                    f"validation is at step {last}, so final_val_loss is {steps - last} steps older than the "
+                    f"model; set trainer.max_steps={last + every} or trainer.val_every_n_steps to a divisor of it")
+        return None
+
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "seq_len", "val_every_n_steps", "val_batches",
                      "accumulate_grad_batches", "log_every_n_steps", "num_nodes"):

@@ -8,8 +8,11 @@ Registered by an experiment (``configs/experiment/recall.yaml``)::
           _target_: attnlab.training.estimate.TimeEstimate
           experiment: recall
           seconds_per_run: 45   # measured on the reference CPU
+          steps: 2000           # ... at this trainer.max_steps,
+          start_seconds: 8      # of which this long to start
 
-prints ``recall: 42 runs x ~45 s ≈ 31.5 min`` when ``python train.py -m ...`` starts.
+prints ``recall: 42 runs x ~45 s ≈ 31.5 min`` when ``python train.py -m ...`` starts; with
+``trainer.max_steps=500`` the training part is a quarter as long (``~17 s`` a run).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import math
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from attnlab.ladder import widening
 
@@ -27,23 +30,37 @@ log = logging.getLogger(__name__)
 
 
 class TimeEstimate(Callback):
-    def __init__(self, experiment: str, seconds_per_run: float) -> None:
+    """``seconds_per_run``: one run on one core, measured at ``steps`` training steps (None: runs are
+    not sized by trainer.max_steps, e.g. a ladder's budget), ``start_seconds`` of it to start."""
+
+    def __init__(self, experiment: str, seconds_per_run: float, steps: int | None = None,
+                 start_seconds: float = 0.0) -> None:
         self.experiment = experiment
         self.seconds_per_run = seconds_per_run
+        self.steps = steps
+        self.start_seconds = start_seconds
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        log.info(self.message(1))
+        log.info(self.message(1, seconds=self.run_seconds(config)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        log.info(self.message(count_jobs(config), parallel_workers(config)))
+        log.info(self.message(count_jobs(config), parallel_workers(config), self.run_seconds(config)))
 
-    def message(self, runs: int | None, workers: int = 1) -> str:
+    def run_seconds(self, config: DictConfig) -> float:
+        """A run of the configured trainer.max_steps: the training part scaled from ``steps``."""
+        max_steps = OmegaConf.select(config, "trainer.max_steps", default=None)
+        if self.steps is None or not isinstance(max_steps, int) or max_steps == self.steps:
+            return self.seconds_per_run
+        return self.start_seconds + (self.seconds_per_run - self.start_seconds) * max_steps / self.steps
+
+    def message(self, runs: int | None, workers: int = 1, seconds: float | None = None) -> str:
+        seconds = self.seconds_per_run if seconds is None else seconds
         if runs is None:  # a sweeper whose jobs are not a grid of the overrides
-            return f"{self.experiment}: ~{self.seconds_per_run:.0f} s per run"
+            return f"{self.experiment}: ~{seconds:.0f} s per run"
         # Runs of equal length in waves of `workers` (seconds_per_run is one run on one core).
-        total = math.ceil(runs / workers) * self.seconds_per_run
+        total = math.ceil(runs / workers) * seconds
         at_once = f" on {workers} parallel workers" if workers > 1 else ""
-        return (f"{self.experiment}: {runs} run{'s' if runs != 1 else ''} x ~{self.seconds_per_run:.0f} s{at_once} "
+        return (f"{self.experiment}: {runs} run{'s' if runs != 1 else ''} x ~{seconds:.0f} s{at_once} "
                 f"≈ {total / 60:.1f} min")
 
 

@@ -65,6 +65,9 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
     matmul = choose_matmul_precision(cfg.trainer.float32_matmul_precision, accelerator)
     if matmul is not None:  # before the trainer reads the device's peak FLOP/s, which depends on it
         torch.set_float32_matmul_precision(matmul)
+    unvalidated = cfg.trainer.validation_warning()
+    if unvalidated is not None and rank_zero_only.rank == 0:
+        log.warning(unvalidated)
     if cfg.ladder.name is not None:  # one experiment per rung and learning rate (attnlab/ladder.py)
         if cfg.ladder.lr == "tuned":
             cfg.optim.lr = tuned_lr(cfg.results_dir, cfg.ladder.name, cfg.variant.name, cfg.model.preset,

@@ -23,13 +23,13 @@ SEED_OFFSET = {"baseline": {0: -0.01, 1: 0.01, 2: 0.0}, "gated_attn": {0: 0.0, 1
                "qk_norm": {0: 0.0, 1: 0.005, 2: -0.005}}
 
 
-def write_run(runs_dir, task, size, variant, seed, acc, cell=None, vocab_size=16) -> None:
+def write_run(runs_dir, task, size, variant, seed, acc, cell=None, vocab_size=16, chance=None, lr=2e-3) -> None:
     path = runs_dir / f"bat-{task}-{cell or f'n{size}'}" / variant / f"seed{seed}"
     path.mkdir(parents=True)
     (path / "summary.json").write_text(json.dumps({
-        "variant": variant, "seed": seed, "final_val_acc": acc,
+        "variant": variant, "seed": seed, "final_val_acc": acc, "lr": lr, "max_steps": 1000,
         "data": {"source": task, "task": {"task": task, "vocab_size": vocab_size, "num_train_examples": size,
-                                          "chance_acc": CHANCE[task]}}}))
+                                          "chance_acc": CHANCE[task] if chance is None else chance}}}))
 
 
 def cell_accuracy(task, size, variant) -> float:
@@ -103,6 +103,43 @@ def test_the_battery_evaluation_averages_informative_cells_and_tests_against_the
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert sorted(evaluation["uninformative_cells"]) == ["compression/n256 (solved)", "icr/n16 (at chance)"]
     assert evaluation["difficulty_keys"] == {"icr": ["num_train_examples"], "compression": ["num_train_examples"]}
+
+
+def test_each_cell_is_held_to_its_own_chance(tmp_path):
+    """A task whose cells differ in chance (more values to recall): a variant at 0.18 where chance is
+    1/8 but 0.15 where it is 1/32 (4.8x chance) is not "at chance in every informative cell", and the
+    task's chance is the mean of its cells', as its score is the mean of their accuracies."""
+    runs_dir = tmp_path / "runs"
+    accuracy = {("v16", "baseline"): 0.5, ("v64", "baseline"): 0.4, ("v16", "alibi"): 0.18, ("v64", "alibi"): 0.15}
+    for (cell, variant), acc in accuracy.items():
+        vocab = int(cell[1:])
+        for seed in range(2):
+            write_run(runs_dir, "icr", 256, variant, seed, acc + 0.01 * seed, cell=cell, vocab_size=vocab,
+                      chance=2 / vocab)
+    out = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=50, ladder=None,
+                                  ladder_result=None))
+    per_task = pd.read_csv(out / "tables" / "per_task.csv").set_index(["task", "variant"])
+    assert per_task.loc[("icr", "alibi"), "cells"] == 2
+    assert pd.isna(per_task.loc[("icr", "alibi"), "note"])
+    assert per_task.loc[("icr", "alibi"), "chance"] == pytest.approx((1 / 8 + 1 / 32) / 2)
+    cells = pd.read_csv(out / "tables" / "cells.csv").drop_duplicates("cell").set_index("cell")
+    assert cells["chance"].to_dict() == pytest.approx({"v16": 1 / 8, "v64": 1 / 32})
+
+
+def test_a_cell_whose_runs_were_trained_differently_is_named_in_a_warning(tmp_path, caplog):
+    runs_dir = tmp_path / "runs"
+    for variant in ("baseline", "gated_attn"):
+        for seed in range(2):
+            # A seed of baseline trained again at another learning rate, into the same cell.
+            lr = 1e-5 if (variant, seed) == ("baseline", 1) else 2e-3
+            write_run(runs_dir, "icr", 256, variant, seed, 0.5 + 0.01 * seed, lr=lr)
+            write_run(runs_dir, "icr", 1024, variant, seed, 0.6 + 0.01 * seed)
+    out = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=50, ladder=None,
+                                  ladder_result=None))
+    warning = "WARNING: icr/n256: runs differ in lr (baseline: 0.002/1e-05, gated_attn: 0.002)."
+    assert json.loads((out / "evaluation.json").read_text())["notes"] == [warning]
+    assert warning in (out / "tables" / "per_task.md").read_text() and warning in caplog.text
+    assert "n1024" not in caplog.text
 
 
 def test_the_battery_experiment_composes_into_one_experiment_per_task_and_cell():
@@ -186,10 +223,16 @@ def test_with_a_ladder_beside_it_the_battery_reports_the_rank_correlation(tmp_pa
     assert (again["rho"], again["rho_low"], again["rho_high"]) == \
         (agreement["rho"], agreement["rho_low"], agreement["rho_high"])
     assert again["ladder_source"] == f"the ladder result {ladder_out}"
-    # Neither runs nor a result: the battery is evaluated alone, saying why there is no agreement.
+    # Neither runs nor a result: the battery is evaluated alone, saying why there is no agreement. Into
+    # the same directory, the previous evaluation's agreement tables go (they are not this one's); a
+    # file no evaluation wrote stays.
+    (out / "my_notes.md").write_text("mine")
+    assert "tables/ladder_agreement.csv" in json.loads((out / "evaluation.json").read_text())["outputs"]
     out = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=200,
-                                  ladder="nope", ladder_result=None, output_dir=str(tmp_path / "alone")))
-    assert not (out / "tables" / "ladder_agreement.csv").exists()
+                                  ladder="nope", ladder_result=None, output_dir=str(tmp_path / "from_result")))
+    assert not list((out / "tables").glob("ladder_agreement*"))
+    assert (out / "my_notes.md").read_text() == "mine" and (out / "tables" / "per_task.md").is_file()
+    assert "my_notes.md" not in json.loads((out / "evaluation.json").read_text())["outputs"]
     assert "no ladder 'nope'" in json.loads((out / "evaluation.json").read_text())["ladder_agreement"]["reason"]
     # A directory that is not a ladder's evaluation: refused, naming the setting and what is missing.
     with pytest.raises(FileNotFoundError, match="ladder_result=.*per_run.csv"):
@@ -197,7 +240,7 @@ def test_with_a_ladder_beside_it_the_battery_reports_the_rank_correlation(tmp_pa
                                 ladder_result=str(runs_dir), output_dir=str(tmp_path / "bad")))
     with pytest.raises(ValueError, match="ladder_result=.*names no ladder"):  # a battery's evaluation
         evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), ladder="nope",
-                                ladder_result=str(tmp_path / "alone"), output_dir=str(tmp_path / "bad")))
+                                ladder_result=str(tmp_path / "from_result"), output_dir=str(tmp_path / "bad")))
 
 
 @pytest.mark.slow  # three evaluations: a ladder's and two of a battery

@@ -146,11 +146,19 @@ def test_a_prompt_or_heatmap_layer_that_cannot_be_drawn_fails_before_any_output_
                         "qk_scale: 0, 1"),
     ({"power": 1.5}, r"power must be in \(0, 1\), got 1.5"),
     ({"bootstrap_resamples": 0}, "bootstrap_resamples must be >= 1, got 0"),
+    ({"baseline": "qk_scal"}, "baseline='qk_scal' is not a registered variant; registered: .*qk_scale"),
 ])
 def test_bad_settings_name_the_value_and_the_allowed_ones(runs_dir, tmp_path, settings, message):
     cfg = EvaluateConfig(runs_dir=str(runs_dir), output_dir=str(tmp_path), **{"outputs": ["samples"], **settings})
     with pytest.raises(ValueError, match=message):
         evaluate(cfg)
+
+
+def test_a_ladder_result_named_on_purpose_must_exist(runs_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="ladder_result='reference/ladderr': no such directory"):
+        evaluate(EvaluateConfig(runs_dir=str(runs_dir), output_dir=str(out), ladder_result="reference/ladderr"))
+    assert not out.exists()
 
 
 def test_cli_options_compose_into_the_typed_config(runs_dir):

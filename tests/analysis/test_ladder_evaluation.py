@@ -82,3 +82,57 @@ def test_a_ladder_with_too_few_rungs_is_compared_per_rung_and_says_why_it_has_no
     assert "No scaling fit" in text and "at least 4 distinct compute values (rungs)" in text and "got 3" in text
     assert not (out / "tables" / "multipliers.csv").exists()
     assert (out / "figures" / "loss_vs_compute.png").is_file()
+
+
+def test_a_ladder_result_is_evaluated_again_without_its_runs(tmp_path):
+    """``ladder_again=<dir>``: the per-run losses a ladder's evaluation wrote give the same tables with
+    the runs gone (a committed reference evaluated by a newer attnlab); its own directory is never
+    the output, and a battery's directory is refused naming the setting."""
+    import shutil
+
+    runs_dir = tmp_path / "runs"
+    make_ladder(runs_dir)
+    first = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=200))
+    shutil.rmtree(runs_dir)
+    again = evaluate(EvaluateConfig(ladder_again=str(first), runs_dir=str(runs_dir), bootstrap_resamples=200,
+                                    output_dir=str(tmp_path / "again")))
+    tables = sorted(p.name for p in (first / "tables").iterdir())
+    assert "multipliers.md" in tables and "lr_selection.md" in tables
+    for table in tables:
+        assert (again / "tables" / table).read_text() == (first / "tables" / table).read_text(), table
+    a, b = (json.loads((d / "evaluation.json").read_text()) for d in (first, again))
+    assert b["source"] == f"the ladder result {first}" and (b["runs"], b["outputs"]) == (a["runs"], a["outputs"])
+    with pytest.raises(ValueError, match="output directory .* is ladder_again's own"):
+        evaluate(EvaluateConfig(ladder_again=str(first), runs_dir=str(runs_dir)))
+    with pytest.raises(ValueError, match="experiment='other' but ladder_again="):
+        evaluate(EvaluateConfig(ladder_again=str(first), experiment="other", output_dir=str(tmp_path / "x")))
+    (again / "evaluation.json").write_text(json.dumps({"battery": "bat"}))
+    with pytest.raises(ValueError, match="ladder_again=.* is not a ladder's evaluation directory"):
+        evaluate(EvaluateConfig(ladder_again=str(again), output_dir=str(tmp_path / "x")))
+
+
+def test_a_variant_missing_seeds_at_a_rung_is_named_and_a_smaller_ladder_replaces_the_fits(tmp_path):
+    runs_dir = tmp_path / "runs"
+    make_ladder(runs_dir)
+    out = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=50))
+    assert (out / "tables" / "multipliers.md").is_file()
+    # An interrupted sweep: gated_attn's seed 2 at r4 never finished (no summary.json).
+    (runs_dir / member_name("lad", "r4", 4e-3) / "gated_attn" / "seed2" / "summary.json").unlink()
+    out = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=50))
+    text = (out / "tables" / "per_rung.md").read_text()
+    assert "WARNING: seeds differ from baseline's at the same rung" in text
+    assert "gated_attn at r4: seeds [0, 1] (baseline: [0, 1, 2])" in text
+    # Three rungs left: no fit, and the previous evaluation's fits and multipliers go with it.
+    remove_rung(runs_dir, "r4")
+    out = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=50))
+    assert "No scaling fit" in (out / "tables" / "per_rung.md").read_text()
+    assert not (out / "tables" / "multipliers.md").exists() and not (out / "figures" / "multiplier.png").exists()
+
+
+def remove_rung(runs_dir, rung) -> None:
+    import shutil
+
+    members = list(runs_dir.glob(f"lad-{rung}-*"))
+    assert members
+    for member in members:
+        shutil.rmtree(member)

@@ -119,6 +119,10 @@ def test_the_estimate_counts_the_sweep_as_hydra_would():
     estimate = TimeEstimate("recall", 40)
     assert estimate.message(42) == "recall: 42 runs x ~40 s ≈ 28.0 min"
     assert estimate.message(1) == "recall: 1 run x ~40 s ≈ 0.7 min"
+    scaled = TimeEstimate("recall", 40, steps=2000, start_seconds=8)
+    assert scaled.run_seconds(OmegaConf.create({"trainer": {"max_steps": 500}})) == 8 + 32 / 4
+    assert scaled.run_seconds(OmegaConf.create({"trainer": {"max_steps": 2000}})) == 40
+    assert TimeEstimate("ladder", 57).run_seconds(OmegaConf.create({"trainer": {"max_steps": 5}})) == 57
 
 
 @pytest.mark.slow  # starts train.py in a fresh interpreter
@@ -131,7 +135,9 @@ def test_the_recall_sweep_prints_its_estimate_first(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert "recall: 2 runs x ~" in output and output.index("recall: 2 runs") < output.index("Launching 2 jobs")
+    # 2 steps of the 2,000 the estimate was measured at: its start (8 s) and a thousandth of the rest.
+    assert "recall: 2 runs x ~8 s ≈ 0.3 min" in output
+    assert output.index("recall: 2 runs") < output.index("Launching 2 jobs")
     for variant in ("baseline", "diff_attn"):
         assert "final_val_acc" in json.loads((tmp_path / "runs" / "recall" / variant / "seed0" / "summary.json")
                                              .read_text())
