@@ -25,12 +25,14 @@ demo: setup
 	$(BIN)/python train.py -m experiment=demo variant=baseline,gelu_bias,sep_qkv,qk_scale seed=$(SEEDS) overwrite=true
 	$(BIN)/python evaluate.py experiment=demo heatmap_layers=[3]
 
+# The whole suite: the fast tests in one pytest-xdist worker per core, then the slow ones in one process
+# (they start processes of their own: DDP, torchrun, notebooks, training subprocesses).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow" -n auto
+	$(BIN)/python -m pytest -q -m slow
 
 # All but the tests marked slow (subprocesses, compile, bench, training runs, evaluation): under a minute,
-# in one pytest-xdist worker per core (one thread each, tests/conftest.py). The full suite stays in one
-# process: its slow tests start processes of their own (DDP, torchrun, notebooks).
+# in one pytest-xdist worker per core (one thread each, tests/conftest.py).
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" -n auto
 
