@@ -1,5 +1,6 @@
 """Evaluate an experiment's finished runs: ``python evaluate.py [experiment=demo] [key=value ...]``
-(or a battery's committed evaluation again: ``python evaluate.py battery_result=reference/battery``).
+(or a committed evaluation again, from its per-run numbers: ``python evaluate.py
+battery_result=reference/battery`` for a battery's, ``ladder_again=reference/ladder`` for a ladder's).
 
 Writes tables, figures, generation samples, attention heatmaps and statistics to
 ``results/<experiment>/`` (see attnlab/analysis/pipeline.py; schema: attnlab/analysis/config.py).

@@ -163,10 +163,13 @@ def _defining_settings(config: dict) -> dict[str, object]:
 
 def check_one_setting(runs: Sequence[RunDir], new: tuple[str, str, dict, Path] | None = None) -> None:
     """Refuse runs of one (variant, rung) that differ in anything but the learning rate and the seed
-    (variant options, budget, data, batch shape, optimiser), naming the setting and two runs.
+    (variant options, budget, data, batch shape, optimiser), and runs of one rung whose variants
+    differ in anything but the model (budget, data, batch shape, optimiser but the rate), naming the
+    setting and two runs.
     ``new``: (variant, rung, resolved config, run directory) of a run about to train, checked
     against the finished ones before it spends any compute."""
     first: dict[tuple[str, str], tuple[Path, dict]] = {}
+    first_at_rung: dict[str, tuple[str, Path, dict]] = {}
     members = [(run.variant, str(run.load_summary()["preset"]), run.load_config(), run.path) for run in runs]
     for variant, rung, config, path in [*members, *([new] if new else [])]:
         settings = _defining_settings(config)
@@ -177,3 +180,14 @@ def check_one_setting(runs: Sequence[RunDir], new: tuple[str, str, dict, Path] |
                     f"ladder runs of {variant} at {rung} differ in {name}: {expected.get(name)!r} in {other}, "
                     f"{settings.get(name)!r} in {path}; a ladder compares one setting per variant and rung: "
                     f"train a changed ladder into a fresh results_dir=, or move the old runs")
+        # The variants of a rung share everything but their attention (the model's resolution): the same
+        # budget, steps, batches, data and optimiser, or they are not compared at equal tokens.
+        shared = {k: v for k, v in settings.items() if not k.startswith("resolved_model.")}
+        other_variant, other, expected = first_at_rung.setdefault(rung, (variant, path, shared))
+        for name in sorted(set(shared) | set(expected)):
+            if shared.get(name) != expected.get(name):
+                raise ValueError(
+                    f"ladder runs at {rung} differ between variants in {name}: {expected.get(name)!r} for "
+                    f"{other_variant} in {other}, {shared.get(name)!r} for {variant} in {path}; the variants of "
+                    f"a rung are trained alike but for their attention: train {variant} with the same {name}, "
+                    f"or a changed ladder into a fresh results_dir=")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import os
 import subprocess
@@ -48,7 +49,7 @@ def test_the_cpu_ladder_spans_ten_times_in_non_embedding_parameters_growing_widt
     assert "| ladder_c4 | 5 | 80 | 2 | 224 | 1,677,680 | 397,680 | 6.84 |" in table
 
 
-def test_the_budget_sets_steps_warmup_and_validations_from_baselines_parameters(tmp_path, corpus):
+def test_the_budget_sets_steps_warmup_and_validations_from_baselines_parameters(tmp_path, corpus, caplog):
     cfgs = {v: compose_config([f"variant={v}", *run_overrides(tmp_path, corpus), "model=ladder/c1",
                                "budget.tokens_per_param=2", "trainer.batch_size=8", "trainer.seq_len=128"])
             for v in ("baseline", "diff_attn")}
@@ -56,9 +57,13 @@ def test_the_budget_sets_steps_warmup_and_validations_from_baselines_parameters(
         cfg.validate()
         model = cfg.model.build(cfg.variant, 8000)
         assert budget_parameters(model, "non_embedding") == 26_784  # baseline's, for every variant
-        apply_budget(cfg, model, train_tokens=10**6)
+        with caplog.at_level("INFO", logger="attnlab.training.budget"):
+            apply_budget(cfg, model, train_tokens=10**6)
         # 2 x 26,784 tokens / 1,024 per step = 52.3 -> 53 steps -> 5 validations of 11 steps.
         assert (cfg.trainer.max_steps, cfg.trainer.val_every_n_steps, cfg.optim.warmup_steps) == (55, 11, 6)
+    # The log says what was asked and what the rounding gives, without an equation that does not hold.
+    assert ("budget: 2 tokens x 26,784 non_embedding parameters = 53,568 tokens, 55 steps of 1,024 tokens "
+            "(56,320 tokens, 2.1 per parameter: whole steps, rounded up to 5 validation intervals)") in caplog.text
     total = compose_config([*run_overrides(tmp_path, corpus), "model=ladder/c1", "budget.tokens_per_param=1",
                             "budget.count=total", "trainer.batch_size=8", "trainer.seq_len=128"])
     apply_budget(total, total.model.build(total.variant, 8000), train_tokens=None)  # a generated task: no limit
@@ -129,7 +134,7 @@ def test_a_diverged_rate_is_never_chosen_but_bounds_the_grid():
     assert chosen.loc["qk_norm", "at_edge"]
 
 
-def _write_run(runs_dir, variant, lr, seed, loss, options=None):
+def _write_run(runs_dir, variant, lr, seed, loss, options=None, tokens_per_param=2.0):
     """What training writes that the ladder's learning-rate choice reads (summary.json, config.yaml)."""
     path = runs_dir / member_name("lad", "ladder_c1", lr) / variant / f"seed{seed}"
     path.mkdir(parents=True)
@@ -138,7 +143,8 @@ def _write_run(runs_dir, variant, lr, seed, loss, options=None):
         "flops_per_token": 10, "final_val_loss": loss, "parameters": {"total": 10, "embedding": 2, "head": 2}}))
     (path / "config.yaml").write_text(yaml.safe_dump({
         "ladder": {"name": "lad", "selection_seeds": [100]}, "optim": {"lr": lr, "weight_decay": 0.1},
-        "resolved_model": {"variant": variant, "variant_options": options or {}}}))
+        "resolved_model": {"variant": variant, "variant_options": options or {}},
+        "budget": {"tokens_per_param": tokens_per_param}}))
 
 
 def test_the_grid_widens_one_step_beyond_a_choice_at_its_edge_and_stops_inside(tmp_path):
@@ -181,6 +187,20 @@ def test_runs_of_one_variant_and_rung_with_other_settings_are_refused_not_pooled
         check_one_setting(find_runs(tmp_path))
     with pytest.raises(ValueError, match="differ in resolved_model.variant_options"):
         tuned_lr(tmp_path, "lad", "forgetting", "ladder_c1", [100])
+
+
+def test_variants_of_one_rung_trained_on_another_budget_are_refused_not_compared(tmp_path):
+    _write_run(tmp_path, "baseline", 4e-3, 100, 5.0)
+    _write_run(tmp_path, "gelu_bias", 4e-3, 100, 4.9, options={"x": 1})  # its own attention: a variant's
+    check_one_setting(find_runs(tmp_path))
+    _write_run(tmp_path, "gelu_bias", 8e-3, 0, 4.9, options={"x": 1}, tokens_per_param=0.5)
+    with pytest.raises(ValueError, match=r"ladder runs of gelu_bias at ladder_c1 differ in budget.tokens_per_param"):
+        check_one_setting(find_runs(tmp_path))
+    # Its other run gone, gelu_bias is one setting, but not the rung's.
+    shutil.rmtree(tmp_path / member_name("lad", "ladder_c1", 4e-3) / "gelu_bias")
+    with pytest.raises(ValueError, match=r"ladder runs at ladder_c1 differ between variants in "
+                                         r"budget.tokens_per_param: 2.0 for baseline in .*, 0.5 for gelu_bias in "):
+        check_one_setting(find_runs(tmp_path))
 
 
 @pytest.mark.slow
@@ -326,3 +346,18 @@ def test_the_parallel_experiments_compose_under_either_launcher(experiment, laun
         cfg = compose(config_name="train", overrides=[f"experiment={experiment}", f"hydra/launcher={launcher}"],
                       return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("BasicLauncher" if launcher == "basic" else "JoblibLauncher")
+
+
+def test_an_existing_ladder_run_is_told_what_a_ladder_is_named_by(tmp_path, corpus):
+    from attnlab.runs import RunDir
+    from attnlab.training.rundir import claim_run_dir
+
+    cfg = compose_config([*run_overrides(tmp_path, corpus), "ladder.name=lad", "experiment_name=fresh"])
+    run = RunDir.for_run(cfg.results_dir, member_name("lad", "ladder_c1", 1e-3), "baseline", 0)
+    run.path.mkdir(parents=True)
+    (run.path / "summary.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"already exists; pass resume=auto .* another results_dir= "
+                                              r"\(a ladder names each run lad-<rung>-lr<rate>/<variant>/seed<n>, "
+                                              r"whatever experiment_name is\)"):
+        claim_run_dir(run, cfg)
+    assert (run.path / "summary.json").read_text() == "{}"

@@ -48,7 +48,8 @@ from attnlab.analysis.ladder import is_ladder, ladder_comparison, ladder_result_
 from attnlab.analysis.outputs import prepare_outputs
 from attnlab.analysis.stats import compare, holm, mean_ci
 from attnlab.analysis.style import save_figure, variant_colors
-from attnlab.analysis.tables import SETUP_KEYS, Table, read_evaluation_dir, setup_notes, variant_order
+from attnlab.analysis.tables import (SETUP_KEYS, Table, check_reference_variant, read_evaluation_dir, setup_notes,
+                                     variant_order)
 from attnlab.runs import RunDir, find_runs
 
 log = logging.getLogger(__name__)
@@ -423,6 +424,9 @@ def battery_result_frame(result_dir: str | Path) -> tuple[pd.DataFrame, str, lis
     if absent:
         raise ValueError(f"battery_result={str(result_dir)!r}: its tables/per_run.csv has no column "
                          f"{', '.join(absent)} (python evaluate.py experiment=<battery> writes them all)")
+    # A setting a run did not record is an empty cell here: unknown, as in the runs, not a value "".
+    setup = [key for key in SETUP_KEYS if key in frame]
+    frame[setup] = frame[setup].replace("", np.nan)
     # The note on runs never validated is the one per_run.csv cannot give again; the rest are redone.
     notes = [note for note in meta.get("notes", []) if UNVALIDATED in note]
     return frame.assign(settings=frame["settings"].map(json.loads)), meta["battery"], notes
@@ -441,6 +445,7 @@ def write_battery_evaluation(cfg: EvaluateConfig, name: str, frame: pd.DataFrame
     """Tables, figures and evaluation.json of the battery ``name`` from its per-run rows."""
     out.mkdir(parents=True, exist_ok=True)
     before = prepare_outputs(out)
+    check_reference_variant(cfg.baseline, frame["variant"])
     variants = variant_order(frame["variant"].unique(), cfg.baseline)
     notes = list(notes)
     if cfg.baseline not in variants:
@@ -468,7 +473,7 @@ def write_battery_evaluation(cfg: EvaluateConfig, name: str, frame: pd.DataFrame
         "chance_factor": CHANCE_FACTOR, "solved": SOLVED, "difficulty_keys": keys, "runs": sorted(frame["run_dir"]),
         "uninformative_cells": [f"{t}/{c} ({s})" for t, c, s in statuses.itertuples(index=False)
                                 if s != "informative"],
-        "notes": notes, "ladder_agreement": agreement_result, "outputs": before.written()}),
+        "notes": notes, "ladder_agreement": agreement_result, "outputs": before.finish()}),
         indent=2, default=_json_default), encoding="utf-8")
     return out
 

@@ -3,17 +3,19 @@
     results/<ladder>/
         tables/    lr_selection     the learning rate each (variant, rung) was compared at, and its grid
                    per_rung         per rung: loss, the paired difference at equal parameters (Holm over
-                                    every (variant, rung)), the difference at equal FLOPs, the multiplier
+                                    every (variant, rung)), the difference at equal FLOPs, the multiplier;
+                                    a rate chosen at its grid's edge is marked (edge)
                    fits             L(C) = E + A C^-alpha per variant, bootstrap intervals over seeds
                    multipliers      compute multiplier per (variant, rung) with its trend over scale
                    per_run.csv      every run (selection seeds too): rung, variant, lr, seed, compute, loss
         figures/   loss_vs_compute, multiplier (.png .pdf)
-        evaluation.json             the runs used, the runs left out and why, the settings
+        evaluation.json             the runs used, the notes, the files written (attnlab/analysis/outputs.py)
 
 Runs at the ladder's selection seeds chose the learning rates (attnlab/ladder.py) and are in
 ``lr_selection`` only; every other table uses the other seeds' runs at the chosen rate.
 Compute is training FLOPs, ``attnlab.flops.flops_per_token`` (attention and variant terms
-included) times the tokens seen.
+included) times the tokens seen. ``ladder_again=<dir>`` evaluates a ladder again from its
+evaluation directory's ``per_run.csv``, without its runs (a committed reference result).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from attnlab.analysis.outputs import prepare_outputs
 from attnlab.analysis.scaling import FitError, ScalingComparison, scaling_comparison
 from attnlab.analysis.stats import compare, holm, mean_ci
 from attnlab.analysis.style import save_figure, variant_colors
-from attnlab.analysis.tables import Table, read_evaluation_dir, variant_order
+from attnlab.analysis.tables import Table, check_reference_variant, read_evaluation_dir, variant_order
 from attnlab.ladder import check_one_setting, ladder_frame, ladder_runs, select_learning_rates
 
 log = logging.getLogger(__name__)
@@ -218,20 +220,31 @@ def multiplier_figure(scaling: ScalingComparison, variants: list[str]):
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for variant in variants:
         m = scaling.multipliers[scaling.multipliers["variant"] == variant]
+        m = m[np.isfinite(m["multiplier"])]
         if m.empty:
             continue
-        finite = np.isfinite(m["multiplier"])
         low = np.clip(m["multiplier"] - m["multiplier_low"], 0, None)
         high = np.clip(m["multiplier_high"] - m["multiplier"], 0, None)
-        ax.errorbar(m["compute"][finite], m["multiplier"][finite],
-                    yerr=[low[finite], np.where(np.isfinite(high), high, 0)[finite]], marker="o", capsize=3,
+        unbounded = ~np.isfinite(high)
+        ax.errorbar(m["compute"], m["multiplier"], yerr=[low, np.where(unbounded, 0, high)], marker="o", capsize=3,
                     color=colors[variant], label=variant)
+        if unbounded.any():  # no upper bound: an arrow up from the point, not a bar closed at it
+            up = m[unbounded.to_numpy()]
+            ax.errorbar(up["compute"], up["multiplier"], yerr=[np.zeros(len(up)), up["multiplier"]], lolims=True,
+                        fmt="none", color=colors[variant])
+        outside = m[m["extrapolated"].astype(bool)]  # read off the reference's curve beyond its rungs
+        ax.scatter(outside["compute"], outside["multiplier"], s=22, facecolors="white", edgecolors=colors[variant],
+                   zorder=3)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # the rungs' decades only: minor labels overlap
+    for which in ("major", "minor"):  # multipliers span less than a decade: label them plainly (0.6, 2)
+        getattr(ax.yaxis, f"set_{which}_formatter")(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("variant's training compute at the rung (FLOPs)")
     ax.set_ylabel(f"compute multiplier vs {scaling.reference}")
-    ax.set_title("compute multiplier per rung, 95% bootstrap interval")
+    ax.set_title("compute multiplier per rung, 95% bootstrap interval\n"
+                 f"open: {scaling.reference}'s curve read beyond its rungs; arrow: no upper bound", fontsize=9)
     ax.legend(fontsize=8)
     return fig
 
@@ -254,29 +267,40 @@ def ladder_comparison(runs_dir: str | Path, name: str, cfg: EvaluateConfig) -> L
     return compare_ladder(ladder_frame(runs), selection_seeds(runs), name, cfg)
 
 
-def ladder_result_comparison(result_dir: str | Path, cfg: EvaluateConfig) -> LadderComparison:
+def ladder_result_comparison(result_dir: str | Path, cfg: EvaluateConfig,
+                             setting: str = "ladder_result") -> LadderComparison:
     """The same comparison from a ladder's evaluation directory (``tables/per_run.csv`` and
     ``evaluation.json``, as ``evaluate_ladder`` writes them, e.g. a committed reference result)
-    instead of its run directories."""
-    per_run, meta = read_evaluation_dir(result_dir, "ladder_result", "ladder", ("ladder", "selection_seeds"))
+    instead of its run directories; ``setting`` names it in errors."""
+    per_run, meta = read_evaluation_dir(result_dir, setting, "ladder", ("ladder", "selection_seeds"))
     return compare_ladder(pd.read_csv(per_run), list(meta["selection_seeds"]), meta["ladder"], cfg)
 
 
 def compare_ladder(frame: pd.DataFrame, seeds: list[int], name: str, cfg: EvaluateConfig) -> LadderComparison:
     """``frame``: one row per run (``attnlab.ladder.ladder_frame``); ``seeds``: the selection seeds."""
+    check_reference_variant(cfg.baseline, frame["variant"])
     chosen = select_learning_rates(frame, seeds)
     compared, notes = comparison_runs(frame, chosen, seeds)
     if compared.empty:
         raise ValueError(f"ladder {name!r} has no run outside its selection seeds {seeds} at a chosen rate; "
                          f"train the comparison, e.g. python train.py -m experiment={name}")
     scaling, fit_problem = None, None
-    try:
-        scaling = scaling_comparison(compared[["variant", "rung", "seed", "compute", "loss"]], cfg.baseline,
-                                     resamples=min(cfg.bootstrap_resamples, 2000), seed=cfg.bootstrap_seed,
-                                     confidence=cfg.confidence)
-    except (FitError, ValueError) as err:
-        fit_problem = f"No scaling fit: {err}."
-        notes.append(fit_problem)
+    points = compared[["variant", "rung", "seed", "compute", "loss"]]
+    while scaling is None and fit_problem is None:
+        try:
+            scaling = scaling_comparison(points, cfg.baseline, resamples=min(cfg.bootstrap_resamples, 2000),
+                                         seed=cfg.bootstrap_seed, confidence=cfg.confidence)
+        except (FitError, ValueError) as err:
+            variant = getattr(err, "variant", None)
+            if variant is None or variant == cfg.baseline:  # nothing to read the others against
+                fit_problem = f"No scaling fit: {err}."
+                notes.append(fit_problem)
+            else:  # the others are still fitted against the reference; this one keeps its per-rung rows
+                notes.append(f"No scaling fit for {variant} ({err}); the other variants are fitted without it.")
+                points = points[points["variant"] != variant]
+                if set(points["variant"]) == {cfg.baseline}:
+                    fit_problem = f"No scaling fit: no variant but {cfg.baseline} could be fitted."
+                    notes.append(fit_problem)
     return LadderComparison(frame, seeds, chosen, compared, notes, scaling, fit_problem)
 
 
@@ -295,7 +319,7 @@ def evaluate_ladder_result(cfg: EvaluateConfig) -> Path:
     _, meta = read_evaluation_dir(cfg.ladder_again, "ladder_again", "ladder", ("ladder", "selection_seeds"))
     name = meta["ladder"]
     out = cfg.output_path_reading("ladder_again", "ladder", name)
-    comparison = ladder_result_comparison(cfg.ladder_again, cfg)
+    comparison = ladder_result_comparison(cfg.ladder_again, cfg, "ladder_again")
     return write_ladder_evaluation(cfg, name, comparison, out, source=f"the ladder result {cfg.ladder_again}",
                                    runs=list(meta.get("runs", [])), selection_runs=list(meta.get("selection_runs", [])))
 
@@ -324,6 +348,6 @@ def write_ladder_evaluation(cfg: EvaluateConfig, name: str, comparison: LadderCo
     (out / "evaluation.json").write_text(json.dumps({
         "ladder": name, "source": source, "reference": cfg.baseline, "selection_seeds": seeds,
         "runs": runs, "selection_runs": selection_runs,
-        "notes": notes, "fit": None if fit_problem else "ok", "outputs": before.written()},
+        "notes": notes, "fit": None if fit_problem else "ok", "outputs": before.finish()},
         indent=2), encoding="utf-8")
     return out

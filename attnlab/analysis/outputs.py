@@ -1,10 +1,15 @@
 """An evaluation's output directory: a whole evaluation replaces what the previous one wrote there.
 
-The files an evaluation writes are listed in its ``evaluation.json`` (``outputs``). The next whole
-evaluation into that directory removes them before it writes, so a table or figure it does not make
-this time (a variant, a ladder or a heatmap left out) is not left beside its new ones as if it were
-one of them. An evaluation of some outputs only (``outputs=[samples]``) updates those and keeps the
-rest. Files no evaluation wrote (a user's notes) stay.
+The files an evaluation writes are listed in its ``evaluation.json`` (``outputs``). When the next whole
+evaluation into that directory has written its own, it removes the listed ones it did not write again,
+so a table or figure it does not make this time (a variant, a ladder or a heatmap left out) is not
+left beside the new ones as if it were one of them. Nothing is removed before the new files exist: an
+evaluation that fails leaves the previous one's files. An evaluation of some outputs only
+(``outputs=[samples]``) updates those and keeps the rest.
+
+Only what evaluations write is looked at (``OWNED``): the tables, figures and heatmaps folders and the
+model outputs' files beside them. Anything else in the directory (a user's notes, Hydra's logs, runs
+trained under it) is never listed and never removed.
 """
 
 from __future__ import annotations
@@ -17,37 +22,40 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 RECORD = "evaluation.json"
+# What an evaluation (attnlab/analysis/pipeline.py, ladder.py, battery.py) writes into its directory.
+OWNED = ("tables", "figures", "heatmaps", "samples.json", "samples.md", "attention_stats.csv", "attention_stats.md",
+         "head_scores.csv", "head_scores.md", "loss_by_position.csv")
 
 
 @dataclass(frozen=True)
 class OutputsBefore:
+    """The output directory as an evaluation found it: its owned files (to tell which it rewrote)
+    and those the previous evaluation listed."""
+
     out: Path
-    files: dict[str, tuple[int, int]]  # relative path: (mtime_ns, size), to tell rewritten files
-    kept: tuple[str, ...]  # the previous evaluation's outputs an update leaves in place
+    files: dict[str, tuple[int, int]]  # relative path: (mtime_ns, size)
+    listed: tuple[str, ...]
 
-    def written(self) -> list[str]:
-        """What the directory's evaluations wrote: this one's files (new or rewritten since), and the
-        previous outputs an update kept that are still there; relative, sorted, without the record."""
+    def finish(self, replace: bool = True) -> list[str]:
+        """After the evaluation has written its files, before its record: what it wrote (new or
+        rewritten), and, ``replace``, the previous evaluation's files it did not write removed; else
+        those kept as part of this one's. Relative and sorted, for ``evaluation.json``'s ``outputs``."""
         now = _snapshot(self.out)
-        new = {name for name, stamp in now.items() if name != RECORD and self.files.get(name) != stamp}
-        return sorted(new | {name for name in self.kept if name in now})
+        written = {name for name, stamp in now.items() if self.files.get(name) != stamp}
+        stale = [name for name in self.listed if name in now and name not in written]
+        if not replace:
+            return sorted(written | set(stale))
+        for name in stale:
+            (self.out / name).unlink()
+        if stale:
+            log.info("removed %d file(s) of the previous evaluation in %s that this one did not write: %s",
+                     len(stale), self.out, ", ".join(stale))
+        return sorted(written)
 
 
-def prepare_outputs(out: Path, replace: bool = True) -> OutputsBefore:
-    """Before an evaluation writes into ``out``: remove the files the last evaluation there listed
-    (``replace``), or keep them as part of this one's (an update of some outputs)."""
-    listed = _listed_outputs(out)
-    if replace:
-        removed = 0
-        for name in listed:
-            path = out / name
-            # Only plain files inside ``out``: a hand-edited list cannot reach elsewhere.
-            if path.is_file() and not path.is_symlink() and out.resolve() in path.resolve().parents:
-                path.unlink()
-                removed += 1
-        if removed:
-            log.info("removed %d file(s) of the previous evaluation in %s", removed, out)
-    return OutputsBefore(out, _snapshot(out), () if replace else tuple(listed))
+def prepare_outputs(out: Path) -> OutputsBefore:
+    """Before an evaluation writes into ``out``: what is there, and what the last evaluation listed."""
+    return OutputsBefore(out, _snapshot(out), tuple(_listed_outputs(out)))
 
 
 def _listed_outputs(out: Path) -> list[str]:
@@ -58,11 +66,21 @@ def _listed_outputs(out: Path) -> list[str]:
         listed = json.loads(record.read_text(encoding="utf-8")).get("outputs", [])
     except (ValueError, OSError, AttributeError):  # not an evaluation's record: nothing to remove
         return []
-    return [name for name in listed if isinstance(name, str) and not Path(name).is_absolute()]
+    # Only files an evaluation owns, inside ``out``: a hand-edited list cannot reach elsewhere.
+    return [name for name in listed if isinstance(name, str) and _owned(name)]
+
+
+def _owned(name: str) -> bool:
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts and parts[0] in OWNED
 
 
 def _snapshot(out: Path) -> dict[str, tuple[int, int]]:
-    if not out.is_dir():
-        return {}
-    return {path.relative_to(out).as_posix(): (path.stat().st_mtime_ns, path.stat().st_size)
-            for path in out.rglob("*") if path.is_file()}
+    files = {}
+    for top in OWNED:
+        path = out / top
+        for file in ([path] if path.is_file() else path.rglob("*") if path.is_dir() else []):
+            if file.is_file() and not file.is_symlink():
+                stat = file.stat()
+                files[file.relative_to(out).as_posix()] = (stat.st_mtime_ns, stat.st_size)
+    return files

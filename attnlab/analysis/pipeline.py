@@ -10,7 +10,9 @@
         attention_stats.csv, attention_stats.md
         head_scores.csv, head_scores.md   induction, previous-token, sink, entropy, distance per head
         loss_by_position.csv              validation loss at each position of the window, per run
-        evaluation.json   the configuration, the runs this was computed from, the runs skipped and why
+        evaluation.json   the configuration, the runs this was computed from, the runs skipped and why,
+                          the files written (``outputs``: the next whole evaluation replaces them, see
+                          attnlab/analysis/outputs.py; ``outputs=[...]`` updates some and keeps the rest)
 
 Evaluation works with whatever exists: a run that is unfinished or unreadable (summary.json,
 metrics.csv, or, when models are needed, its checkpoint) is named, skipped and listed; a
@@ -43,8 +45,9 @@ from attnlab.analysis.position_loss import loss_by_position, validation_windows
 from attnlab.analysis.samples import sample_model, write_samples
 from attnlab.analysis.stats import mean_ci
 from attnlab.analysis.style import save_figure
-from attnlab.analysis.tables import (Table, aggregate_table, baseline_tests_table, comparability_notes,
-                                     comparison_skipped, markdown, per_run_table, runs_frame, variant_order)
+from attnlab.analysis.tables import (Table, aggregate_table, baseline_tests_table, check_reference_variant,
+                                     comparability_notes, comparison_skipped, markdown, per_run_table, runs_frame,
+                                     variant_order)
 from attnlab.data.tokenizer import Tokenizer
 from attnlab.generate import check_fits_context
 from attnlab.model import GPT
@@ -274,6 +277,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     needs_models = bool(set(MODEL_OUTPUTS) & set(cfg.outputs))
     exp = load_experiment(cfg.runs_dir, cfg.experiment, cfg.baseline, cfg.allow_mixed_data,
                           checkpoint=cfg.checkpoint if needs_models else None)
+    check_reference_variant(cfg.baseline, exp.variants)
     out = cfg.output_path(exp.name)
     if out.resolve() == Path(cfg.runs_dir).resolve():
         raise ValueError(f"output directory {out} is the runs directory; set output_dir=<another path>")
@@ -293,7 +297,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         if "heatmaps" in cfg.outputs:
             check_heatmap_layers(chosen, cfg.heatmap_layers)
     out.mkdir(parents=True, exist_ok=True)
-    before = prepare_outputs(out, replace=whole)
+    before = prepare_outputs(out)
     log.info("evaluating experiment %r (%d runs, %d skipped) into %s", exp.name, len(exp.runs),
              len(exp.skipped), out)
     if "tables" in cfg.outputs:
@@ -367,7 +371,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     record = {"experiment": exp.name, "config": dataclasses.asdict(cfg),
               "runs": [str(r.path) for r in exp.runs],
               "skipped_runs": [{"run": name, "reasons": reasons} for name, reasons in exp.skipped.items()],
-              "not_produced": not_produced, "notes": exp.notes, "outputs": before.written()}
+              "not_produced": not_produced, "notes": exp.notes, "outputs": before.finish(replace=whole)}
     (out / "evaluation.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
     return out

@@ -41,7 +41,12 @@ COLUMNS = ("variant", "rung", "seed", "compute", "loss")
 
 
 class FitError(ValueError):
-    """A power law cannot be fitted to these points (too few rungs, or loss that does not fall)."""
+    """A power law cannot be fitted to these points (too few rungs, or loss that does not fall);
+    ``variant``: whose points, where one variant's of several."""
+
+    def __init__(self, message: str, variant: str | None = None) -> None:
+        super().__init__(message)
+        self.variant = variant
 
 
 def _loss(E, A, alpha, compute):
@@ -219,7 +224,8 @@ class ScalingComparison:
 
     fits: variant, n_rungs, n_runs, E, A, alpha (+ _low, _high each).
     multipliers (one row per non-reference variant and rung, rungs by compute): variant, rung,
-      n_seeds, compute, loss (means over seeds), multiplier (+ _low, _high), infinite_resamples
+      n_seeds, compute, loss (means over seeds), fitted_loss (the variant's curve at that compute,
+      which the multiplier reads), multiplier (+ _low, _high), infinite_resamples
       (resamples where the variant's loss fell below the reference's E), extrapolated (the
       reference compute read off lies outside the reference's rungs), reference_compute,
       loss_difference (+ _low, _high): the variant's fitted curve minus the reference's, at
@@ -289,11 +295,11 @@ def scaling_comparison(frame: pd.DataFrame, reference: str = "baseline", resampl
         rungs = rows["rung"].nunique()
         if rungs < MIN_RUNGS:
             raise FitError(f"{variant}: a power-law fit needs at least {MIN_RUNGS} distinct compute values "
-                           f"(rungs) for 3 parameters; got {rungs}")
+                           f"(rungs) for 3 parameters; got {rungs}", variant)
         weights = seed_weight[:, seed_index[mask]]  # (1 + R, runs)
         E, A, alpha, ok = _fit_weighted(compute, loss, weights)
         if not ok[0]:
-            raise FitError(f"{variant}: power-law fit failed: the loss does not fall with compute")
+            raise FitError(f"{variant}: power-law fit failed: the loss does not fall with compute", variant)
         fit[variant] = (E, A, alpha, ok, rows.shape[0], rungs)
         rung_labels = rows.groupby("rung")["compute"].mean().sort_values().index
         cells[variant] = {}
@@ -326,12 +332,13 @@ def scaling_comparison(frame: pd.DataFrame, reference: str = "baseline", resampl
         E, A, alpha = fit[variant][:3]
         log_compute, log_multiplier = [], []
         for rung, (compute, loss, n_seeds) in cells[variant].items():
-            multiplier = _compute_at(E_ref, A_ref, alpha_ref, _loss(E, A, alpha, compute)) / compute
+            fitted = _loss(E, A, alpha, compute)
+            multiplier = _compute_at(E_ref, A_ref, alpha_ref, fitted) / compute
             reference_compute = cells[reference][rung][0] if rung in cells[reference] else np.full_like(compute, np.nan)
             difference = _loss(E, A, alpha, reference_compute) - _loss(E_ref, A_ref, alpha_ref, reference_compute)
             needed = multiplier[0] * compute[0]
             row = dict(variant=variant, rung=rung, n_seeds=n_seeds, compute=float(compute[0]), loss=float(loss[0]),
-                       multiplier=float(multiplier[0]))
+                       fitted_loss=float(fitted[0]), multiplier=float(multiplier[0]))
             row["multiplier_low"], row["multiplier_high"] = interval(multiplier)
             row["infinite_resamples"] = int(np.isinf(multiplier[kept]).sum())
             row["extrapolated"] = bool(not ref_span[0] <= needed <= ref_span[1])

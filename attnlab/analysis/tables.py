@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +131,19 @@ def comparability_notes(frame: pd.DataFrame, allow_mixed_data: bool = False) -> 
                              f"them anyway with a warning")
         notes.append(f"WARNING: {message}; losses are not comparable across these groups.")
     return notes + parameter_notes(frame) + setup_notes(frame)
+
+
+def check_reference_variant(baseline: str, present: Iterable[str]) -> None:
+    """Refuse a reference variant that is neither among the runs' nor registered: a typo, which would
+    leave every table without its differences. A registered variant without runs is a note (no
+    comparison), and the runs of a variant removed since may still be the reference."""
+    from variants import available_variants  # here, not at import: evaluate.py's schema stays light
+
+    present = sorted(set(present))
+    if baseline in present or baseline in available_variants():
+        return
+    raise ValueError(f"baseline={baseline!r} is neither a variant of these runs ({', '.join(present)}) nor a "
+                     f"registered one ({', '.join(available_variants())})")
 
 
 def setup_notes(frame: pd.DataFrame, where: str = "") -> list[str]:

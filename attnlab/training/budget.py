@@ -38,8 +38,11 @@ def apply_budget(cfg: TrainConfig, model_config: ModelConfig, train_tokens: int 
     t.max_steps = t.val_every_n_steps * budget.validations
     tokens = t.max_steps * tokens_per_step
     cfg.optim.warmup_steps = round(budget.warmup_fraction * t.max_steps)
-    message = (f"budget: {budget.tokens_per_param:g} tokens x {params:,} {budget.count} parameters "
-               f"= {t.max_steps:,} steps of {tokens_per_step:,} tokens ({tokens:,} tokens)")
+    wanted = budget.tokens_per_param * params
+    message = (f"budget: {budget.tokens_per_param:g} tokens x {params:,} {budget.count} parameters = "
+               f"{wanted:,.0f} tokens, {t.max_steps:,} steps of {tokens_per_step:,} tokens ({tokens:,} tokens, "
+               f"{tokens / params:.3g} per parameter: whole steps, rounded up to {budget.validations} "
+               f"validation intervals)")
     if train_tokens is not None and tokens > train_tokens:
         epochs = tokens / train_tokens
         if not budget.repeat_data:

@@ -65,9 +65,6 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
     matmul = choose_matmul_precision(cfg.trainer.float32_matmul_precision, accelerator)
     if matmul is not None:  # before the trainer reads the device's peak FLOP/s, which depends on it
         torch.set_float32_matmul_precision(matmul)
-    unvalidated = cfg.trainer.validation_warning()
-    if unvalidated is not None and rank_zero_only.rank == 0:
-        log.warning(unvalidated)
     if cfg.ladder.name is not None:  # one experiment per rung and learning rate (attnlab/ladder.py)
         if cfg.ladder.lr == "tuned":
             cfg.optim.lr = tuned_lr(cfg.results_dir, cfg.ladder.name, cfg.variant.name, cfg.model.preset,
@@ -104,6 +101,9 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
     model_config = cfg.model.build(cfg.variant, prepared.vocab_size, cfg.trainer.seq_len)
     check_vocab_fits(prepared.vocab_size, model_config.vocab_size)
     apply_budget(cfg, model_config, None if prepared.task else prepared.train_tokens)
+    unvalidated = cfg.trainer.validation_warning()  # with the steps a budget sets
+    if unvalidated is not None and is_rank_zero:
+        log.warning(unvalidated)
     settings = yaml.safe_load(yaml.safe_dump(resolved_config(cfg, model_config, prepared)))  # as config.yaml reads
     done = run.load_summary() if cfg.resume and run.is_complete() else {}
     if (ckpt_path is not None or done) and is_rank_zero:  # before a metric row is trimmed

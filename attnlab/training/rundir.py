@@ -40,12 +40,16 @@ def claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
         return ckpt
     if run.path.exists() and any(run.path.iterdir()):
         if not cfg.overwrite:
+            if cfg.ladder.name is not None:  # a ladder names its members itself: experiment_name is set over
+                elsewhere = (f"or train the ladder into another results_dir= (a ladder names each run "
+                             f"{cfg.ladder.name}-<rung>-lr<rate>/<variant>/seed<n>, whatever experiment_name is)")
+            else:
+                elsewhere = ("or choose another experiment_name=/seed=. A sweep over a setting the directory is "
+                             "not named by (experiment_name/variant/seed), such as an optuna search over "
+                             "optim.lr, names each run by it: 'experiment_name=lr${optim.lr}'")
             raise FileExistsError(
-                f"run directory {run.path} already exists; pass resume=auto to continue it, "
-                f"overwrite=true to replace it (the old one is moved aside), or choose another "
-                f"experiment_name=/seed=. A sweep over a setting the directory is not named by "
-                f"(experiment_name/variant/seed), such as an optuna search over optim.lr, names each "
-                f"run by it: 'experiment_name=lr${{optim.lr}}'")
+                f"run directory {run.path} already exists; pass resume=auto to continue it (a finished run "
+                f"is left as it is), overwrite=true to replace it (the old one is moved aside), {elsewhere}")
         aside = run.path.with_name(f"{run.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         run.path.rename(aside)
         log.warning("moved the existing run directory aside to %s", aside)

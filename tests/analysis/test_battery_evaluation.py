@@ -124,6 +124,13 @@ def test_each_cell_is_held_to_its_own_chance(tmp_path):
     assert per_task.loc[("icr", "alibi"), "chance"] == pytest.approx((1 / 8 + 1 / 32) / 2)
     cells = pd.read_csv(out / "tables" / "cells.csv").drop_duplicates("cell").set_index("cell")
     assert cells["chance"].to_dict() == pytest.approx({"v16": 1 / 8, "v64": 1 / 32})
+    # Read back, a run that recorded no lr (an older summary.json) is unknown, not a second rate.
+    per_run = pd.read_csv(out / "tables" / "per_run.csv")
+    per_run.loc[0, "lr"] = None
+    per_run.to_csv(out / "tables" / "per_run.csv", index=False)
+    again = evaluate(EvaluateConfig(battery_result=str(out), output_dir=str(tmp_path / "again"),
+                                    bootstrap_resamples=50, ladder=None, ladder_result=None))
+    assert json.loads((again / "evaluation.json").read_text())["notes"] == []
 
 
 def test_a_cell_whose_runs_were_trained_differently_is_named_in_a_warning(tmp_path, caplog):

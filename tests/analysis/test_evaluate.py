@@ -146,12 +146,22 @@ def test_a_prompt_or_heatmap_layer_that_cannot_be_drawn_fails_before_any_output_
                         "qk_scale: 0, 1"),
     ({"power": 1.5}, r"power must be in \(0, 1\), got 1.5"),
     ({"bootstrap_resamples": 0}, "bootstrap_resamples must be >= 1, got 0"),
-    ({"baseline": "qk_scal"}, "baseline='qk_scal' is not a registered variant; registered: .*qk_scale"),
+    ({"baseline": "qk_scal"}, r"baseline='qk_scal' is neither a variant of these runs \(baseline, qk_scale\) nor a "
+                              r"registered one \(.*qk_scale"),
 ])
 def test_bad_settings_name_the_value_and_the_allowed_ones(runs_dir, tmp_path, settings, message):
     cfg = EvaluateConfig(runs_dir=str(runs_dir), output_dir=str(tmp_path), **{"outputs": ["samples"], **settings})
     with pytest.raises(ValueError, match=message):
         evaluate(cfg)
+
+
+def test_the_runs_of_a_variant_removed_since_may_still_be_the_reference():
+    from attnlab.analysis.tables import check_reference_variant
+
+    check_reference_variant("retired_variant", ["retired_variant", "baseline"])  # its runs are there
+    check_reference_variant("qk_norm", ["baseline"])  # registered, no runs: a note, no comparison
+    with pytest.raises(ValueError, match=r"baseline='retired_variant' is neither a variant of these runs \(baseline\)"):
+        check_reference_variant("retired_variant", ["baseline"])
 
 
 def test_a_ladder_result_named_on_purpose_must_exist(runs_dir, tmp_path):

@@ -7,6 +7,7 @@ config.yaml), with losses from known curves, so the answers are known exactly.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -88,8 +89,6 @@ def test_a_ladder_result_is_evaluated_again_without_its_runs(tmp_path):
     """``ladder_again=<dir>``: the per-run losses a ladder's evaluation wrote give the same tables with
     the runs gone (a committed reference evaluated by a newer attnlab); its own directory is never
     the output, and a battery's directory is refused naming the setting."""
-    import shutil
-
     runs_dir = tmp_path / "runs"
     make_ladder(runs_dir)
     first = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=200))
@@ -130,9 +129,31 @@ def test_a_variant_missing_seeds_at_a_rung_is_named_and_a_smaller_ladder_replace
 
 
 def remove_rung(runs_dir, rung) -> None:
-    import shutil
-
     members = list(runs_dir.glob(f"lad-{rung}-*"))
     assert members
     for member in members:
         shutil.rmtree(member)
+
+
+def test_a_variant_with_too_few_rungs_loses_its_own_fit_not_the_others(tmp_path):
+    runs_dir = tmp_path / "runs"
+    make_ladder(runs_dir)
+    for rung, compute in RUNGS.items():  # qk_norm: baseline with half the compute, every rung
+        for seed, lr in ((100, 2e-3), (0, 2e-3), (1, 2e-3), (2, 2e-3)):
+            write_run(runs_dir, "qk_norm", rung, lr, seed, E + A * (0.5 * compute) ** -ALPHA)
+    for member in runs_dir.glob("lad-r4-*"):  # gated_attn never reached r4
+        shutil.rmtree(member / "gated_attn", ignore_errors=True)
+    out = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=50))
+    multipliers = pd.read_csv(out / "tables" / "multipliers.csv")
+    assert set(multipliers["variant"]) == {"qk_norm"}
+    assert multipliers["multiplier"].tolist() == pytest.approx([0.5] * 4, rel=0.02)
+    text = (out / "tables" / "per_rung.md").read_text()
+    assert "No scaling fit for gated_attn (gated_attn: a power-law fit needs at least 4" in text
+    per_rung = pd.read_csv(out / "tables" / "per_rung.csv")
+    assert len(per_rung[per_rung["variant"] == "gated_attn"]) == 3  # its per-rung comparisons stand
+    # Without qk_norm, no variant is left to compare: the ladder says so instead of an empty table.
+    for member in runs_dir.glob("lad-*"):
+        shutil.rmtree(member / "qk_norm", ignore_errors=True)
+    out = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=50))
+    assert "No scaling fit: no variant but baseline could be fitted." in (out / "tables" / "per_rung.md").read_text()
+    assert not (out / "tables" / "multipliers.csv").exists()

@@ -1,58 +1,81 @@
-"""An evaluation's output directory: a whole evaluation removes the files the previous one listed,
-an update of some outputs keeps them, and files no evaluation wrote always stay."""
+"""An evaluation's output directory: a whole evaluation removes the files the previous one listed and
+did not write again, once its own are written; an update of some outputs keeps them; files no
+evaluation wrote (a user's, Hydra's logs) always stay."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
+
 from attnlab.analysis.outputs import RECORD, prepare_outputs
 
 
-def evaluate_into(out, files: dict[str, str], replace: bool = True) -> list[str]:
-    """What an evaluator does: prepare, write its files and its record listing them."""
-    before = prepare_outputs(out, replace=replace)
+def evaluate_into(out: Path, files: dict[str, str], replace: bool = True, fail: bool = False) -> list[str]:
+    """What an evaluator does: note the directory, write its files, then its record listing them."""
+    before = prepare_outputs(out)
     for name, text in files.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(text)
-    written = before.written()
+    if fail:
+        raise RuntimeError("the evaluation failed after writing some files")
+    written = before.finish(replace=replace)
     (out / RECORD).write_text(json.dumps({"outputs": written}))
     return written
 
 
 def test_a_whole_evaluation_replaces_the_previous_ones_files_and_keeps_the_users(tmp_path):
     out = tmp_path / "results"
-    out.mkdir()
+    (out / "hydra").mkdir(parents=True)
     (out / "notes.md").write_text("mine")
-    first = evaluate_into(out, {"tables/a.csv": "1", "tables/b.csv": "1", "figures/x.png": "1"})
-    assert first == ["figures/x.png", "tables/a.csv", "tables/b.csv"]
+    first = evaluate_into(out, {"tables/a.csv": "1", "tables/b.csv": "1", "figures/x.png": "1",
+                                "hydra/evaluate.log": "Hydra's, written meanwhile"})
+    assert first == ["figures/x.png", "tables/a.csv", "tables/b.csv"]  # only what an evaluation owns
+    (out / "tables" / "mine.csv").write_text("mine too")
     # b is not made this time (a variant left out): it goes; a is rewritten with the same bytes.
     second = evaluate_into(out, {"tables/a.csv": "1", "figures/x.png": "2"})
     assert second == ["figures/x.png", "tables/a.csv"]
     assert not (out / "tables" / "b.csv").exists()
-    assert (out / "notes.md").read_text() == "mine"
+    assert (out / "notes.md").read_text() == "mine" and (out / "tables" / "mine.csv").read_text() == "mine too"
+    assert (out / "hydra" / "evaluate.log").is_file()
+
+
+def test_a_failed_evaluation_removes_nothing(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    evaluate_into(out, {"tables/a.csv": "1", "tables/b.csv": "1"})
+    with pytest.raises(RuntimeError):
+        evaluate_into(out, {"tables/a.csv": "2"}, fail=True)
+    assert (out / "tables" / "b.csv").read_text() == "1"
+    assert json.loads((out / RECORD).read_text())["outputs"] == ["tables/a.csv", "tables/b.csv"]
+    assert evaluate_into(out, {"tables/a.csv": "3"}) == ["tables/a.csv"]  # the next one finishes the job
+    assert not (out / "tables" / "b.csv").exists()
 
 
 def test_an_update_of_some_outputs_keeps_the_others(tmp_path):
     out = tmp_path / "results"
     out.mkdir()
-    evaluate_into(out, {"tables/a.csv": "1", "samples/s.md": "1"})
-    updated = evaluate_into(out, {"samples/s.md": "2"}, replace=False)
-    assert updated == ["samples/s.md", "tables/a.csv"]
+    evaluate_into(out, {"tables/a.csv": "1", "samples.md": "1"})
+    updated = evaluate_into(out, {"samples.md": "2"}, replace=False)
+    assert updated == ["samples.md", "tables/a.csv"]
     assert (out / "tables" / "a.csv").read_text() == "1"
     # The next whole evaluation still knows the kept file as an evaluation's.
-    assert evaluate_into(out, {"samples/s.md": "3"}) == ["samples/s.md"]
+    assert evaluate_into(out, {"samples.md": "3"}) == ["samples.md"]
     assert not (out / "tables" / "a.csv").exists()
 
 
-def test_a_listed_path_outside_the_directory_is_never_removed(tmp_path):
+def test_a_listed_path_that_is_not_an_evaluations_is_never_removed(tmp_path):
     out = tmp_path / "results"
     out.mkdir()
-    outside = tmp_path / "precious.txt"
-    outside.write_text("keep")
+    outside, notes = tmp_path / "precious.txt", out / "notes.md"
+    for path in (outside, notes):
+        path.write_text("keep")
     up = (Path("..") / outside.name).as_posix()  # relative, but outside the directory
-    (out / RECORD).write_text(json.dumps({"outputs": [up, str(outside)]}))
-    prepare_outputs(out)
-    assert outside.read_text() == "keep"
-    (out / RECORD).write_text("not json")  # not an evaluation's record: nothing is removed
-    assert prepare_outputs(out).files == {RECORD: prepare_outputs(out).files[RECORD]}
+    (out / RECORD).write_text(json.dumps({"outputs": [up, str(outside), "notes.md", "tables/../notes.md"]}))
+    assert evaluate_into(out, {"tables/a.csv": "1"}) == ["tables/a.csv"]
+    assert outside.read_text() == "keep" and notes.read_text() == "keep"
+    (out / "tables" / "b.csv").write_text("1")
+    (out / RECORD).write_text("not json")  # not an evaluation's record: nothing listed, nothing removed
+    evaluate_into(out, {"tables/a.csv": "2"})
+    assert (out / "tables" / "b.csv").is_file()

@@ -137,7 +137,7 @@ def test_interval_coverage_of_the_top_rung_multiplier():
     resamples grows the percentile interval tends to the range of the three single-seed estimates,
     which holds a median-unbiased truth with probability 1 - 2 (1/2)^3 = 0.75: the percentile
     bootstrap cannot reach 95% with 3 seeds. Finite resamples narrow it a little (0.70 measured
-    over 400 datasets; 0.905 with 10 seeds: scripts/multiplier_coverage.py). The test checks 0.75 +- 3
+    over 400 datasets; 0.905 with 10 seeds: tests/analysis/multiplier_coverage.py). The test checks 0.75 +- 3
     binomial standard errors.
     """
     k, datasets = 2.0, 40

@@ -2,20 +2,17 @@
 on simulated ladders (the tests' synthetic curves: a variant that is the reference with twice the
 compute, loss noise sd 0.01, 5 rungs), with 3 seeds and with 10. The README's figures:
 
-    python scripts/multiplier_coverage.py      # 3 seeds: 279 / 400 (0.698); 10 seeds: 181 / 200 (0.905)
+    python tests/analysis/multiplier_coverage.py   # 3 seeds: 279 / 400 (0.698); 10 seeds: 181 / 200 (0.905)
+
+Beside the tests whose curves it draws (not collected by pytest: minutes, not seconds).
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
+from test_scaling import TRUE, runs  # the synthetic ladders of the tests beside this file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "analysis"))
-from test_scaling import TRUE, runs  # noqa: E402  (the synthetic ladders the tests use)
-
-from attnlab.analysis.scaling import scaling_comparison  # noqa: E402
+from attnlab.analysis.scaling import scaling_comparison
 
 MULTIPLIER = 2.0
 
