@@ -5,7 +5,8 @@ evaluation into that directory has written its own, it removes the listed ones i
 so a table or figure it does not make this time (a variant, a ladder or a heatmap left out) is not
 left beside the new ones as if it were one of them. Nothing is removed before the new files exist: an
 evaluation that fails leaves the previous one's files. An evaluation of some outputs only
-(``outputs=[samples]``) updates those and keeps the rest.
+(``outputs=[heatmaps]``) replaces the files of those (fewer layers: the others' heatmaps go) and
+keeps the rest.
 
 Only what evaluations write is looked at (``OWNED``): the tables, figures and heatmaps folders and the
 model outputs' files beside them. Anything else in the directory (a user's notes, Hydra's logs, runs
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,21 +38,21 @@ class OutputsBefore:
     files: dict[str, tuple[int, int]]  # relative path: (mtime_ns, size)
     listed: tuple[str, ...]
 
-    def finish(self, replace: bool = True) -> list[str]:
+    def finish(self, redone: Callable[[str], bool] = lambda name: True) -> list[str]:
         """After the evaluation has written its files, before its record: what it wrote (new or
-        rewritten), and, ``replace``, the previous evaluation's files it did not write removed; else
-        those kept as part of this one's. Relative and sorted, for ``evaluation.json``'s ``outputs``."""
+        rewritten), and the previous evaluation's files it did not write again removed where they
+        are of an output it redid (``redone``: by relative path; every one for a whole evaluation),
+        kept as part of this one's elsewhere. Relative and sorted, for ``evaluation.json``'s ``outputs``."""
         now = _snapshot(self.out)
         written = {name for name, stamp in now.items() if self.files.get(name) != stamp}
-        stale = [name for name in self.listed if name in now and name not in written]
-        if not replace:
-            return sorted(written | set(stale))
+        previous = [name for name in self.listed if name in now and name not in written]
+        stale = [name for name in previous if redone(name)]
         for name in stale:
             (self.out / name).unlink()
         if stale:
             log.info("removed %d file(s) of the previous evaluation in %s that this one did not write: %s",
                      len(stale), self.out, ", ".join(stale))
-        return sorted(written)
+        return sorted(written | (set(previous) - set(stale)))
 
 
 def prepare_outputs(out: Path) -> OutputsBefore:

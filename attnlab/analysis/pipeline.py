@@ -11,8 +11,8 @@
         head_scores.csv, head_scores.md   induction, previous-token, sink, entropy, distance per head
         loss_by_position.csv              validation loss at each position of the window, per run
         evaluation.json   the configuration, the runs this was computed from, the runs skipped and why,
-                          the files written (``outputs``: the next whole evaluation replaces them, see
-                          attnlab/analysis/outputs.py; ``outputs=[...]`` updates some and keeps the rest)
+                          the files written (``outputs``: the next evaluation replaces those of the
+                          outputs it makes, see attnlab/analysis/outputs.py, and keeps the rest)
 
 Evaluation works with whatever exists: a run that is unfinished or unreadable (summary.json,
 metrics.csv, or, when models are needed, its checkpoint) is named, skipped and listed; a
@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from attnlab.analysis import maps as maps_lib
-from attnlab.analysis.config import OUTPUTS, EvaluateConfig
+from attnlab.analysis.config import EvaluateConfig
 from attnlab.analysis.figures import (final_loss_figure, head_scores_figure, induction_curve_figure, logged_curves,
                                       loss_by_position_figure, loss_curve_figure, throughput_figure,
                                       validation_curves)
@@ -247,6 +247,18 @@ def check_heatmap_layers(runs: Sequence[RunDir], layers: Sequence[int] | None) -
                          f"(n_layer={n_layer}); allowed: 0..{n_layer - 1}, or null for every layer")
 
 
+def output_of(name: str) -> str:
+    """Which of ``OUTPUTS`` wrote the file ``name`` (relative to the evaluation's directory)."""
+    top, stem = name.split("/")[0], Path(name).stem
+    if top == "heatmaps":
+        return "heatmaps"
+    if stem in ("head_scores", "loss_by_position", "samples"):  # beside the tables, and their figures
+        return stem
+    if stem in ("attention_stats", "attention_stats_per_run"):
+        return "attention_stats"
+    return "figures" if top == "figures" else "tables"
+
+
 def without_text_outputs(cfg: EvaluateConfig) -> tuple[EvaluateConfig, str | None]:
     """An experiment trained on a synthetic task (data=mqar, induction or a MAD task) has no tokenizer, and
     the outputs that load models encode text prompts: those are dropped, with the note saying why."""
@@ -272,7 +284,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         return evaluate_battery(cfg, cfg.experiment)  # tasks x cells; ladder names match too
     if cfg.experiment is not None and is_ladder(cfg.runs_dir, cfg.experiment):
         return evaluate_ladder(cfg, cfg.experiment)  # a family of experiments, one per rung and rate
-    whole = set(cfg.outputs) == set(OUTPUTS)  # replaces the previous evaluation; else updates it
+    requested = set(cfg.outputs)  # their previous files go, even those a synthetic task cannot make
     cfg, no_tokenizer = without_text_outputs(cfg)
     needs_models = bool(set(MODEL_OUTPUTS) & set(cfg.outputs))
     exp = load_experiment(cfg.runs_dir, cfg.experiment, cfg.baseline, cfg.allow_mixed_data,
@@ -371,7 +383,8 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     record = {"experiment": exp.name, "config": dataclasses.asdict(cfg),
               "runs": [str(r.path) for r in exp.runs],
               "skipped_runs": [{"run": name, "reasons": reasons} for name, reasons in exp.skipped.items()],
-              "not_produced": not_produced, "notes": exp.notes, "outputs": before.finish(replace=whole)}
+              "not_produced": not_produced, "notes": exp.notes,
+              "outputs": before.finish(redone=lambda name: output_of(name) in requested)}
     (out / "evaluation.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
     return out

@@ -57,6 +57,27 @@ def test_evaluate_writes_every_output_of_the_latest_experiment(evaluated, runs_d
     assert sorted(stats["variant"].unique()) == sorted(VARIANTS) and (stats["seeds"] == 2).all()
 
 
+def test_the_record_lists_every_file_the_evaluation_wrote(evaluated):
+    record = json.loads((evaluated / "evaluation.json").read_text())
+    assert record["outputs"] == sorted(set(expected_outputs(VARIANTS)) - {"evaluation.json"})
+
+
+def test_evaluating_some_outputs_again_replaces_theirs_and_keeps_the_others(evaluated, runs_dir, tmp_path):
+    import shutil
+
+    out = shutil.copytree(evaluated, tmp_path / "copy")
+    (out / "my_notes.md").write_text("mine")
+    evaluate(EvaluateConfig(runs_dir=str(runs_dir), prompts=list(PROMPTS), sampling=SAMPLING, output_dir=str(out),
+                            outputs=["heatmaps"], heatmap_layers=[0]))
+    assert not list(out.glob("heatmaps/**/*layer1*"))  # the previous layers' heatmaps are not this one's
+    assert {p.name for p in (out / "heatmaps" / VARIANTS[0]).iterdir()} == {"layer0_head0.png", "layer0_head0.pdf"}
+    kept = [p for p in expected_outputs(VARIANTS) if "heatmaps" not in p]
+    assert all((out / p).read_bytes() == (evaluated / p).read_bytes() for p in kept if p != "evaluation.json")
+    listed = json.loads((out / "evaluation.json").read_text())["outputs"]
+    assert set(kept) - {"evaluation.json"} <= set(listed) and "heatmaps/grid_layer0.png" in listed
+    assert (out / "my_notes.md").read_text() == "mine" and "my_notes.md" not in listed
+
+
 def test_head_scores_have_a_row_per_run_layer_and_head_with_every_score(evaluated):
     from attnlab.analysis.head_scores import SCORES
 

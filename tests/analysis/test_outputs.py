@@ -10,17 +10,20 @@ from pathlib import Path
 import pytest
 
 from attnlab.analysis.outputs import RECORD, prepare_outputs
+from attnlab.analysis.pipeline import output_of
 
 
-def evaluate_into(out: Path, files: dict[str, str], replace: bool = True, fail: bool = False) -> list[str]:
-    """What an evaluator does: note the directory, write its files, then its record listing them."""
+def evaluate_into(out: Path, files: dict[str, str], outputs: tuple[str, ...] | None = None,
+                  fail: bool = False) -> list[str]:
+    """What an evaluator does: note the directory, write its files, then its record listing them;
+    ``outputs``: the pipeline's outputs it makes (None: every one)."""
     before = prepare_outputs(out)
     for name, text in files.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(text)
     if fail:
         raise RuntimeError("the evaluation failed after writing some files")
-    written = before.finish(replace=replace)
+    written = before.finish() if outputs is None else before.finish(lambda name: output_of(name) in outputs)
     (out / RECORD).write_text(json.dumps({"outputs": written}))
     return written
 
@@ -53,16 +56,32 @@ def test_a_failed_evaluation_removes_nothing(tmp_path):
     assert not (out / "tables" / "b.csv").exists()
 
 
-def test_an_update_of_some_outputs_keeps_the_others(tmp_path):
+def test_an_evaluation_of_some_outputs_replaces_their_files_and_keeps_the_others(tmp_path):
     out = tmp_path / "results"
     out.mkdir()
-    evaluate_into(out, {"tables/a.csv": "1", "samples.md": "1"})
-    updated = evaluate_into(out, {"samples.md": "2"}, replace=False)
-    assert updated == ["samples.md", "tables/a.csv"]
+    evaluate_into(out, {"tables/a.csv": "1", "samples.md": "1", "heatmaps/baseline/layer0_head0.png": "1",
+                        "heatmaps/baseline/layer1_head0.png": "1", "figures/head_scores.png": "1"})
+    # outputs=[heatmaps] heatmap_layers=[0]: layer 1's heatmap goes; tables, samples, head scores stay.
+    updated = evaluate_into(out, {"heatmaps/baseline/layer0_head0.png": "2"}, outputs=("heatmaps",))
+    assert updated == ["figures/head_scores.png", "heatmaps/baseline/layer0_head0.png", "samples.md",
+                       "tables/a.csv"]
+    assert not (out / "heatmaps" / "baseline" / "layer1_head0.png").exists()
     assert (out / "tables" / "a.csv").read_text() == "1"
-    # The next whole evaluation still knows the kept file as an evaluation's.
+    # The next whole evaluation still knows the kept files as an evaluation's.
     assert evaluate_into(out, {"samples.md": "3"}) == ["samples.md"]
-    assert not (out / "tables" / "a.csv").exists()
+    assert not (out / "tables" / "a.csv").exists() and not (out / "figures" / "head_scores.png").exists()
+
+
+@pytest.mark.parametrize("name, output", [
+    ("tables/aggregate.md", "tables"), ("tables/attention_stats_per_run.csv", "attention_stats"),
+    ("attention_stats.md", "attention_stats"), ("figures/final_val_loss.png", "figures"),
+    ("figures/head_scores.pdf", "head_scores"), ("head_scores.csv", "head_scores"),
+    ("figures/loss_by_position.png", "loss_by_position"), ("loss_by_position.csv", "loss_by_position"),
+    ("samples.json", "samples"), ("heatmaps/diff_layer0.png", "heatmaps"),
+    ("heatmaps/sep_qkv/layer1_head0.pdf", "heatmaps"),
+])
+def test_each_file_of_an_evaluation_belongs_to_the_output_that_writes_it(name, output):
+    assert output_of(name) == output
 
 
 def test_a_listed_path_that_is_not_an_evaluations_is_never_removed(tmp_path):
