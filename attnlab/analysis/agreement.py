@@ -49,9 +49,11 @@ def battery_ladder_agreement(battery_scores: dict[str, pd.Series], scaling: Scal
     finite = np.array([r for r in rhos if not math.isnan(r)])
     half = (1 - scaling.confidence) / 2
     low, high = (np.quantile(finite, [half, 1 - half]).tolist() if finite.size else (math.nan, math.nan))
+    # Scored by the battery, not ranked: not on the ladder, or its fit failed there (attnlab/analysis/ladder.py).
+    unranked = sorted(v for v, s in battery_scores.items() if len(s) and v not in scaling.top_multipliers)
     return {"variants": variants, "battery_score": point_score, "top_rung_multiplier": point_multiplier,
             "rho": _rho(point_score, point_multiplier), "rho_low": low, "rho_high": high,
-            "resamples": int(finite.size), "confidence": scaling.confidence}
+            "resamples": int(finite.size), "confidence": scaling.confidence, "without_multiplier": unranked}
 
 
 def agreement_table(result: dict) -> pd.DataFrame:

@@ -262,6 +262,9 @@ def ladder_agreement_table(cfg: EvaluateConfig, per_seed: dict[str, pd.Series],
                f"{result['rho']:+.3f}, {result['confidence']:.0%} bootstrap interval over seeds "
                f"[{result['rho_low']:+.3f}, {result['rho_high']:+.3f}] ({result['resamples']} resamples). With "
                f"{len(numbers)} variants rho takes few values: read the interval, not the point."]
+    if result["without_multiplier"]:
+        explain.append(f"Not ranked, with a battery score but no multiplier in {source} (not on the ladder, or "
+                       f"its fit failed there): {', '.join(result['without_multiplier'])}.")
     per_task = per_task_agreement_table(result, task_scores, scaling, source)
     result["per_task"] = per_task.numbers.to_dict("records")
     return [Table("ladder_agreement", numbers, display, explain), per_task], result

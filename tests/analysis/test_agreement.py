@@ -33,6 +33,11 @@ def test_the_same_ranking_gives_rho_one_and_the_reverse_minus_one():
     assert result["resamples"] == 200
     reverse = battery({"baseline": 0.5, "slow": 0.6, "fast": 0.4, "faster": 0.3})
     assert battery_ladder_agreement(reverse, scaling)["rho"] == pytest.approx(-1.0)
+    assert result["without_multiplier"] == []
+    # A variant the battery scored but the ladder has no multiplier for is named, not ranked.
+    extra = battery_ladder_agreement({**same, **battery({"sliding_window": 0.1})}, scaling)
+    assert extra["without_multiplier"] == ["sliding_window"] and "sliding_window" not in extra["variants"]
+    assert extra["rho"] == pytest.approx(1.0)
     table = agreement_table(result).set_index("variant")
     assert table.loc["faster", "battery_rank"] == 1 and table.loc["faster", "ladder_rank"] == 1
     assert table.loc["slow", "battery_rank"] == 4 and table.loc["slow", "ladder_rank"] == 4
