@@ -361,3 +361,4 @@ def test_an_existing_ladder_run_is_told_what_a_ladder_is_named_by(tmp_path, corp
                                               r"whatever experiment_name is\)"):
         claim_run_dir(run, cfg)
     assert (run.path / "summary.json").read_text() == "{}"
+

@@ -96,3 +96,17 @@ def test_under_a_budget_the_budget_is_kept_not_the_warmup_it_sets(run):
 
 def test_a_checkpoint_resumed_into_a_new_directory_is_not_compared(run):
     check_resume_keeps_settings(run, settings(["optim.lr=0.01"]))  # no config.yaml: a deliberate fork
+
+
+def test_resume_with_overwrite_continues_and_says_so(tmp_path, caplog):
+    from attnlab.training.rundir import claim_run_dir
+
+    cfg = compose_config([f"results_dir={tmp_path / 'runs'}", "resume=auto", "overwrite=true"])
+    run = RunDir.for_run(cfg.results_dir, cfg.experiment_name, "baseline", 0)
+    run.path.mkdir(parents=True)
+    (run.path / "notes.txt").write_text("kept")
+    with caplog.at_level("WARNING", logger="attnlab.training.rundir"):
+        assert claim_run_dir(run, cfg) is None  # no checkpoint yet: from step 0, in place
+    assert "resume=auto with overwrite=true: the run directory" in caplog.text
+    assert "is continued, not replaced" in caplog.text
+    assert (run.path / "notes.txt").read_text() == "kept" and not list(run.path.parent.glob("*.replaced-*"))

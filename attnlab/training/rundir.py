@@ -31,6 +31,9 @@ def claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
     """Decide what happens to an existing run directory; return the checkpoint to resume from."""
     check_writable(Path(cfg.results_dir))
     if cfg.resume:
+        if cfg.overwrite:  # e.g. `make demo`'s command with resume=auto added: it continues, as asked
+            log.warning("resume=%s with overwrite=true: the run directory %s is continued, not replaced "
+                        "(overwrite=true applies without resume=)", cfg.resume, run.path)
         ckpt = resume_checkpoint(run, cfg.resume)
         for directory in (run.path, run.checkpoints):  # left by a process killed while writing
             remove_partial_writes(directory)
