@@ -134,11 +134,16 @@ def widened_lr(results_dir: str | Path, ladder: str, variant: str, rung: str, se
     return rate, f"{where}, its {side}: trying {rate:g}"
 
 
-def widening(results_dir: str | Path, ladder: str, selection_seeds: Sequence[int]) -> tuple[int, int, int]:
+def widening(results_dir: str | Path, ladder: str, selection_seeds: Sequence[int],
+             variants: Sequence[str] | None = None, rungs: Sequence[str] | None = None) -> tuple[int, int, int]:
     """(variant, rung) choices in all, and how many lie at the lowest and at the highest rate tried,
-    as ``widened_lr`` decides them."""
+    as ``widened_lr`` decides them; of ``variants`` and ``rungs`` only, where given (a sweep's)."""
     chosen = select_learning_rates(complete_rates(_checked_frame(results_dir, ladder), selection_seeds),
                                    selection_seeds)
+    if variants is not None:
+        chosen = chosen[chosen["variant"].isin(variants)]
+    if rungs is not None:
+        chosen = chosen[chosen["rung"].isin(rungs)]
     return (len(chosen), int((chosen["lr"] == chosen["lowest_tried"]).sum()),
             int((chosen["lr"] == chosen["highest_tried"]).sum()))
 

@@ -167,6 +167,16 @@ def test_the_grid_widens_one_step_beyond_a_choice_at_its_edge_and_stops_inside(t
         tuned_lr(tmp_path, "lad", "qk_norm", "ladder_c1", [100])
 
 
+def test_the_widening_count_keeps_to_the_sweeps_variants_and_rungs(tmp_path):
+    from attnlab.ladder import widening
+
+    for variant in ("baseline", "qk_norm"):
+        _write_run(tmp_path, variant, 4e-3, 100, 5.0)  # one rate tried: at both edges
+    assert widening(tmp_path, "lad", [100]) == (2, 2, 2)
+    assert widening(tmp_path, "lad", [100], variants=["qk_norm"]) == (1, 1, 1)
+    assert widening(tmp_path, "lad", [100], rungs=["ladder_c2"]) == (0, 0, 0)
+
+
 def test_a_rate_not_yet_run_on_every_selection_seed_does_not_decide_the_widening(tmp_path):
     _write_run(tmp_path, "baseline", 4e-3, 100, 5.0)
     _write_run(tmp_path, "baseline", 4e-3, 101, 5.0)

@@ -161,6 +161,9 @@ def fits_table(scaling: ScalingComparison, notes: list[str]) -> Table:
     return Table("fits", f, display, explain + notes)
 
 
+FEW_SEEDS = 5  # up to this many, a multipliers table says how few distinct draws its bootstrap has
+
+
 def multipliers_table(scaling: ScalingComparison, notes: list[str]) -> Table:
     m, trends = scaling.multipliers, scaling.trends.set_index("variant")
     display = pd.DataFrame({
@@ -176,6 +179,10 @@ def multipliers_table(scaling: ScalingComparison, notes: list[str]) -> Table:
     explain = ["multiplier > 1: the reference needs that many times the variant's compute for the variant's loss; "
                "extrapolated: that compute lies outside the reference's rungs; trend > 0: the advantage grows with "
                "scale (rungs with an infinite multiplier are left out of the slope)."]
+    seeds = int(m["n_seeds"].min()) if len(m) else 0
+    if 0 < seeds <= FEW_SEEDS:  # resampling n seeds with replacement gives C(2n-1, n) distinct draws
+        explain.append(f"With {seeds} seed(s) the bootstrap has only {math.comb(2 * seeds - 1, seeds)} distinct draws "
+                       f"of seeds: read each interval as the range of a few estimates, not as its stated coverage.")
     return Table("multipliers", m.merge(scaling.trends, on="variant", how="left", suffixes=("", "_trend")),
                  display, explain + notes)
 

@@ -70,8 +70,12 @@ class WidenEstimate(TimeEstimate):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         seeds = list(config.ladder.selection_seeds)
+        swept = sweep_values(config) or {}
+        # The sweep's own (variant, rung) pairs: model=ladder/c1 is the preset ladder_c1.
+        rungs = [m.replace("/", "_") for m in swept["model"]] if "model" in swept else None
         try:
-            pairs, lowest, highest = widening(config.results_dir, config.ladder.name, seeds)
+            pairs, lowest, highest = widening(config.results_dir, config.ladder.name, seeds,
+                                              swept.get("variant"), rungs)
         except (OSError, ValueError) as err:  # an estimate must never stop the sweep; the jobs will say
             log.info(f"{self.experiment}: cannot count the runs to widen: {err}")
             return
@@ -106,6 +110,14 @@ def count_jobs(config: DictConfig) -> int | None:
     """The number of jobs Hydra's basic sweeper makes of the sweep overrides (``hydra.sweeper.params``,
     then the command line's, which win), as the product of each key's number of values; None
     for another sweeper or overrides that cannot be parsed here."""
+    swept = sweep_values(config)
+    return None if swept is None else math.prod(len(values) for values in swept.values())
+
+
+def sweep_values(config: DictConfig) -> dict[str, list[str]] | None:
+    """Each key's values in the basic sweeper's jobs (``hydra.sweeper.params``, then the command
+    line's, which win; one value for a key that is not swept); None for another sweeper or
+    overrides that cannot be parsed here."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -115,11 +127,12 @@ def count_jobs(config: DictConfig) -> int | None:
     params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
     try:
         parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-        counts = {}
+        values = {}
         for override in parser.parse_overrides([*params, *config.hydra.overrides.task]):
-            counts[override.get_key_element()] = (len(list(override.sweep_string_iterator()))
-                                                  if override.is_sweep_override() else 1)
+            swept = override.is_sweep_override()
+            values[override.get_key_element()] = (list(override.sweep_string_iterator()) if swept
+                                                  else [override.get_value_element_as_str()])
     except Exception as err:  # noqa: BLE001 (an estimate must never stop the sweep)
-        log.debug("cannot count the sweep's jobs: %s", err)
+        log.debug("cannot read the sweep's values: %s", err)
         return None
-    return math.prod(counts.values())
+    return values

@@ -67,6 +67,7 @@ def test_the_ladder_evaluation_compares_at_the_chosen_rates_and_recovers_the_mul
     fits = pd.read_csv(out / "tables" / "fits.csv").set_index("variant")
     assert fits.loc["baseline", "alpha"] == pytest.approx(ALPHA, rel=0.05)
     assert "Chosen on the runs at seed(s) 100" in (out / "tables" / "lr_selection.md").read_text()
+    assert "With 3 seed(s) the bootstrap has only 10 distinct draws" in (out / "tables" / "multipliers.md").read_text()
     for name in ("loss_vs_compute", "multiplier"):
         assert (out / "figures" / f"{name}.png").is_file() and (out / "figures" / f"{name}.pdf").is_file()
     assert "lr0.008" not in json.dumps(json.loads((out / "evaluation.json").read_text())["runs"])

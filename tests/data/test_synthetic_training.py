@@ -100,7 +100,7 @@ def test_the_recall_experiment_composes_for_every_variant():
 
 def test_the_estimate_counts_the_sweep_as_hydra_would():
     from attnlab.training.config import register_schema
-    from attnlab.training.estimate import TimeEstimate, count_jobs
+    from attnlab.training.estimate import TimeEstimate, count_jobs, sweep_values
 
     sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
                "params": {"variant": "glob(*)", "seed": "0,1,2"}}
@@ -116,6 +116,13 @@ def test_the_estimate_counts_the_sweep_as_hydra_would():
     assert jobs(["experiment=recall", "seed=0,1"]) == every * 2  # the command line replaces the config's
     assert jobs(["variant=baseline,qk_norm", "seed=0,1,2", "trainer.max_steps=5"]) == 6
     assert jobs([], {"_target_": "hydra_plugins.optuna.OptunaSweeper"}) is None
+    register_schema()
+    config = OmegaConf.create({"hydra": {"sweeper": sweeper, "overrides": {"task": [
+        "model=ladder/c1,ladder/c2", "seed=3", "trainer.max_steps=5"]}}})
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base=None):
+        values = sweep_values(config)
+    assert values["model"] == ["ladder/c1", "ladder/c2"] and values["seed"] == ["3"]
+    assert values["trainer.max_steps"] == ["5"] and len(values["variant"]) == every
     estimate = TimeEstimate("recall", 40)
     assert estimate.message(42) == "recall: 42 runs x ~40 s ≈ 28.0 min"
     assert estimate.message(1) == "recall: 1 run x ~40 s ≈ 0.7 min"
