@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -44,7 +45,9 @@ class TimeEstimate(Callback):
         log.info(self.message(1, seconds=self.run_seconds(config)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        log.info(self.message(count_jobs(config), parallel_workers(config), self.run_seconds(config)))
+        workers = parallel_workers(config)
+        warn_if_oversubscribed(workers)
+        log.info(self.message(count_jobs(config), workers, self.run_seconds(config)))
 
     def run_seconds(self, config: DictConfig) -> float:
         """A run of the configured trainer.max_steps: the training part scaled from ``steps``."""
@@ -90,6 +93,18 @@ class WidenEstimate(TimeEstimate):
             log.info(f"{self.experiment}: of {pairs} (variant, rung) choices under {config.results_dir}, {lowest} "
                      f"at the lowest rate tried and {highest} at the highest; {runs.split(': ', 1)[1]} at "
                      f"selection seeds {', '.join(map(str, seeds))}; the sweep's other jobs have nothing to train")
+
+
+def warn_if_oversubscribed(workers: int, cores: int | None = None) -> bool:
+    """Say so when the launcher runs more runs at once than this process may use cores (the runs
+    then share them: each is slower than one core's, and the estimate too short)."""
+    cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if workers <= cores:
+        return False
+    log.warning(f"hydra.launcher.n_jobs={workers} runs more runs at once than the {cores} core(s) here: they share "
+                f"them, each more slowly than the estimate below assumes; hydra.launcher.n_jobs={cores} runs one "
+                f"per core")
+    return True
 
 
 def parallel_workers(config: DictConfig) -> int:

@@ -98,9 +98,9 @@ def test_the_recall_experiment_composes_for_every_variant():
         compose_config(["experiment=recall", f"variant={variant}"]).validate()
 
 
-def test_the_estimate_counts_the_sweep_as_hydra_would():
+def test_the_estimate_counts_the_sweep_as_hydra_would(caplog):
     from attnlab.training.config import register_schema
-    from attnlab.training.estimate import TimeEstimate, count_jobs, sweep_values
+    from attnlab.training.estimate import TimeEstimate, count_jobs, sweep_values, warn_if_oversubscribed
 
     sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
                "params": {"variant": "glob(*)", "seed": "0,1,2"}}
@@ -126,6 +126,9 @@ def test_the_estimate_counts_the_sweep_as_hydra_would():
     estimate = TimeEstimate("recall", 40)
     assert estimate.message(42) == "recall: 42 runs x ~40 s ≈ 28.0 min"
     assert estimate.message(1) == "recall: 1 run x ~40 s ≈ 0.7 min"
+    assert not warn_if_oversubscribed(2, cores=2) and warn_if_oversubscribed(4, cores=2)
+    assert "hydra.launcher.n_jobs=4 runs more runs at once than the 2 core(s) here" in caplog.text
+    assert "hydra.launcher.n_jobs=2 runs one per core" in caplog.text
     scaled = TimeEstimate("recall", 40, steps=2000, start_seconds=8)
     assert scaled.run_seconds(OmegaConf.create({"trainer": {"max_steps": 500}})) == 8 + 32 / 4
     assert scaled.run_seconds(OmegaConf.create({"trainer": {"max_steps": 2000}})) == 40
