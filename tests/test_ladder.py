@@ -170,6 +170,10 @@ def test_the_grid_widens_one_step_beyond_a_choice_at_its_edge_and_stops_inside(t
 def test_the_widening_count_keeps_to_the_sweeps_variants_and_rungs(tmp_path):
     from attnlab.ladder import widening
 
+    # The widen estimate reads a sweep's model=ladder/<x> as the rung ladder_<x>: every rung's file says so.
+    for path in (CONFIGS / "model" / "ladder").glob("*.yaml"):
+        assert yaml.safe_load(path.read_text())["preset"] == f"ladder_{path.stem}", path
+
     for variant in ("baseline", "qk_norm"):
         _write_run(tmp_path, variant, 4e-3, 100, 5.0)  # one rate tried: at both edges
     assert widening(tmp_path, "lad", [100]) == (2, 2, 2)

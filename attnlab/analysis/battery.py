@@ -240,7 +240,7 @@ def ladder_agreement_table(cfg: EvaluateConfig, per_seed: dict[str, pd.Series],
     if cfg.ladder is not None and is_ladder(runs_dir, cfg.ladder):
         ladder, source = ladder_comparison(runs_dir, cfg.ladder, cfg), f"ladder {cfg.ladder!r}'s runs under {runs_dir}"
     elif cfg.ladder_result is not None and Path(cfg.ladder_result).is_dir():
-        ladder, source = ladder_result_comparison(cfg.ladder_result, cfg), f"the ladder result {cfg.ladder_result}"
+        ladder, source = ladder_result_comparison(cfg.ladder_result, cfg)[0], f"the ladder result {cfg.ladder_result}"
     else:
         return [], {"reason": f"no ladder {cfg.ladder!r} under {runs_dir} and no ladder result "
                               f"{cfg.ladder_result!r}"}
@@ -446,9 +446,9 @@ def evaluate_battery_result(cfg: EvaluateConfig) -> Path:
 def write_battery_evaluation(cfg: EvaluateConfig, name: str, frame: pd.DataFrame, notes: list[str], out: Path,
                              source: str) -> Path:
     """Tables, figures and evaluation.json of the battery ``name`` from its per-run rows."""
+    check_reference_variant(cfg.baseline, frame["variant"])  # before the directory is made
     out.mkdir(parents=True, exist_ok=True)
     before = prepare_outputs(out)
-    check_reference_variant(cfg.baseline, frame["variant"])
     variants = variant_order(frame["variant"].unique(), cfg.baseline)
     notes = list(notes)
     if cfg.baseline not in variants:

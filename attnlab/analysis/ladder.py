@@ -275,12 +275,12 @@ def ladder_comparison(runs_dir: str | Path, name: str, cfg: EvaluateConfig) -> L
 
 
 def ladder_result_comparison(result_dir: str | Path, cfg: EvaluateConfig,
-                             setting: str = "ladder_result") -> LadderComparison:
+                             setting: str = "ladder_result") -> tuple[LadderComparison, dict]:
     """The same comparison from a ladder's evaluation directory (``tables/per_run.csv`` and
     ``evaluation.json``, as ``evaluate_ladder`` writes them, e.g. a committed reference result)
-    instead of its run directories; ``setting`` names it in errors."""
+    instead of its run directories, and that ``evaluation.json``; ``setting`` names it in errors."""
     per_run, meta = read_evaluation_dir(result_dir, setting, "ladder", ("ladder", "selection_seeds"))
-    return compare_ladder(pd.read_csv(per_run), list(meta["selection_seeds"]), meta["ladder"], cfg)
+    return compare_ladder(pd.read_csv(per_run), list(meta["selection_seeds"]), meta["ladder"], cfg), meta
 
 
 def compare_ladder(frame: pd.DataFrame, seeds: list[int], name: str, cfg: EvaluateConfig) -> LadderComparison:
@@ -323,10 +323,9 @@ def evaluate_ladder(cfg: EvaluateConfig, name: str) -> Path:
 def evaluate_ladder_result(cfg: EvaluateConfig) -> Path:
     """The ladder evaluated again from ``cfg.ladder_again`` (its per-run losses), e.g. a committed
     result with a newer attnlab, without training it again."""
-    _, meta = read_evaluation_dir(cfg.ladder_again, "ladder_again", "ladder", ("ladder", "selection_seeds"))
+    comparison, meta = ladder_result_comparison(cfg.ladder_again, cfg, "ladder_again")
     name = meta["ladder"]
     out = cfg.output_path_reading("ladder_again", "ladder", name)
-    comparison = ladder_result_comparison(cfg.ladder_again, cfg, "ladder_again")
     return write_ladder_evaluation(cfg, name, comparison, out, source=f"the ladder result {cfg.ladder_again}",
                                    runs=list(meta.get("runs", [])), selection_runs=list(meta.get("selection_runs", [])))
 
