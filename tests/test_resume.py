@@ -57,6 +57,36 @@ def test_resume_after_interruption_gives_identical_losses(tmp_path, corpus):
         assert sa[key] == sb[key], key
 
 
+class CrashAt(L.Callback):
+    """Fails during a step without saving, as a lost node or an out-of-memory kill would: the
+    steps logged since the last checkpoint are logged again when the run resumes."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("node lost")
+
+
+def test_a_run_resumed_from_an_older_checkpoint_shows_each_step_once(tmp_path, corpus):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = _overrides(tmp_path, corpus, "crashed")
+    with pytest.raises(RuntimeError, match="node lost"):
+        train(compose_config(cfg), extra_callbacks=[CrashAt(5)])
+    resumed = train(compose_config([*cfg, "resume=auto"]))
+    assert len(list(resumed.tensorboard.glob("events.out.tfevents.*"))) == 2
+    events = EventAccumulator(str(resumed.tensorboard))  # TensorBoard's own reader, as its UI reads
+    events.Reload()
+    csv = pd.read_csv(resumed.metrics).dropna(subset=["train/loss"])
+    for tag in ("train/loss", "val/loss"):
+        steps = [e.step for e in events.Scalars(tag)]
+        assert steps == sorted(set(steps)), (tag, steps)  # step 4 was logged before the crash and again after
+    assert [e.step for e in events.Scalars("train/loss")] == csv["step"].tolist() == list(range(8))
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(csv["train/loss"].tolist(), rel=1e-6)
+
+
 def test_resume_auto_without_a_checkpoint_starts_from_scratch(tmp_path, corpus):
     # What a requeued job killed before its first checkpoint needs: the same command works.
     run = train(compose_config([*_overrides(tmp_path, corpus, "fresh"), "resume=auto"]))

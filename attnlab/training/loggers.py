@@ -2,7 +2,8 @@
 and always the run directory's own ``metrics.csv`` (``RunCSVLogger``).
 
 A resumed run (``resume=auto``) starts a new W&B / MLflow run of the same name; its
-``metrics.csv`` continues the old one.
+``metrics.csv`` continues the old one, and its TensorBoard events hide the old events from
+the checkpoint's step on, which the resumed run logs again.
 """
 
 from __future__ import annotations
@@ -39,13 +40,17 @@ def check_logger(section: LoggerSection) -> None:
 
 
 @contextmanager
-def run_loggers(cfg: TrainConfig, run: RunDir) -> Iterator[list[Logger]]:
+def run_loggers(cfg: TrainConfig, run: RunDir, resumed_step: int | None = None) -> Iterator[list[Logger]]:
     """The chosen logger first (Lightning's ``trainer.logger``), then the run's metrics.csv;
     on leaving, the W&B run is closed, so that the next run in this process (a Hydra sweep)
-    starts its own rather than logging into this one."""
+    starts its own rather than logging into this one. ``resumed_step``: the step of the
+    checkpoint a resumed run starts from."""
     section = cfg.logger
-    chosen = {"tensorboard": _tensorboard, "wandb": _wandb, "mlflow": _mlflow}[section.name]
-    loggers = [chosen(section, cfg, run), RunCSVLogger(run.path, name="", version="")]
+    if section.name == "tensorboard":
+        chosen = _tensorboard(section, run, resumed_step)
+    else:
+        chosen = {"wandb": _wandb, "mlflow": _mlflow}[section.name](section, cfg, run)
+    loggers = [chosen, RunCSVLogger(run.path, name="", version="")]
     try:
         yield loggers
     except BaseException:
@@ -58,14 +63,24 @@ def _finish(loggers: list[Logger], exit_code: int) -> None:
     for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             logger._experiment.finish(exit_code=exit_code)
+            # finish() can return before W&B's service has written the run's offline file (once
+            # read here holding only its header); teardown waits for it, so the file is whole when
+            # train() returns, not only when the process exits.
+            import wandb
+
+            wandb.teardown(exit_code=exit_code)
 
 
 def _run_name(section: LoggerSection, cfg: TrainConfig) -> str:
     return section.run_name or f"{cfg.variant.name}/seed{cfg.seed}"
 
 
-def _tensorboard(section: LoggerSection, cfg: TrainConfig, run: RunDir) -> Logger:
-    return TensorBoardLogger(run.path, name="tensorboard", version="", **section.options)
+def _tensorboard(section: LoggerSection, run: RunDir, resumed_step: int | None) -> Logger:
+    # A run killed after its last checkpoint logged steps it will log again once resumed; the
+    # writer's purge step tells TensorBoard to drop the old events from that step on, so each
+    # step is drawn once (as metrics.csv keeps each step once, rundir.trim_metrics).
+    purge = {} if resumed_step is None else {"purge_step": resumed_step}
+    return TensorBoardLogger(run.path, name="tensorboard", version="", **purge, **section.options)
 
 
 def _wandb(section: LoggerSection, cfg: TrainConfig, run: RunDir) -> Logger:

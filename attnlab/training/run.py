@@ -122,10 +122,11 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
         log.info("%s is finished (%d of %d steps): nothing to resume", run.path, done.get("steps", 0),
                  cfg.trainer.max_steps)
         return run
+    resumed_step = None
     if ckpt_path is not None:
         try:
             check_checkpoint_matches(ckpt_path, model_config)
-            step = checkpoint_step(ckpt_path)
+            resumed_step = checkpoint_step(ckpt_path)
         except ValueError as err:
             other = (f", e.g. {run.best_checkpoint}" if run.best_checkpoint.is_file()
                      and run.best_checkpoint.resolve() != Path(ckpt_path).resolve() else "")
@@ -133,7 +134,7 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
                              f"checkpoint (resume=<path>.ckpt{other}), or train a new run: another "
                              f"experiment_name=, or overwrite=true (the old directory is moved aside)") from None
         if is_rank_zero:
-            trim_metrics(run, step)
+            trim_metrics(run, resumed_step)
     L.seed_everything(cfg.seed, workers=True)
     # Dynamo's caches belong to the process: every model's blocks share Block.forward's, and the eager
     # FlexAttention wrapper one more. Runs of a sweep in one process (Hydra's basic launcher) would
@@ -154,7 +155,7 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
     if is_rank_zero:
         write_run_files(run, cfg, model_config, prepared)
     summary = SummaryCallback(run.summary, static_summary(cfg, model_config, prepared, precision))
-    with run_loggers(cfg, run) as loggers:
+    with run_loggers(cfg, run, resumed_step) as loggers:
         trainer = build_trainer(cfg, run, accelerator, precision, loggers, summary, extra_callbacks or [])
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
