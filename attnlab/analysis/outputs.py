@@ -3,10 +3,10 @@
 The files an evaluation writes are listed in its ``evaluation.json`` (``outputs``). When the next whole
 evaluation into that directory has written its own, it removes the listed ones it did not write again,
 so a table or figure it does not make this time (a variant, a ladder or a heatmap left out) is not
-left beside the new ones as if it were one of them. Nothing is removed before the new files exist: an
-evaluation that fails leaves the previous one's files. An evaluation of some outputs only
-(``outputs=[heatmaps]``) replaces the files of those (fewer layers: the others' heatmaps go) and
-keeps the rest.
+left beside the new ones as if it were one of them (nor a folder it leaves empty). Nothing is
+removed before the new files exist: an evaluation that fails leaves the previous one's files. An
+evaluation of some outputs only (``outputs=[heatmaps]``) replaces the files of those (fewer layers:
+the others' heatmaps go) and keeps the rest.
 
 Only what evaluations write is looked at (``OWNED``): the tables, figures and heatmaps folders and the
 model outputs' files beside them. Anything else in the directory (a user's notes, Hydra's logs, runs
@@ -49,6 +49,7 @@ class OutputsBefore:
         stale = [name for name in previous if redone(name)]
         for name in stale:
             (self.out / name).unlink()
+            _remove_if_emptied((self.out / name).parent, self.out)
         if stale:
             log.info("removed %d file(s) of the previous evaluation in %s that this one did not write: %s",
                      len(stale), self.out, ", ".join(stale))
@@ -70,6 +71,14 @@ def _listed_outputs(out: Path) -> list[str]:
         return []
     # Only files an evaluation owns, inside ``out``: a hand-edited list cannot reach elsewhere.
     return [name for name in listed if isinstance(name, str) and _owned(name)]
+
+
+def _remove_if_emptied(folder: Path, out: Path) -> None:
+    """A variant's heatmap folder whose last file went goes too (not ``out`` itself, and not a
+    folder holding anything else, a user's file included)."""
+    while folder != out and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
 
 
 def _owned(name: str) -> bool:

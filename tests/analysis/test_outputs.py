@@ -44,6 +44,18 @@ def test_a_whole_evaluation_replaces_the_previous_ones_files_and_keeps_the_users
     assert (out / "hydra" / "evaluate.log").is_file()
 
 
+def test_a_folder_emptied_of_the_previous_evaluations_files_goes_with_them(tmp_path):
+    out = tmp_path / "results"
+    evaluate_into(out, {"heatmaps/old_variant/layer0_head0.png": "1", "heatmaps/kept/layer0_head0.png": "1",
+                        "heatmaps/mine/layer0_head0.png": "1"})
+    (out / "heatmaps" / "mine" / "notes.txt").write_text("mine")
+    evaluate_into(out, {"heatmaps/kept/layer0_head0.png": "2"})
+    assert sorted(p.name for p in (out / "heatmaps").iterdir()) == ["kept", "mine"]  # old_variant/ is gone
+    assert (out / "heatmaps" / "mine" / "notes.txt").read_text() == "mine"
+    evaluate_into(out, {"tables/a.csv": "1"})  # no heatmaps at all: the folder is kept for the user's file
+    assert [p.name for p in (out / "heatmaps").iterdir()] == ["mine"]
+
+
 def test_a_failed_evaluation_removes_nothing(tmp_path):
     out = tmp_path / "results"
     out.mkdir()
