@@ -80,6 +80,15 @@ def torch_prefers_cudnn(capability: tuple[int, int], cudnn_version: int | None, 
             and cudnn_version > PREFERRED_AFTER_CUDNN and not deprioritized and not deterministic)
 
 
+def device_capability(device: str) -> tuple[int, int] | None:
+    """The compute capability of ``device``: ``cuda`` (the GPU present) or a GPU named in
+    ``NAMED_CAPABILITIES``; None for the CPU or a GPU the plan knows only by its memory."""
+    key = device_key(device)
+    if key == "cuda" or key.startswith("cuda:"):
+        return tuple(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None
+    return NAMED_CAPABILITIES.get(key)
+
+
 def prefers_cudnn(device: str) -> bool:
     """``torch_prefers_cudnn`` for ``device``: ``cuda`` (the GPU present: its capability, its
     cuDNN, the environment and the deterministic flag), ``cpu`` (never) or a GPU named in

@@ -67,7 +67,8 @@ from attnlab import attention
 from attnlab.attention import (FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE, FLEX_MIN_HEAD_SIZE, KERNELS,
                                build_rope_cache, flex_head_size_problem, flex_takes_head_sizes, sdpa_takes_gqa)
 from attnlab.config import PRESETS, ModelConfig
-from attnlab.cudnn_sdpa import CUDNN_MAX_HEAD_SIZE, cudnn_takes, device_key, keeps_cudnn_out, prefers_cudnn
+from attnlab.cudnn_sdpa import (CUDNN_MAX_HEAD_SIZE, cudnn_takes, device_capability, device_key, keeps_cudnn_out,
+                                prefers_cudnn)
 from attnlab.params import total_parameters, variant_at_preset
 from attnlab.variants import training_kernel
 from variants import available_variants, get_variant, resolve
@@ -110,12 +111,12 @@ class Tensor_:
 
     what: str
     shape: tuple[int, ...]
-    bytes_per_element: int
+    bytes_per_element: float  # an average where read off autograd for several tensors at once
     per_position: bool = False  # (B, H, T or S, hs) vectors, not a map over (query, key) pairs
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * self.bytes_per_element
+        return round(math.prod(self.shape) * self.bytes_per_element)
 
     @property
     def score_map(self) -> bool:
@@ -147,6 +148,7 @@ class KernelPlan:
 
 PROBE_TOKENS = 16  # own_activation_bytes_per_token's block forwards: this many tokens, and twice it
 _slopes: dict[tuple[str, int], float] = {}  # (resolved config, a) -> _saved_per_token's result
+_slopes_attend: dict[tuple[str, int, str], tuple[float, float]] = {}  # _own_attention_saved_bytes' results
 
 
 def own_activation_bytes_per_token(config: ModelConfig, precision: str) -> float:
@@ -234,6 +236,38 @@ def _saved_in_block_forward(block: nn.Module, resolved: ModelConfig, a: int, tok
         return new_saved_bytes(lambda: block(x, cos, sin), inputs, counting=lambda: counting)
 
 
+def _own_attention_saved_bytes(block_type: type, resolved: ModelConfig, a: int) -> tuple[float, float]:
+    """For a block that computes its attention itself (it declares ``kernels``): the bytes its
+    ``attend`` has autograd save beyond q, k, v and its terms, per (query, key) pair and per
+    position of one sequence, (beta, alpha) of saved(t) = beta t^2 + alpha t, solved from forwards
+    on the CPU at ``PROBE_TOKENS`` tokens and twice as many (under bf16 autocast where ``a`` is 2).
+    Cached per configuration."""
+    key = (repr(resolved), a, "attend")
+    if key not in _slopes_attend:
+        t = PROBE_TOKENS
+        s1, s2 = (_saved_in_attend(block_type, resolved, a, n) for n in (t, 2 * t))
+        beta = (s2 - 2 * s1) / (2 * t * t)
+        _slopes_attend[key] = (max(0.0, beta), max(0.0, (s1 - beta * t * t) / t))
+    return _slopes_attend[key]
+
+
+def _saved_in_attend(block_type: type, resolved: ModelConfig, a: int, tokens: int) -> int:
+    H, G = resolved.n_head, resolved.n_query_groups
+    hs, vs = block_type.attention_head_sizes(resolved)
+    dtype = torch.bfloat16 if a == 2 else torch.float32
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        block = block_type(resolved)
+        block.layer_idx = 0
+        x = torch.randn(1, tokens, resolved.n_embd)
+        q = torch.randn(1, H, tokens, hs, dtype=dtype, requires_grad=True)
+        k = torch.randn(1, G, tokens, hs, dtype=dtype, requires_grad=True)
+        v = torch.randn(1, G, tokens, vs, dtype=dtype, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a == 2):
+            terms = block.score_terms(x, 0, tokens, None)
+            given = (q, k, v, x, *(t for t in terms if t is not None), *block.parameters(), *block.buffers())
+            return new_saved_bytes(lambda: block.attend(q, k, v, terms, 0, False), given)
+
+
 def new_saved_bytes(call: Callable[[], Any], inputs: Iterable[torch.Tensor],
                     counting: Callable[[], bool] = lambda: True) -> int:
     """Bytes of the tensors autograd saves for the backward during ``call()``, each storage once,
@@ -258,16 +292,20 @@ def saved_storages(call: Callable[[], Any], inputs: Iterable[torch.Tensor],
     return saved
 
 
-def _term_shapes(config: ModelConfig, B: int, T: int) -> tuple[dict[str, tuple[int, ...]], bool]:
+def _term_shapes(config: ModelConfig, B: int, T: int, a: int = 4
+                 ) -> tuple[dict[str, tuple[int, ...]], bool, dict[str, int]]:
     """Shapes of the ``ScoreTerms`` the block passes at a training call, found by calling its
-    ``score_terms`` on the meta device (nothing allocated), and whether any needs a gradient."""
+    ``score_terms`` on the meta device (nothing allocated; under autocast where ``a`` is 2, as
+    training calls it), whether any needs a gradient, and each one's bytes per element (a term
+    computed from fp32 parameters stays fp32 under autocast)."""
     block, resolved = resolve(config)
-    with torch.device("meta"):
+    with torch.device("meta"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=a == 2):
         attn = block(resolved)
         attn.layer_idx = 0
         terms = attn.score_terms(torch.empty(B, T, resolved.n_embd), 0, T, None)
-    shapes = {name: tuple(t.shape) for name, t in terms._asdict().items() if t is not None}
-    return shapes, any(t is not None and t.requires_grad for t in terms)
+    present = {name: t for name, t in terms._asdict().items() if t is not None}
+    return ({name: tuple(t.shape) for name, t in present.items()}, any(t.requires_grad for t in present.values()),
+            {name: t.element_size() for name, t in present.items()})
 
 
 def _mask_shape(shapes: dict[str, tuple[int, ...]], B: int, H: int, T: int, S: int) -> tuple[int, ...]:
@@ -286,7 +324,8 @@ def _mask_shape(shapes: dict[str, tuple[int, ...]], B: int, H: int, T: int, S: i
 
 
 def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: str, device_type: str,
-                kernel: str | None = None, cudnn_first: bool = False) -> KernelPlan:
+                kernel: str | None = None, cudnn_first: bool = False,
+                capability: tuple[int, int] | None = None) -> KernelPlan:
     """The kernel one attention call of ``config`` trains on, why, and the tensors it materialises.
 
     ``kernel``: None for the configuration's ``attn_kernel`` (``auto`` resolved by the rule the
@@ -294,8 +333,9 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     (``attnlab.cudnn_sdpa.prefers_cudnn`` of the device), cuDNN takes the unmasked bf16/fp16 calls
     at head sizes up to 128 (multiples of 8; attnlab keeps it off the rest); flash needs no mask
     and head_size <= 256 (a multiple of 8, else torch pads); memory-efficient takes a mask but needs
-    head_size divisible by 8 in bf16/fp16 (4 in fp32) on sm80+; else math, which materialises the
-    (B, H, T, S) scores and probabilities. cuDNN, like flash, keeps no (T, S) map.
+    head_size divisible by 8 in bf16/fp16 (4 in fp32), bf16 only on sm80+; else math, which
+    materialises the (B, H, T, S) scores and probabilities. cuDNN, like flash, keeps no (T, S) map.
+    ``capability``: the GPU's compute capability (None: sm80 or later), flash's needs sm80+.
     """
     block, resolved = resolve(config)
     spec = block.attention_spec(resolved)
@@ -306,19 +346,19 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     H, hs = resolved.n_head, resolved.head_size
     a = activation_bytes(precision)
     bhts = (B, H, T, S)
-    shapes, terms_grad = _term_shapes(resolved, B, T)
-    extra: list[Tensor_] = [Tensor_(f"ScoreTerms.{k} (the variant's own)", s, a) for k, s in shapes.items()
-                            if k != "sink"]
-    if block.kernels is not None and "attend" in vars(block):
-        # The block computes its attention itself (talking_heads): what autograd saves of its
-        # mixes across heads, as tests/test_plan.py reads it off torch's saved tensors.
-        extra += [Tensor_("logits (fp32, saved by the pre-softmax mix)", bhts, 4),
-                  Tensor_("normalised maps (fp32, saved by the softmax and the post-softmax mix)", bhts, 4),
-                  Tensor_("mixed weights (saved for weights @ v)", bhts, a),
-                  Tensor_("boolean mask", (T, S), 1)]
-        if resolved.n_query_groups != H:
-            extra += [Tensor_(f"{x}, repeated to {H} heads (saved)", (B, H, S, hs), a, per_position=True)
-                      for x in ("k", "v")]
+    shapes, terms_grad, term_bytes = _term_shapes(resolved, B, T, a)
+    extra: list[Tensor_] = [Tensor_(f"ScoreTerms.{k} (the variant's own)", s, term_bytes[k])
+                            for k, s in shapes.items() if k != "sink"]
+    if block.kernels is not None:
+        # The block computes its attention itself (talking_heads, or a user's own softmax): what
+        # autograd saves in its attend, read off CPU forwards, not assumed.
+        per_score, per_position = _own_attention_saved_bytes(block, resolved, a)
+        if per_score:
+            extra.append(Tensor_("its own attention's maps, saved for the backward (read off autograd; "
+                                 "bytes per head on average)", bhts, per_score / H))
+        if per_position:
+            extra.append(Tensor_("its own attention's tensors that grow with the tokens, saved (read off "
+                                 "autograd)", (B, T), per_position, per_position=True))
         return KernelPlan(name, "explicit", f"{config.variant} computes its attention itself "
                           f"(kernels={block.kernels})", tuple(extra))
     _, vs = block.attention_head_sizes(resolved)
@@ -383,8 +423,11 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
         return KernelPlan(name, "cpu-flash", "CPU: SDPA's flash kernel for CPU (any head size)",
                           tuple(extra + mask + new_kv))
     alignment = 8 if a == 2 else 4
-    flash_ok = hs <= FLASH_MAX_HEAD_SIZE and vs == hs and a == 2
-    meff_ok = hs % alignment == 0 and vs % alignment == 0
+    before_sm80 = capability is not None and tuple(capability) < (8, 0)
+    bf16_refused = before_sm80 and precision.startswith("bf16")  # by memory-efficient: no bf16 before sm80
+    flash_ok = hs <= FLASH_MAX_HEAD_SIZE and vs == hs and a == 2 and not before_sm80
+    aligned = hs % alignment == 0 and vs % alignment == 0
+    meff_ok = aligned and not bf16_refused
     masked = float_mask or bool_mask
     if cudnn_first and a == 2 and cudnn_takes((hs, vs)):
         if not keeps_cudnn_out(not masked, (hs, vs)):
@@ -395,7 +438,9 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     if not masked and flash_ok:
         return KernelPlan(name, "flash", f"{skipped}plain causal softmax, head_size={hs} <= {FLASH_MAX_HEAD_SIZE}",
                           tuple(extra + new_kv))
-    if hs > FLASH_MAX_HEAD_SIZE:
+    if before_sm80:
+        reason = f"flash needs compute capability 8.0 or later (this GPU's: {capability[0]}.{capability[1]})"
+    elif hs > FLASH_MAX_HEAD_SIZE:
         reason = f"head_size={hs} is not flash-able (flash takes head_size <= {FLASH_MAX_HEAD_SIZE}, a multiple of 8)"
     elif vs != hs:
         reason = f"flash takes one head size for q, k and v ({config.variant}'s values are {vs}, keys {hs})"
@@ -406,8 +451,10 @@ def kernel_plan(config: ModelConfig, seq_len: int, batch_size: int, precision: s
     if meff_ok:
         return KernelPlan(name, "memory-efficient", f"{skipped}{reason}; memory-efficient takes head_size % "
                           f"{alignment} == 0", tuple(extra + mask + new_kv), mask_grad)
-    return KernelPlan(name, "math", f"{skipped}{reason}; memory-efficient needs head_size % {alignment} == 0 at "
-                      f"{precision} (head_size={hs})", tuple(extra + math_maps), mask_grad)
+    meff_why = ("memory-efficient takes bf16 only from compute capability 8.0 (trainer.precision=16-mixed "
+                "is this GPU's half precision)" if aligned else
+                f"memory-efficient needs head_size % {alignment} == 0 at {precision} (head_size={hs})")
+    return KernelPlan(name, "math", f"{skipped}{reason}; {meff_why}", tuple(extra + math_maps), mask_grad)
 
 
 def _math_backend_tensors(B: int, H: int, G: int, T: int, S: int, hs: int, vs: int, a: int,
@@ -435,14 +482,14 @@ def _math_backend_tensors(B: int, H: int, G: int, T: int, S: int, hs: int, vs: i
 
 def estimate_peak_bytes(model_config: ModelConfig, seq_len: int, batch_size: int, precision: str,
                         kernel: KernelPlan | str | None = None, device_type: str = "cuda",
-                        checkpointing: bool = False) -> int:
+                        checkpointing: bool = False, capability: tuple[int, int] | None = None) -> int:
     """Peak bytes of one training step (forward, backward, AdamW), the module docstring's formula.
 
     ``kernel``: a ``KernelPlan``, a kernel name, or None for the configuration's (``auto``
     resolved for ``device_type``). ``checkpointing``: trainer.activation_checkpointing."""
     _, c = resolve(model_config)
     if not isinstance(kernel, KernelPlan):
-        kernel = kernel_plan(c, seq_len, batch_size, precision, device_type, kernel)
+        kernel = kernel_plan(c, seq_len, batch_size, precision, device_type, kernel, capability=capability)
     a = activation_bytes(precision)
     P = total_parameters(c)
     static = 8 * P if precision in HALF_TRUE else 16 * P + (2 * P if a == 2 else 0)
@@ -452,21 +499,25 @@ def estimate_peak_bytes(model_config: ModelConfig, seq_len: int, batch_size: int
     layer = N * (16 * h + 2 * a * h + a * hs * (4 * H + 3 * G) + 4 * a * f + own) + kernel.extra_bytes
     head = N * ((8 + a) * h + (8 + a) * c.padded_vocab_size)
     kept = c.n_layer * 4 * N * h + layer if checkpointing else c.n_layer * layer
-    return static + kept + head + kernel.transient_bytes
+    return round(static + kept + head + kernel.transient_bytes)  # ``own`` is an average: a fraction of a byte
 
 
 def _fmt(n: float) -> str:
     return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2 ** 20:.1f} MiB"
 
 
-def _resolve_precision(precision: str, device_type: str) -> str:
-    if precision == "auto":
-        return "bf16-mixed" if device_type == "cuda" else "32-true"
-    return precision
+def _resolve_precision(precision: str, device_type: str, capability: tuple[int, int] | None = None) -> str:
+    """``auto`` as ``attnlab.training.hardware.choose_precision`` resolves it on that device."""
+    if precision != "auto":
+        return precision
+    if device_type != "cuda" or (capability is not None and tuple(capability) < (7, 0)):
+        return "32-true"
+    return "16-mixed" if capability is not None and tuple(capability) < (8, 0) else "bf16-mixed"
 
 
 def check_fits_device(model_config: ModelConfig, trainer: Any, device_name: str | None = None,
-                      memory_bytes: int | None = None, precision: str | None = None) -> None:
+                      memory_bytes: int | None = None, precision: str | None = None,
+                      capability: tuple[int, int] | None = None) -> None:
     """Refuse a run whose estimated peak exceeds the device's memory, naming what would fit.
 
     ``trainer``: the ``TrainConfig.trainer`` section (batch_size, accumulate_grad_batches,
@@ -475,13 +526,13 @@ def check_fits_device(model_config: ModelConfig, trainer: Any, device_name: str 
     ``trainer.precision``."""
     memory = memory_bytes if memory_bytes is not None else device_memory(device_name or "cpu")
     device_type = "cpu" if (device_name or "").lower() == "cpu" else "cuda"
-    precision = _resolve_precision(precision or trainer.precision, device_type)
+    precision = _resolve_precision(precision or trainer.precision, device_type, capability)
     b, T, acc = trainer.batch_size, trainer.seq_len, trainer.accumulate_grad_batches
     recompute = bool(getattr(trainer, "activation_checkpointing", False))
 
     def est(batch: int, seq: int, checkpointing: bool = recompute) -> int:
         return estimate_peak_bytes(model_config, seq, batch, precision, device_type=device_type,
-                                   checkpointing=checkpointing)
+                                   checkpointing=checkpointing, capability=capability)
 
     need = est(b, T)
     if need <= memory:
@@ -507,11 +558,12 @@ def check_fits_device(model_config: ModelConfig, trainer: Any, device_name: str 
         f"{'; or '.join(fits) if fits else 'none at this model size'}")
 
 
-def slow_kernel_warning(model_config: ModelConfig, seq_len: int, batch_size: int, precision: str) -> str | None:
+def slow_kernel_warning(model_config: ModelConfig, seq_len: int, batch_size: int, precision: str,
+                        capability: tuple[int, int] | None = None) -> str | None:
     """On CUDA: why a run's attention materialises (B, H, T, S) maps where a fused kernel would not,
     or None: SDPA's math backend (e.g. the study's head size 620 at bf16), or the explicit kernel
     where FlexAttention would express the variant but cannot take its head size."""
-    plan = kernel_plan(model_config, seq_len, batch_size, precision, "cuda")
+    plan = kernel_plan(model_config, seq_len, batch_size, precision, "cuda", capability=capability)
     block, resolved = resolve(model_config)
     flex_expresses = "flex" in supported_kernels(block, resolved)
     flex_compiles = flex_takes_head_sizes(block.attention_head_sizes(resolved))
@@ -519,8 +571,17 @@ def slow_kernel_warning(model_config: ModelConfig, seq_len: int, batch_size: int
     if plan.backend != "math" and not flex_skipped:
         return None
     maps = sum(t.nbytes for t in plan.extra if t.score_map)
-    avoid = (f"a head_size that is a multiple of 8 and <= {min(FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE)} "
-             f"(model.n_head)" + (", or model.attn_kernel=flex," if flex_expresses and flex_compiles else ""))
+    limit = min(FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE)
+    width = resolved.n_embd
+    heads = [n for n in range(1, width + 1) if width % n == 0 and (width // n) % 8 == 0 and width // n <= limit]
+    if heads:
+        avoid = (f"a head_size that is a multiple of 8 and <= {limit} (model.n_head={' or '.join(map(str, heads[:3]))}"
+                 f" at model.n_embd={width})")
+    else:  # the study's 620 = 4 x 155: no head count gives a multiple of 8
+        wider = -(-width // 128) * 128
+        avoid = (f"a head_size that is a multiple of 8 and <= {limit}, which no model.n_head gives at "
+                 f"model.n_embd={width} (a different model, e.g. model.n_embd={wider} model.n_head={wider // 128})")
+    avoid += ", or model.attn_kernel=flex," if flex_expresses and flex_compiles else ""
     where = "SDPA's math backend" if plan.backend == "math" else "the explicit kernel"
     return (f"variant {model_config.variant!r} attends on {where} ({plan.why}): it keeps "
             f"{_fmt(maps)} of (B, H, T, S) maps per layer and is several times slower than a fused kernel; "
@@ -544,11 +605,16 @@ def check_flex_head_size(model_config: ModelConfig) -> None:
 def format_plan(preset: str, seq_len: int, batch_size: int, device: str, precision: str,
                 variants: list[str] | None = None) -> str:
     device_type = "cpu" if device.lower() == "cpu" else "cuda"
-    precision = _resolve_precision(precision, device_type)
+    capability = device_capability(device) if device_type == "cuda" else None
+    precision = _resolve_precision(precision, device_type, capability)
     memory = device_memory(device)
     cudnn_first = device_type == "cuda" and prefers_cudnn(device)
     lines = [f"Plan: preset {preset}, seq_len={seq_len}, batch_size={batch_size}, {precision}, "
              f"device {device} ({_fmt(memory)})"]
+    if capability is not None and capability < (8, 0) and precision.startswith("bf16"):
+        lines.append(f"{device} (compute capability {capability[0]}.{capability[1]}) has no bf16 tensor cores: "
+                     f"torch emulates bf16 slowly and SDPA's fused kernels refuse it; its half precision is "
+                     f"16-mixed (--precision 16-mixed, trainer.precision=16-mixed)")
     if cudnn_first:
         lines.append("SDPA tries cuDNN's kernel first on this GPU (compute capability 9.0/10.x, cuDNN > 9.15; "
                      "a torch that bundles an older cuDNN tries flash first)")
@@ -556,14 +622,15 @@ def format_plan(preset: str, seq_len: int, batch_size: int, device: str, precisi
     for name in variants or available_variants():
         get_variant(name)  # an unknown name: the registry's error
         config, reason = variant_at_preset(preset, name)
-        plan = kernel_plan(config, seq_len, batch_size, precision, device_type, cudnn_first=cudnn_first)
+        plan = kernel_plan(config, seq_len, batch_size, precision, device_type, cudnn_first=cudnn_first,
+                           capability=capability)
         peak = estimate_peak_bytes(config, seq_len, batch_size, precision, plan, device_type)
         shape = f" (n_head={config.n_head}: {reason})" if reason else ""
         lines.append(f"{name}{shape}: kernel {plan.kernel}, backend {plan.backend}: {plan.why}")
         for where, tensors in (("per layer", plan.extra), ("in one layer's backward", plan.backward)):
             for t in tensors:
                 dims = "x".join(str(d) for d in t.shape)
-                lines.append(f"    {where}: {t.what} ({dims}, {t.bytes_per_element} B each) = {_fmt(t.nbytes)}")
+                lines.append(f"    {where}: {t.what} ({dims}, {t.bytes_per_element:.4g} B each) = {_fmt(t.nbytes)}")
         own = own_activation_bytes_per_token(config, precision)
         if own:
             tokens = batch_size * seq_len
@@ -603,7 +670,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=_positive_int, required=True)
     parser.add_argument("--device", default="h100", type=_known_device,
                         help=f"cpu or one of {', '.join(sorted(DEVICE_MEMORY))}")
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16-mixed", "bf16-true", "32-true"])
+    parser.add_argument("--precision", default="auto",
+                        choices=["auto", "bf16-mixed", "16-mixed", "bf16-true", "32-true"],
+                        help="auto: as trainer.precision=auto resolves it on that device")
     parser.add_argument("--variant", nargs="+", default=None, choices=available_variants(), metavar="VARIANT",
                         help=f"default: every registered variant ({', '.join(available_variants())})")
     args = parser.parse_args(argv)

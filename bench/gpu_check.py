@@ -74,7 +74,7 @@ import torch.nn.functional as F
 
 from attnlab.atomic import atomic_write
 from attnlab.config import ModelConfig
-from attnlab.cudnn_sdpa import prefers_cudnn
+from attnlab.cudnn_sdpa import device_capability, prefers_cudnn
 from attnlab.flops import device_peak_flops, flops_per_token
 from attnlab.model import build_model
 from attnlab.observed_kernel import agrees_with_plan, observed_backends
@@ -224,7 +224,8 @@ def planned(preset: str, T: int, variant: str, args, device: torch.device) -> tu
     config, reason = variant_at_preset(preset, variant)
     config = dataclasses.replace(config, block_size=T)  # the run's context: trainer.seq_len = T
     batch_size = max(1, args.tokens_per_step // T)
-    plan = kernel_plan(config, T, batch_size, args.precision, device.type, cudnn_first=prefers_cudnn(str(device)))
+    plan = kernel_plan(config, T, batch_size, args.precision, device.type, cudnn_first=prefers_cudnn(str(device)),
+                       capability=device_capability(str(device)))
     return config, batch_size, plan, reason
 
 

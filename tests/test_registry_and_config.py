@@ -72,6 +72,32 @@ def test_an_option_the_attention_description_refuses_names_the_variant():
         unregister("throwaway_capped")
 
 
+def test_a_variant_with_its_own_attend_must_say_which_kernels_run_it():
+    # Unsaid, the plan would count a hand-written softmax as a fused kernel's: no maps, too little memory.
+    with pytest.raises(TypeError, match=r"OwnSoftmax \(variant 'throwaway_own'\) overrides attend\(\) without "
+                                        r"declaring kernels: set kernels = \(\"explicit\",\) on the class"):
+        @register("throwaway_own")
+        class OwnSoftmax(BaselineAttention):
+            def attend(self, q, k, v, terms, q_offset, need_weights):
+                weights = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+                return weights @ v, None
+    assert "throwaway_own" not in available_variants()
+
+
+def test_a_block_defined_without_register_is_named():
+    import types
+
+    from variants.registry import unregistered_blocks
+
+    module = types.ModuleType("variants.forgot")
+    exec("from variants.baseline import BaselineAttention\n"
+         "class ForgotAttention(BaselineAttention):\n    pass\n"
+         "class _SharedBase(BaselineAttention):\n    pass\n", vars(module))
+    assert [block.__name__ for block in unregistered_blocks(module)] == ["ForgotAttention"]
+    import variants.baseline
+    assert unregistered_blocks(variants.baseline) == []  # registered; and imported classes are not its own
+
+
 def test_registering_a_name_twice_is_an_error():
     with pytest.raises(ValueError, match="already registered"):
         register("baseline")(type("Other", (BaselineAttention,), {}))

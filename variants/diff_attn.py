@@ -69,6 +69,7 @@ class DiffAttention(BaselineAttention):
     paper = "Ye et al. 2024, Differential Transformer"
     weights_are_distributions = False
     value_head_factor = 2  # each map attends over value pairs (2 * head_size): no flash kernel
+    kernels = None  # its attend calls the run's kernel, once per map
 
     @dataclass(frozen=True)
     class Options:

@@ -121,6 +121,13 @@ def register(name: str) -> Callable[[BlockType], BlockType]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"attention variant {name!r} is already registered by "
                              f"{_REGISTRY[name].__module__}.{_REGISTRY[name].__qualname__}")
+        overrides_attend = "attend" in vars(cls) and any("attend" in vars(base) for base in cls.__mro__[1:])
+        if overrides_attend and "kernels" not in vars(cls):
+            # Else the plan and the listing would take it for a fused kernel's variant.
+            raise TypeError(f"{cls.__qualname__} (variant {name!r}) overrides attend() without declaring "
+                            f"kernels: set kernels = (\"explicit\",) on the class if attend computes the "
+                            f"attention itself (the plan then counts the maps it keeps), or kernels = None if "
+                            f"it calls attnlab.attention.attend (the kernel the run chooses)")
         if not (dataclasses.is_dataclass(cls.Options) and isinstance(cls.Options, type)):
             raise TypeError(f"{cls.__qualname__}.Options must be a dataclass, got {cls.Options!r}")
         _REGISTRY[name] = cls
@@ -133,6 +140,15 @@ def register(name: str) -> Callable[[BlockType], BlockType]:
 def unregister(name: str) -> None:
     """Remove a variant (used by tests that register throwaway variants)."""
     _REGISTRY.pop(name, None)
+
+
+def unregistered_blocks(module: types.ModuleType) -> list[type[AttentionBlock]]:
+    """The ``AttentionBlock`` classes ``module`` defines and did not register (a forgotten
+    ``@register``), other than those whose name starts with ``_``."""
+    registered = set(_REGISTRY.values())
+    return [obj for name, obj in vars(module).items()
+            if isinstance(obj, type) and issubclass(obj, AttentionBlock) and obj.__module__ == module.__name__
+            and obj not in registered and not name.startswith("_")]
 
 
 def get_variant(name: str) -> type[AttentionBlock]:

@@ -19,11 +19,18 @@ def choose_accelerator(requested: str) -> str:
 
 
 def choose_precision(requested: str, accelerator: str) -> str:
-    """``trainer.precision``, with ``auto`` resolved: bf16-mixed on GPUs that support it, else 32-true."""
+    """``trainer.precision``, with ``auto`` resolved: bf16-mixed on GPUs with bf16 tensor cores
+    (compute capability 8.0 and later), 16-mixed on older ones with fp16 tensor cores (V100, T4),
+    else 32-true."""
     if requested != "auto":
         return requested
-    if accelerator == "gpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
+    if accelerator == "gpu" and torch.cuda.is_available():
+        # Not torch's default, which counts bf16 emulated on a T4 as supported: there it runs
+        # slowly, and SDPA's fused kernels refuse it (its math backend instead).
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16-mixed"
+        if torch.cuda.get_device_capability() >= (7, 0):
+            return "16-mixed"
     return "32-true"
 
 

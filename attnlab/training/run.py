@@ -84,11 +84,13 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
     if accelerator == "gpu" and torch.cuda.is_available():
         planned = cfg.model.build(cfg.variant, PRESETS[cfg.model.preset]["vocab_size"], cfg.trainer.seq_len)
         check_flex_head_size(planned)
-        slow = slow_kernel_warning(planned, cfg.trainer.seq_len, cfg.trainer.batch_size, precision)
+        capability = torch.cuda.get_device_capability(0)
+        slow = slow_kernel_warning(planned, cfg.trainer.seq_len, cfg.trainer.batch_size, precision, capability)
         if slow is not None:
             log.warning(slow)
         check_fits_device(planned, cfg.trainer, torch.cuda.get_device_name(0),
-                          memory_bytes=torch.cuda.get_device_properties(0).total_memory, precision=precision)
+                          memory_bytes=torch.cuda.get_device_properties(0).total_memory, precision=precision,
+                          capability=capability)
 
     # 2. Claim the run directory, or find the checkpoint to resume. DDP workers started by
     # Lightning (or torchrun) re-run this function: only rank 0 claims and writes the directory.
