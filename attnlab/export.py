@@ -479,15 +479,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="a run directory (results/runs/<experiment>/<variant>/seed<k>) "
                                        "or a checkpoint file")
     parser.add_argument("out_dir", help="the directory to write (must be empty or absent)")
-    parser.add_argument("--checkpoint", default="best", choices=CHECKPOINTS,
+    parser.add_argument("--checkpoint", default=None, choices=CHECKPOINTS,
                         help="which checkpoint of a run directory (default: best)")
     parser.add_argument("--tokenizer", help="tokenizer.model, for a checkpoint outside its run directory")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip loading the export back and comparing tokenizer ids and logits")
     args = parser.parse_args(argv)
+    if args.checkpoint is not None and Path(args.source).is_file():
+        parser.error(f"--checkpoint {args.checkpoint} chooses a checkpoint of a run directory, but {args.source} "
+                     f"is a checkpoint file itself; pass the run directory, or the file without --checkpoint")
     try:
-        report = export(args.source, args.out_dir, args.checkpoint, args.tokenizer,
+        report = export(args.source, args.out_dir, args.checkpoint or "best", args.tokenizer,
                         overwrite=args.overwrite, verify=not args.no_verify)
     except (ValueError, FileNotFoundError) as err:
         print(f"attnlab.export: error: {err}", file=sys.stderr)

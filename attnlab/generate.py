@@ -41,16 +41,16 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+            raise ValueError(f"sampling.max_new_tokens must be positive, got {self.max_new_tokens}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (use greedy=true for argmax decoding), "
+            raise ValueError(f"sampling.temperature must be > 0 (a small one samples almost greedily), "
                              f"got {self.temperature}")
         if self.top_k is not None and self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 or null: off), got {self.top_k}")
+            raise ValueError(f"sampling.top_k must be >= 0 (0 or null: off), got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] (1 or null: off), got {self.top_p}")
+            raise ValueError(f"sampling.top_p must be in (0, 1] (1 or null: off), got {self.top_p}")
         if self.repetition_penalty < 1.0:
-            raise ValueError(f"repetition_penalty must be >= 1.0 (1.0: off), got {self.repetition_penalty}")
+            raise ValueError(f"sampling.repetition_penalty must be >= 1.0 (1.0: off), got {self.repetition_penalty}")
 
 
 def check_fits_context(n_prompt: int, max_new_tokens: int, block_size: int,

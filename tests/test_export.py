@@ -173,3 +173,9 @@ def test_cli_exports_a_run_and_refuses_a_non_empty_output(runs, tmp_path):
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     again = cli(runs["baseline"].path, out)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+    # --checkpoint chooses within a run directory: with a checkpoint file it would go unread
+    from attnlab.export import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([str(runs["baseline"].last_checkpoint), str(tmp_path / "hf2"), "--checkpoint", "best"])
+    assert exited.value.code == 2 and not (tmp_path / "hf2").exists()

@@ -87,7 +87,7 @@ def test_prompt_longer_than_the_context_is_refused_with_the_limit():
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"temperature": 0}, "temperature must be > 0 .use greedy=true"),
+    ({"temperature": 0}, "sampling.temperature must be > 0 .a small one samples almost greedily., got 0"),
     ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
     ({"top_k": -1}, "top_k must be >= 0"),
     ({"repetition_penalty": 0.9}, r"repetition_penalty must be >= 1.0 \(1.0: off\), got 0.9"),

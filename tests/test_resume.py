@@ -91,6 +91,15 @@ def test_resume_auto_without_a_checkpoint_starts_from_scratch(tmp_path, corpus):
     # What a requeued job killed before its first checkpoint needs: the same command works.
     run = train(compose_config([*_overrides(tmp_path, corpus, "fresh"), "resume=auto"]))
     assert run.load_summary()["steps"] == 8
+    # Killed before its first checkpoint: started again in place, its old curves gone with it.
+    cfg = _overrides(tmp_path, corpus, "early")
+    with pytest.raises(RuntimeError, match="node lost"):
+        train(compose_config(cfg), extra_callbacks=[CrashAt(1)])  # the first checkpoint comes at step 2
+    crashed = run.path.parents[2] / "early" / "baseline" / "seed0"
+    assert not (crashed / "checkpoints" / "last.ckpt").exists() and list((crashed / "tensorboard").iterdir())
+    again = train(compose_config([*cfg, "resume=auto"]))
+    (events,) = again.tensorboard.glob("events.out.tfevents.*")  # the crashed run's file is gone
+    assert pd.read_csv(again.metrics).dropna(subset=["train/loss"])["step"].tolist() == list(range(8))
 
 
 def test_resume_auto_passes_over_a_finished_run_leaving_its_files_as_they_are(tmp_path, corpus):

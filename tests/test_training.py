@@ -199,6 +199,12 @@ def test_existing_run_directory_is_never_overwritten_silently(tmp_path, corpus):
     with pytest.raises(FileExistsError, match="already exists; pass resume=auto"):
         train(compose_config(overrides))
     assert run.summary.read_text() == before
+    # overwrite=true with a bad data or model setting fails before the old run is moved aside
+    for bad, message in ((f"data.paths=[{tmp_path / 'nowhere'}/*.txt]", "data.paths: no files match"),
+                         ("trainer.seq_len=4096", "trainer.seq_len=4096 exceeds model.block_size")):
+        with pytest.raises(ValueError, match=message):
+            train(compose_config([*overrides, "overwrite=true", bad]))
+        assert run.summary.read_text() == before and not list(run.path.parent.glob("seed0.replaced-*"))
     train(compose_config([*overrides, "overwrite=true"]))
     moved = list(run.path.parent.glob("seed0.replaced-*"))
     assert len(moved) == 1 and (moved[0] / "summary.json").read_text() == before

@@ -57,18 +57,18 @@ class TokenizerConfig:
     def __post_init__(self) -> None:
         if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size, int) \
                 or not MIN_VOCAB_SIZE <= self.vocab_size < 2**31:
-            raise DataError(f"tokenizer.vocab_size must be an int >= {MIN_VOCAB_SIZE} (256 byte pieces "
+            raise DataError(f"data.tokenizer.vocab_size must be an int >= {MIN_VOCAB_SIZE} (256 byte pieces "
                             f"+ 4 special tokens + 1), got {self.vocab_size!r}")
         if self.model_type not in MODEL_TYPES:
-            raise DataError(f"unknown tokenizer.model_type {self.model_type!r}; allowed: {', '.join(MODEL_TYPES)}")
+            raise DataError(f"unknown data.tokenizer.model_type {self.model_type!r}; allowed: {', '.join(MODEL_TYPES)}")
         if not isinstance(self.character_coverage, (int, float)) or not 0.98 <= self.character_coverage <= 1.0:
-            raise DataError(f"tokenizer.character_coverage must be in [0.98, 1.0] (sentencepiece's range), "
+            raise DataError(f"data.tokenizer.character_coverage must be in [0.98, 1.0] (sentencepiece's range), "
                             f"got {self.character_coverage!r}")
         if self.byte_fallback is not True:
-            raise DataError(f"tokenizer.byte_fallback must be True (no character may map to <unk>), "
+            raise DataError(f"data.tokenizer.byte_fallback must be True (no character may map to <unk>), "
                             f"got {self.byte_fallback!r}")
         if not isinstance(self.input_sentence_size, int) or self.input_sentence_size < 0:
-            raise DataError(f"tokenizer.input_sentence_size must be an int >= 0 (0: all sentences), "
+            raise DataError(f"data.tokenizer.input_sentence_size must be an int >= 0 (0: all sentences), "
                             f"got {self.input_sentence_size!r}")
 
 

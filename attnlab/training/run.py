@@ -32,7 +32,8 @@ from attnlab.training.hardware import (check_accelerator_available, check_kernel
 from attnlab.training.loggers import check_logger, run_loggers
 from attnlab.training.module import LanguageModelModule, NonFiniteLossError
 from attnlab.training.rundir import (check_resume_keeps_settings, claim_run_dir, resolved_config,
-                                     resume_checkpoint, trim_metrics, write_run_files)
+                                     refuse_existing_run, resume_checkpoint, trim_metrics,
+                                     write_run_files)
 from attnlab.training.summary import static_summary
 from attnlab.training.trainer import build_trainer
 
@@ -96,9 +97,11 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
     # Lightning (or torchrun) re-run this function: only rank 0 claims and writes the directory.
     run = RunDir.for_run(cfg.results_dir, cfg.experiment_name, cfg.variant.name, cfg.seed)
     is_rank_zero = rank_zero_only.rank == 0
-    ckpt_path = claim_run_dir(run, cfg) if is_rank_zero else resume_checkpoint(run, cfg.resume)
+    if is_rank_zero:
+        refuse_existing_run(run, cfg)
 
-    # 3. Data and model.
+    # 3. Data and model, checked before the directory is claimed: overwrite=true moves the old run
+    # aside, and a bad data setting found after that would leave it hidden.
     prepared = prepare_data(cfg.data)
     model_config = cfg.model.build(cfg.variant, prepared.vocab_size, cfg.trainer.seq_len)
     check_vocab_fits(prepared.vocab_size, model_config.vocab_size)
@@ -107,16 +110,17 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
     if unvalidated is not None and is_rank_zero:
         log.warning(unvalidated)
     settings = yaml.safe_load(yaml.safe_dump(resolved_config(cfg, model_config, prepared)))  # as config.yaml reads
-    done = run.load_summary() if cfg.resume and run.is_complete() else {}
-    if (ckpt_path is not None or done) and is_rank_zero:  # before a metric row is trimmed
-        check_resume_keeps_settings(run, settings)
-    if cfg.ladder.name is not None and is_rank_zero:  # before any compute: the ladder's runs must agree
-        check_one_setting(ladder_runs(cfg.results_dir, cfg.ladder.name),
-                          (cfg.variant.name, cfg.model.preset, settings, run.path))
     if cfg.trainer.seq_len > model_config.block_size:
         raise ValueError(f"trainer.seq_len={cfg.trainer.seq_len} exceeds model.block_size="
                          f"{model_config.block_size} of preset {model_config.name!r}; use "
                          f"trainer.seq_len<={model_config.block_size} or a larger model.block_size")
+    if cfg.ladder.name is not None and is_rank_zero:  # before any compute: the ladder's runs must agree
+        check_one_setting(ladder_runs(cfg.results_dir, cfg.ladder.name),
+                          (cfg.variant.name, cfg.model.preset, settings, run.path))
+    ckpt_path = claim_run_dir(run, cfg) if is_rank_zero else resume_checkpoint(run, cfg.resume)
+    done = run.load_summary() if cfg.resume and run.is_complete() else {}
+    if (ckpt_path is not None or done) and is_rank_zero:  # before a metric row is trimmed
+        check_resume_keeps_settings(run, settings)
     if done and (done.get("steps", 0) >= cfg.trainer.max_steps or
                  (done.get("diverged") and cfg.trainer.nonfinite_loss == "stop")):
         # A requeued sweep (resume=auto) passes over its finished runs, leaving their files as they are

@@ -27,9 +27,29 @@ from attnlab.training.config import TrainConfig
 log = logging.getLogger(__name__)
 
 
-def claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
-    """Decide what happens to an existing run directory; return the checkpoint to resume from."""
+def refuse_existing_run(run: RunDir, cfg: TrainConfig) -> None:
+    """Fail at once, before data preparation (a tokenizer may take minutes to train), where the run
+    directory exists and neither ``resume=`` nor ``overwrite=true`` says what to do with it."""
     check_writable(Path(cfg.results_dir))
+    if cfg.resume or cfg.overwrite or not (run.path.exists() and any(run.path.iterdir())):
+        return
+    if cfg.ladder.name is not None:  # a ladder names its members itself: experiment_name is set over
+        elsewhere = (f"or train the ladder into another results_dir= (a ladder names each run "
+                     f"{cfg.ladder.name}-<rung>-lr<rate>/<variant>/seed<n>, whatever experiment_name is)")
+    else:
+        elsewhere = ("or choose another experiment_name=/seed=. A sweep over a setting the directory is "
+                     "not named by (experiment_name/variant/seed), such as an optuna search over "
+                     "optim.lr, names each run by it: 'experiment_name=lr${optim.lr}'")
+    raise FileExistsError(
+        f"run directory {run.path} already exists; pass resume=auto to continue it (a finished run "
+        f"is left as it is), overwrite=true to replace it (the old one is moved aside), {elsewhere}")
+
+
+def claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
+    """Decide what happens to an existing run directory; return the checkpoint to resume from.
+    Called once every setting is checked (data and model included): with ``overwrite=true`` it
+    moves the old run aside, which a run that then failed on a bad setting would leave hidden."""
+    refuse_existing_run(run, cfg)
     if cfg.resume:
         if cfg.overwrite:  # e.g. `make demo`'s command with resume=auto added: it continues, as asked
             log.warning("resume=%s with overwrite=true: the run directory %s is continued, not replaced "
@@ -37,22 +57,13 @@ def claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
         ckpt = resume_checkpoint(run, cfg.resume)
         for directory in (run.path, run.checkpoints):  # left by a process killed while writing
             remove_partial_writes(directory)
-        if ckpt is None and run.metrics.is_file() and not run.is_complete():
-            # Killed before its first checkpoint: nothing to continue, start again in place.
-            run.metrics.unlink()
+        if ckpt is None and not run.is_complete():
+            # Killed before its first checkpoint: nothing to continue, start again in place, its
+            # curves too (TensorBoard would draw the old steps beside the new ones).
+            for old in (run.metrics, *run.tensorboard.glob("events.out.tfevents.*")):
+                old.unlink(missing_ok=True)
         return ckpt
-    if run.path.exists() and any(run.path.iterdir()):
-        if not cfg.overwrite:
-            if cfg.ladder.name is not None:  # a ladder names its members itself: experiment_name is set over
-                elsewhere = (f"or train the ladder into another results_dir= (a ladder names each run "
-                             f"{cfg.ladder.name}-<rung>-lr<rate>/<variant>/seed<n>, whatever experiment_name is)")
-            else:
-                elsewhere = ("or choose another experiment_name=/seed=. A sweep over a setting the directory is "
-                             "not named by (experiment_name/variant/seed), such as an optuna search over "
-                             "optim.lr, names each run by it: 'experiment_name=lr${optim.lr}'")
-            raise FileExistsError(
-                f"run directory {run.path} already exists; pass resume=auto to continue it (a finished run "
-                f"is left as it is), overwrite=true to replace it (the old one is moved aside), {elsewhere}")
+    if run.path.exists() and any(run.path.iterdir()):  # overwrite=true (refuse_existing_run)
         aside = run.path.with_name(f"{run.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         run.path.rename(aside)
         log.warning("moved the existing run directory aside to %s", aside)

@@ -46,7 +46,7 @@ def test_bad_data_config_names_value_and_allowed(kwargs, message):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(vocab_size=100), "vocab_size must be an int >= 261"),
-    (dict(model_type="wordpiece"), "unknown tokenizer.model_type 'wordpiece'; allowed: unigram, bpe"),
+    (dict(model_type="wordpiece"), "unknown data.tokenizer.model_type 'wordpiece'; allowed: unigram, bpe"),
     (dict(byte_fallback=False), "byte_fallback must be True"),
     (dict(character_coverage=0.5), "character_coverage must be in [0.98, 1.0]"),
     (dict(input_sentence_size=-1), "input_sentence_size must be an int >= 0"),
