@@ -55,6 +55,12 @@ def test_resume_after_interruption_gives_identical_losses(tmp_path, corpus):
     sa, sb = straight.load_summary(), resumed.load_summary()
     for key in ("steps", "tokens_seen", "final_train_loss", "final_val_loss", "best_val_loss"):
         assert sa[key] == sb[key], key
+    # The throughput monitor's running counts go on from the checkpoint's, as the losses do
+    counts = {run: pd.read_csv(run.metrics).dropna(subset=["train/samples"]).set_index("step")
+              for run in (straight, resumed)}
+    for column in ("train/batches", "train/samples"):
+        assert counts[resumed][column].tolist() == counts[straight][column].tolist(), column
+    assert counts[resumed]["train/time"].is_monotonic_increasing
 
 
 class CrashAt(L.Callback):

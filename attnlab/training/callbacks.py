@@ -14,6 +14,7 @@ import lightning as L
 import lightning.pytorch.strategies as pl_strategies
 import torch
 from lightning.pytorch.callbacks import ModelSummary, ThroughputMonitor
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.model_summary import ModelSummary as LayerTable
 
 from attnlab.analysis.head_scores import model_head_scores, probe_segment_len, repeated_random_tokens, summarize_heads
@@ -125,11 +126,34 @@ class Float32MatmulPrecision(L.Callback):
 
 
 class PeakFlopsThroughputMonitor(ThroughputMonitor):
-    """Lightning's throughput monitor with the device peak from attnlab's own table (for MFU)."""
+    """Lightning's throughput monitor with the device peak from attnlab's own table (for MFU), and
+    its training counts kept in checkpoints: a resumed run's ``train/batches``, ``train/samples`` and
+    ``train/time`` go on from the checkpoint's rather than restart at 0."""
 
     def __init__(self, peak_flops: float | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.peak_flops = peak_flops
+        self._resumed: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        stage = RunningStage.TRAINING
+        throughput = self._throughputs.get(stage)
+        times = throughput._time if throughput is not None else []
+        return {"batches": self._batches.get(stage, 0), "samples": self._samples.get(stage, 0),
+                "lengths": self._lengths.get(stage, 0), "time": times[-1] if times else 0.0}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resumed = dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_start(trainer, *args)
+        if self._resumed is not None and trainer.is_global_zero:  # the counts live on rank 0
+            stage = RunningStage.TRAINING
+            self._batches[stage] = self._resumed["batches"]
+            self._samples[stage] = self._resumed["samples"]
+            self._lengths[stage] = self._resumed["lengths"]
+            self._t0s[stage] -= self._resumed["time"]  # elapsed time goes on from the checkpoint's
+            self._resumed = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
