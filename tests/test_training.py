@@ -201,9 +201,13 @@ def test_existing_run_directory_is_never_overwritten_silently(tmp_path, corpus):
     assert run.summary.read_text() == before
     # overwrite=true with a bad data or model setting fails before the old run is moved aside
     for bad, message in ((f"data.paths=[{tmp_path / 'nowhere'}/*.txt]", "data.paths: no files match"),
-                         ("trainer.seq_len=4096", "trainer.seq_len=4096 exceeds model.block_size")):
+                         ("trainer.seq_len=4096", "trainer.seq_len=4096 exceeds model.block_size"),
+                         ("trainer.seq_len=65536 model.block_size=65536",
+                          r"the validation split has [\d,]+ tokens \(1 file\(s\) from .*docs.jsonl\), too few for "
+                          r"one window of trainer.seq_len=65536 \(\+1 target\); lower trainer.seq_len, add text, "
+                          r"or raise data.val_fraction")):
         with pytest.raises(ValueError, match=message):
-            train(compose_config([*overrides, "overwrite=true", bad]))
+            train(compose_config([*overrides, "overwrite=true", *bad.split()]))
         assert run.summary.read_text() == before and not list(run.path.parent.glob("seed0.replaced-*"))
     train(compose_config([*overrides, "overwrite=true"]))
     moved = list(run.path.parent.glob("seed0.replaced-*"))

@@ -65,6 +65,22 @@ class PreparedData:
         return tok
 
 
+    def check_fits(self, seq_len: int) -> None:
+        """Refuse a ``trainer.seq_len`` that a split cannot fill once (a task's options that do not
+        fit it), before the run directory is claimed."""
+        if self.task is not None:
+            self.task.check_seq_len(seq_len)
+            return
+        for split, index in (("training", self.train), ("validation", self.val)):
+            shards = ShardIndex.load(index).shards
+            if all((shard.n_tokens - 1) // seq_len == 0 for shard in shards):  # TokenWindowDataset's windows
+                tokens = sum(shard.n_tokens for shard in shards)
+                more = ", or raise data.val_fraction" if split == "validation" else ""
+                raise DataError(f"the {split} split has {tokens:,} tokens ({self.source}), too few for one "
+                                f"window of trainer.seq_len={seq_len} (+1 target); lower trainer.seq_len, "
+                                f"add text{more}")
+
+
 def is_val_document(text: str, seed: int, val_fraction: float) -> bool:
     """Seeded, content-keyed split: identical documents always land in the same split,
     and the decision does not depend on corpus order or size (streaming-friendly)."""

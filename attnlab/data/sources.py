@@ -127,6 +127,11 @@ class _LineDecoder:
         try:
             text = raw.decode(self.encoding)
         except UnicodeDecodeError as e:
+            if self.mode == "fail" and raw.startswith((b"\xff\xfe", b"\xfe\xff")) and lineno == 1:
+                # Windows Notepad's "Unicode": a UTF-16 file, which no line-by-line decoding reads
+                raise DataError(f"{self.path} starts with a UTF-16 byte-order mark ({raw[:2]!r}): it is UTF-16, "
+                                f"which cannot be read line by line; convert it to UTF-8 "
+                                f"(iconv -f UTF-16 -t UTF-8)") from None
             if self.mode == "fail":
                 readers = [enc for enc in JAPANESE_ENCODINGS if enc != self.encoding and _reads(self.path, enc)]
                 hint = f"set data.encoding={' or '.join(readers)} if the file is in that encoding, " if readers else ""
@@ -202,7 +207,8 @@ def _read_jsonl(path: Path, text_field: str, decoder: _LineDecoder) -> Iterator[
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
+                raise DataError(f"{path}: line {lineno}: not valid JSON ({e.msg.removesuffix(' at')} at column "
+                                f"{e.colno})") from None
             if not isinstance(row, dict) or text_field not in row:
                 present = sorted(row) if isinstance(row, dict) else type(row).__name__
                 raise DataError(f"{path}: line {lineno}: no field {text_field!r} (present: {present}); "

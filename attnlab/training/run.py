@@ -114,6 +114,7 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
         raise ValueError(f"trainer.seq_len={cfg.trainer.seq_len} exceeds model.block_size="
                          f"{model_config.block_size} of preset {model_config.name!r}; use "
                          f"trainer.seq_len<={model_config.block_size} or a larger model.block_size")
+    prepared.check_fits(cfg.trainer.seq_len)
     if cfg.ladder.name is not None and is_rank_zero:  # before any compute: the ladder's runs must agree
         check_one_setting(ladder_runs(cfg.results_dir, cfg.ladder.name),
                           (cfg.variant.name, cfg.model.preset, settings, run.path))

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import shutil
 
 import nbformat
 import pytest
@@ -25,8 +26,12 @@ def test_notebook_is_stored_without_outputs(path):
 
 @pytest.mark.slow  # two Jupyter kernels
 def test_notebooks_execute_against_a_finished_run(runs_dir, tmp_path, monkeypatch):
+    # A run without the checkpoint the heatmaps read is passed over, as evaluate.py passes it over.
+    copied = tmp_path / "runs"
+    shutil.copytree(runs_dir / EXPERIMENT, copied / EXPERIMENT)
+    (copied / EXPERIMENT / "qk_scale" / "seed0" / "checkpoints" / "best.ckpt").unlink()
     # The kernels inherit this environment: the parameter cells read it (no papermill needed).
-    monkeypatch.setenv("ATTNLAB_RUNS_DIR", str(runs_dir))
+    monkeypatch.setenv("ATTNLAB_RUNS_DIR", str(copied))
     monkeypatch.setenv("ATTNLAB_EXPERIMENT", EXPERIMENT)
     monkeypatch.setenv("ATTNLAB_PROMPT", PROMPTS[0])
     monkeypatch.setenv("ATTNLAB_FIGURES_DIR", str(tmp_path / "figures"))

@@ -264,6 +264,19 @@ def test_missing_text_field_jsonl_and_parquet(tmp_path, docs):
     assert prepare_data(text_config(tmp_path, str(tmp_path / "c.jsonl"), text_field="body")).train_tokens > 0
 
 
+def test_a_utf16_file_and_a_bad_json_line_are_named_for_what_they_are(tmp_path, docs):
+    notepad = tmp_path / "notepad.txt"
+    notepad.write_bytes("\n\n".join(docs).encode("utf-16"))  # with its byte-order mark, as Notepad saves
+    with pytest.raises(DataError, match=r"notepad\.txt starts with a UTF-16 byte-order mark .*convert it to UTF-8 "
+                                        r"\(iconv -f UTF-16 -t UTF-8\)"):
+        prepare_data(text_config(tmp_path, str(notepad)))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "ok"}\n{"text": "tab\tinside"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"broken\.jsonl: line 2: not valid JSON \(Invalid control character at "
+                                        r"column 14\)"):
+        prepare_data(text_config(tmp_path, str(broken)))
+
+
 def test_undecodable_bytes_fail_or_replace_counted_once_per_file(tmp_path, docs, caplog):
     bad = tmp_path / "bad.txt"
     good = "\n\n".join(docs).encode("utf-8")
