@@ -214,6 +214,25 @@ def test_existing_run_directory_is_never_overwritten_silently(tmp_path, corpus):
     assert len(moved) == 1 and (moved[0] / "summary.json").read_text() == before
 
 
+def test_a_run_another_process_is_training_is_refused(tmp_path, corpus):
+    import fcntl
+
+    overrides = ["experiment_name=busy", *tiny_overrides(tmp_path, corpus)]
+    lock = tmp_path / "runs" / "busy" / "baseline" / ".seed0.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as other:  # what a second training process on this run holds
+        other.write("process 4242 on node7")
+        other.flush()
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for extra in ([], ["resume=auto"], ["overwrite=true"]):
+            with pytest.raises(FileExistsError, match=r"run directory .*busy/baseline/seed0 is being trained by "
+                                                      r"process 4242 on node7 \(lock .*\.seed0\.lock\); let it finish"):
+                train(compose_config([*overrides, *extra]))
+            assert not (lock.parent / "seed0").exists()
+    run = train(compose_config(overrides))  # the other process is gone: its lock file holds nothing
+    assert run.load_summary()["steps"] == 4
+
+
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,

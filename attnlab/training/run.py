@@ -7,6 +7,7 @@ and Lightning settings), ``summary`` (what summary.json records besides the loss
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from attnlab.training.hardware import (check_accelerator_available, check_kernel
 from attnlab.training.loggers import check_logger, run_loggers
 from attnlab.training.module import LanguageModelModule, NonFiniteLossError
 from attnlab.training.rundir import (check_resume_keeps_settings, claim_run_dir, resolved_config,
-                                     refuse_existing_run, resume_checkpoint, trim_metrics,
+                                     refuse_existing_run, resume_checkpoint, run_lock, trim_metrics,
                                      write_run_files)
 from attnlab.training.summary import static_summary
 from attnlab.training.trainer import build_trainer
@@ -48,12 +49,13 @@ def train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None = None) -> 
     # run in this process (a notebook's, an in-process sweep's) starts from its own.
     before = torch.get_float32_matmul_precision()
     try:
-        return _train(cfg, extra_callbacks)
+        with contextlib.ExitStack() as held:  # the run's lock, from its claim to the end of training
+            return _train(cfg, extra_callbacks, held)
     finally:
         torch.set_float32_matmul_precision(before)
 
 
-def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir | None:
+def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None, held: contextlib.ExitStack) -> RunDir | None:
     # 1. Resolve the configuration: every value checked, "auto" settings decided.
     cfg.validate()
     check_logger(cfg.logger)
@@ -118,6 +120,8 @@ def _train(cfg: TrainConfig, extra_callbacks: list[L.Callback] | None) -> RunDir
     if cfg.ladder.name is not None and is_rank_zero:  # before any compute: the ladder's runs must agree
         check_one_setting(ladder_runs(cfg.results_dir, cfg.ladder.name),
                           (cfg.variant.name, cfg.model.preset, settings, run.path))
+    if is_rank_zero:
+        held.enter_context(run_lock(run))
     ckpt_path = claim_run_dir(run, cfg) if is_rank_zero else resume_checkpoint(run, cfg.resume)
     done = run.load_summary() if cfg.resume and run.is_complete() else {}
     if (ckpt_path is not None or done) and is_rank_zero:  # before a metric row is trimmed

@@ -1,4 +1,4 @@
-"""The training side of a run directory: claiming it, finding the checkpoint to resume,
+"""The training side of a run directory: locking and claiming it, finding the checkpoint to resume,
 checking that a resumed run keeps the settings it was trained with, trimming metrics a
 resumed run logs again, writing its config and tokenizer.
 
@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
+import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +29,37 @@ from attnlab.runs import RunDir
 from attnlab.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def run_lock(run: RunDir) -> Iterator[None]:
+    """Hold the run's lock while this process trains it: a second process on the same run (a sweep
+    started twice, a value repeated in one sweep) is refused, rather than training beside it into
+    the same files. The lock file sits beside the run directory (``.seed<k>.lock``), so that
+    ``overwrite=true`` moves no lock aside; a lock left by a killed process holds nothing."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path = run.path.parent / f".{run.path.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            raise FileExistsError(f"run directory {run.path} is being trained by {holder} (lock {path}); let it "
+                               f"finish, then resume=auto passes over it, or choose another "
+                               f"experiment_name=/seed=") from None
+        except OSError as err:  # a file system without locks (some network mounts)
+            log.warning("cannot lock %s (%s): a second process on this run would not be refused", path, err)
+        file.seek(0)
+        file.truncate()
+        file.write(f"process {os.getpid()} on {socket.gethostname()}")
+        file.flush()
+        yield
 
 
 def refuse_existing_run(run: RunDir, cfg: TrainConfig) -> None:
