@@ -1,5 +1,6 @@
 """An interrupted run resumed with resume=auto reproduces the uninterrupted run exactly."""
 
+import logging
 import os
 import signal
 
@@ -93,17 +94,23 @@ def test_a_run_resumed_from_an_older_checkpoint_shows_each_step_once(tmp_path, c
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(csv["train/loss"].tolist(), rel=1e-6)
 
 
-def test_resume_auto_without_a_checkpoint_starts_from_scratch(tmp_path, corpus):
+def test_resume_auto_without_a_checkpoint_starts_from_scratch(tmp_path, corpus, caplog):
     # What a requeued job killed before its first checkpoint needs: the same command works.
-    run = train(compose_config([*_overrides(tmp_path, corpus, "fresh"), "resume=auto"]))
+    with caplog.at_level(logging.INFO, logger="attnlab.training.rundir"):
+        run = train(compose_config([*_overrides(tmp_path, corpus, "fresh"), "resume=auto"]))
     assert run.load_summary()["steps"] == 8
+    # A run that was never started (a sweep widened with resume=auto) starts without a warning
+    assert [(r.levelname, r.getMessage().split(":")[0]) for r in caplog.records if "resume=auto" in r.getMessage()] \
+        == [("INFO", "resume=auto")]
     # Killed before its first checkpoint: started again in place, its old curves gone with it.
     cfg = _overrides(tmp_path, corpus, "early")
     with pytest.raises(RuntimeError, match="node lost"):
         train(compose_config(cfg), extra_callbacks=[CrashAt(1)])  # the first checkpoint comes at step 2
     crashed = run.path.parents[2] / "early" / "baseline" / "seed0"
     assert not (crashed / "checkpoints" / "last.ckpt").exists() and list((crashed / "tensorboard").iterdir())
+    caplog.clear()
     again = train(compose_config([*cfg, "resume=auto"]))
+    assert "resume=auto: no checkpoint at" in caplog.text  # started and stopped: worth a warning
     (events,) = again.tensorboard.glob("events.out.tfevents.*")  # the crashed run's file is gone
     assert pd.read_csv(again.metrics).dropna(subset=["train/loss"])["step"].tolist() == list(range(8))
 

@@ -96,6 +96,8 @@ def expand_paths(patterns: list[str]) -> list[Path]:
             raise DataFileNotFoundError(f"data.paths: no files match {pattern!r} (working directory {os.getcwd()}); "
                                         f"give globs of {', '.join(TEXT_SUFFIXES)} files")
         files.update(dict.fromkeys(m.resolve() for m in matches))
+    if empty := [str(f) for f in files if f.stat().st_size == 0]:
+        log.warning("data.paths: %d empty file(s), which add no text: %s", len(empty), ", ".join(empty))
     return list(files)
 
 

@@ -124,8 +124,11 @@ def resume_checkpoint(run: RunDir, resume: str | None) -> Path | None:
     if resume == "auto":
         if is_checkpoint(run.last_checkpoint):
             return run.last_checkpoint
-        log.warning("resume=auto: no checkpoint at %s yet; starting the run from step 0",
-                    run.last_checkpoint)
+        if run.path.is_dir():  # started and stopped before its first checkpoint
+            log.warning("resume=auto: no checkpoint at %s yet; starting the run from step 0",
+                        run.last_checkpoint)
+        else:  # a run a requeued or widened sweep adds: nothing unusual
+            log.info("resume=auto: %s has not been started; starting it", run.path)
         return None
     ckpt = Path(resume)
     if not is_checkpoint(ckpt):

@@ -240,6 +240,16 @@ def test_missing_files(tmp_path):
     assert not (tmp_path / "cache" / "tokenizers").exists()
 
 
+def test_an_empty_file_among_the_matches_is_named(tmp_path, caplog):
+    from attnlab.data.sources import expand_paths
+
+    (tmp_path / "a.txt").write_text("some text\n")
+    (tmp_path / "b.txt").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="attnlab.data.sources"):
+        assert [p.name for p in expand_paths([str(tmp_path / "*.txt")])] == ["a.txt", "b.txt"]
+    assert f"data.paths: 1 empty file(s), which add no text: {(tmp_path / 'b.txt').resolve()}" in caplog.text
+
+
 def test_unsupported_file_type(tmp_path):
     (tmp_path / "c.csv").write_text("text\nhello\n")
     with pytest.raises(DataError, match=r"unsupported file type .*c\.csv.*allowed suffixes: \.txt"):
