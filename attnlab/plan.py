@@ -506,13 +506,18 @@ def _fmt(n: float) -> str:
     return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2 ** 20:.1f} MiB"
 
 
-def _resolve_precision(precision: str, device_type: str, capability: tuple[int, int] | None = None) -> str:
-    """``auto`` as ``attnlab.training.hardware.choose_precision`` resolves it on that device."""
-    if precision != "auto":
-        return precision
+def auto_precision(device_type: str, capability: tuple[int, int] | None = None) -> str:
+    """What ``trainer.precision=auto`` is on a device: bf16-mixed on GPUs with bf16 tensor cores
+    (compute capability 8.0 and later; None: assumed), 16-mixed on older ones with fp16 tensor
+    cores (V100, T4: torch only emulates bf16 there, and SDPA's fused kernels refuse it), else
+    32-true (a CPU, or an older GPU)."""
     if device_type != "cuda" or (capability is not None and tuple(capability) < (7, 0)):
         return "32-true"
     return "16-mixed" if capability is not None and tuple(capability) < (8, 0) else "bf16-mixed"
+
+
+def _resolve_precision(precision: str, device_type: str, capability: tuple[int, int] | None = None) -> str:
+    return auto_precision(device_type, capability) if precision == "auto" else precision
 
 
 def check_fits_device(model_config: ModelConfig, trainer: Any, device_name: str | None = None,

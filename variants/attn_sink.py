@@ -3,8 +3,9 @@
     w_ij = exp(s_ij) / (sum_{j' <= i} exp(s_ij') + exp(a_h)),   s_ij = q_i . k_j / sqrt(hs)
 
 a_h is one learned logit per head (its start: ``sink_init`` below): the head can put mass
-exp(a_h) on "no key", so it need not dump attention on the first token when nothing is relevant (OpenAI 2025,
-"gpt-oss-120b & gpt-oss-20b Model Card"; Xiao et al. 2024 on attention sinks).
+exp(a_h) on "no key", so it need not dump attention on the first token when nothing is
+relevant (OpenAI 2025, "gpt-oss-120b & gpt-oss-20b Model Card"; Xiao et al. 2024 on attention
+sinks).
 ``learned=false`` fixes a_h = 0: the "off-by-one" softmax (Miller 2023, "Attention Is Off
 By One"), with no parameter.
 

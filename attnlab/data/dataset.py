@@ -14,6 +14,12 @@ from attnlab.data.config import DataError
 from attnlab.data.shards import ShardIndex
 
 
+def windows_per_shard(index: ShardIndex, seq_len: int) -> list[int]:
+    """Non-overlapping windows of ``seq_len`` inputs (+1 target) each shard holds; windows do not
+    cross shard boundaries."""
+    return [max(0, (s.n_tokens - 1) // seq_len) for s in index.shards]
+
+
 class TokenWindowDataset(Dataset):
     """Window ``i`` is ``seq_len + 1`` consecutive tokens starting at ``i * seq_len``.
 
@@ -31,7 +37,7 @@ class TokenWindowDataset(Dataset):
         self.index = ShardIndex.load(Path(index_path))  # checks shard sizes
         self.seq_len = seq_len
         self.vocab_size = self.index.vocab_size
-        counts = [max(0, (s.n_tokens - 1) // seq_len) for s in self.index.shards]
+        counts = windows_per_shard(self.index, seq_len)
         self._starts = np.cumsum([0, *counts]).tolist()  # first window index of each shard
         if self._starts[-1] == 0:
             raise DataError(f"corpus too small for seq_len={seq_len}: {self.index.path} has "

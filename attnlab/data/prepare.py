@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from attnlab.data.config import SYNTHETIC_SOURCES, DataConfig, DataError
+from attnlab.data.dataset import windows_per_shard
 from attnlab.data.shards import FORMAT, ShardIndex, ShardWriter, dtype_for_vocab
 from attnlab.data.sources import Corpus, resolve_source
 from attnlab.data.synthetic import SyntheticTask
@@ -64,17 +65,16 @@ class PreparedData:
                             f"{self.tokenizer_sha256[:12]}); run prepare_data again")
         return tok
 
-
     def check_fits(self, seq_len: int) -> None:
         """Refuse a ``trainer.seq_len`` that a split cannot fill once (a task's options that do not
         fit it), before the run directory is claimed."""
         if self.task is not None:
             self.task.check_seq_len(seq_len)
             return
-        for split, index in (("training", self.train), ("validation", self.val)):
-            shards = ShardIndex.load(index).shards
-            if all((shard.n_tokens - 1) // seq_len == 0 for shard in shards):  # TokenWindowDataset's windows
-                tokens = sum(shard.n_tokens for shard in shards)
+        for split, path in (("training", self.train), ("validation", self.val)):
+            index = ShardIndex.load(path)
+            if not any(windows_per_shard(index, seq_len)):
+                tokens = index.n_tokens
                 more = ", or raise data.val_fraction" if split == "validation" else ""
                 raise DataError(f"the {split} split has {tokens:,} tokens ({self.source}), too few for one "
                                 f"window of trainer.seq_len={seq_len} (+1 target); lower trainer.seq_len, "

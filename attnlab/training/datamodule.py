@@ -110,7 +110,7 @@ class TokenDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_workers = num_workers
         self.task = prepared.task
-        if self.task is not None:  # options that do not fit seq_len fail here, before the run starts
+        if self.task is not None:  # for a module built on its own; a run checked it before its claim
             self.task.check_seq_len(seq_len)
 
     def setup(self, stage: str | None = None) -> None:

@@ -7,6 +7,7 @@ import platform
 import torch
 
 from attnlab.attention import FLEX_CPU_LIMIT
+from attnlab.plan import auto_precision
 
 
 def choose_accelerator(requested: str) -> str:
@@ -24,13 +25,10 @@ def choose_precision(requested: str, accelerator: str) -> str:
     else 32-true."""
     if requested != "auto":
         return requested
+    # By the compute capability, not torch.cuda.is_bf16_supported(), which counts bf16 emulated on
+    # a T4 as supported; the plan (attnlab.plan.auto_precision) decides it the same way.
     if accelerator == "gpu" and torch.cuda.is_available():
-        # Not torch's default, which counts bf16 emulated on a T4 as supported: there it runs
-        # slowly, and SDPA's fused kernels refuse it (its math backend instead).
-        if torch.cuda.is_bf16_supported(including_emulation=False):
-            return "bf16-mixed"
-        if torch.cuda.get_device_capability() >= (7, 0):
-            return "16-mixed"
+        return auto_precision("cuda", tuple(torch.cuda.get_device_capability()))
     return "32-true"
 
 

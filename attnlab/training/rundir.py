@@ -51,8 +51,8 @@ def run_lock(run: RunDir) -> Iterator[None]:
             file.seek(0)
             holder = file.read().strip() or "another process"
             raise FileExistsError(f"run directory {run.path} is being trained by {holder} (lock {path}); let it "
-                               f"finish, then resume=auto passes over it, or choose another "
-                               f"experiment_name=/seed=") from None
+                                  f"finish, then resume=auto passes over it, or choose another "
+                                  f"experiment_name=/seed=") from None
         except OSError as err:  # a file system without locks (some network mounts)
             log.warning("cannot lock %s (%s): a second process on this run would not be refused", path, err)
         file.seek(0)
