@@ -25,11 +25,12 @@ demo: setup
 	$(BIN)/python train.py -m experiment=demo variant=baseline,gelu_bias,sep_qkv,qk_scale seed=$(SEEDS) overwrite=true
 	$(BIN)/python evaluate.py experiment=demo heatmap_layers=[3]
 
-# The whole suite: the fast tests in one pytest-xdist worker per core, then the slow ones in one process
-# (they start processes of their own: DDP, torchrun, notebooks, training subprocesses).
+# The whole suite: the fast tests, then the slow ones (subprocesses of their own: DDP, torchrun,
+# notebooks, training), each in one pytest-xdist worker per core. On 2 cores the slow ones take about
+# 11 minutes so, 15 in one process: most of their time is one process starting or compiling.
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow" -n auto
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow -n auto
 
 # All but the tests marked slow (subprocesses, compile, bench, training runs, evaluation): under a minute,
 # in one pytest-xdist worker per core (one thread each, tests/conftest.py).

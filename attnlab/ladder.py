@@ -55,14 +55,15 @@ def ladder_frame(runs: Sequence[RunDir]) -> pd.DataFrame:
 
 def select_learning_rates(frame: pd.DataFrame, selection_seeds: Sequence[int]) -> pd.DataFrame:
     """Per (variant, rung): the learning rate with the lowest mean final validation loss over the
-    selection seeds' runs, and the rates tried. A rate whose runs diverged (a non-finite loss) is
-    never chosen but counts as tried: a choice next to it is bounded on that side. At the edge:
-    the choice is the lowest or highest rate tried (a wider grid might do better)."""
+    selection seeds' runs, and the rates tried. A rate whose runs diverged (a non-finite loss, on
+    any selection seed) is never chosen but counts as tried: a choice next to it is bounded on that
+    side. At the edge: the choice is the lowest or highest rate tried (a wider grid might do better)."""
     selection = frame[frame["seed"].isin(list(selection_seeds))]
     rows = []
     for (variant, rung), group in selection.groupby(["variant", "rung"], sort=False):
-        by_lr = group.groupby("lr")["loss"].agg(["mean", "size"]).sort_index()
-        finite = by_lr[by_lr["mean"].map(math.isfinite)]
+        # mean() would pass over a seed's NaN: a rate that diverged on one seed would be ranked on the others'
+        by_lr = group.groupby("lr")["loss"].agg(["mean", "size", "count"]).sort_index()
+        finite = by_lr[by_lr["mean"].map(math.isfinite) & (by_lr["count"] == by_lr["size"])]
         if finite.empty:
             continue
         best = finite["mean"].idxmin()
@@ -150,7 +151,7 @@ def widening(results_dir: str | Path, ladder: str, selection_seeds: Sequence[int
 
 # The settings that define what a (variant, rung) of a ladder is; all but the rate and the seed.
 _DEFINING = {"resolved_model": None, "budget": None, "optim": {"lr"},
-             "trainer": {"batch_size", "seq_len", "accumulate_grad_batches", "max_steps", "precision"},
+             "trainer": {"batch_size", "seq_len", "accumulate_grad_batches", "max_steps", "precision", "val_batches"},
              "data": {"source", "paths", "text_field", "hf_name", "hf_config", "hf_split", "hf_revision",
                       "val_fraction", "split_seed", "tokenizer"}}
 

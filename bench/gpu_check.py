@@ -219,13 +219,26 @@ def is_cuda_error(err: BaseException) -> bool:
 
 
 def planned(preset: str, T: int, variant: str, args, device: torch.device) -> tuple[ModelConfig, int, object, str]:
-    """The case's model (the preset's variant at context T), batch size, kernel plan and the
-    plan's reason for the shape."""
+    """The case's model (the preset's variant at context T), batch size (``--tokens-per-step``'s,
+    halved until the estimate fits the memory the cases share), kernel plan and the plan's reason
+    for the shape."""
     config, reason = variant_at_preset(preset, variant)
     config = dataclasses.replace(config, block_size=T)  # the run's context: trainer.seq_len = T
-    batch_size = max(1, args.tokens_per_step // T)
-    plan = kernel_plan(config, T, batch_size, args.precision, device.type, cudnn_first=prefers_cudnn(str(device)),
-                       capability=device_capability(str(device)))
+    full = max(1, args.tokens_per_step // T)
+
+    def plan_at(batch_size: int):
+        return kernel_plan(config, T, batch_size, args.precision, device.type,
+                           cudnn_first=prefers_cudnn(str(device)), capability=device_capability(str(device)))
+
+    batch_size, plan = full, plan_at(full)
+    # A case whose estimate exceeds the memory the cases share (talking_heads' fp32 maps at
+    # gqa100m, T=4096) would only run out of memory: it takes the largest halved batch that fits,
+    # as a researcher lowers trainer.batch_size (tokens/s stay comparable).
+    budget = getattr(args, "share_bytes", None)
+    while budget and batch_size > 1 and estimate_peak_bytes(config, T, batch_size, args.precision, plan,
+                                                             device.type) > budget:
+        batch_size //= 2
+        plan = plan_at(batch_size)
     return config, batch_size, plan, reason
 
 
@@ -241,6 +254,7 @@ def run_case(preset: str, T: int, variant: str, args, device: torch.device,
     steps and the forward that observes the SDPA backend run in the GPU's timed window."""
     config, batch_size, plan, reason = planned(preset, T, variant, args, device)
     row = {"preset": preset, "seq_len": T, "variant": variant, "batch_size": batch_size,
+           "full_batch_size": max(1, args.tokens_per_step // T),
            "n_head": config.n_head, "shape_note": reason, "kernel": plan.kernel, "backend": plan.backend,
            "why": plan.why,
            "estimate_bytes": estimate_peak_bytes(config, T, batch_size, args.precision, plan, device.type)}
@@ -883,6 +897,9 @@ def markdown(report: dict) -> str:
                      f"{fmt('tokens_per_s', ',.0f')} | {fmt('mfu', '.1%')} | {fmt('peak_bytes', '.2f', 2 ** -30)} | "
                      f"{fmt('estimate_vs_measured', '.2f')} | {fmt('first_step_s', '.0f')} | {beside_cell(r)} |"
                      + (f" {r['error']}" if r.get("error") else "")
+                     + (f" (batch {r['batch_size']}, not {r['full_batch_size']}: the estimate at "
+                        f"{r['full_batch_size']} exceeded the memory the cases share)"
+                        if r.get("full_batch_size", r.get("batch_size")) != r.get("batch_size") else "")
                      + (" (retry alone queued, not run)" if r.get("retry_queued") and case_of(r) not in stopped
                         else " (its retry alone was stopped: below)" if r.get("retry_queued") else "")
                      + (f" (retried alone after: {r['retried_alone_after']})" if r.get("retried_alone_after") else ""))

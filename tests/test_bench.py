@@ -590,6 +590,31 @@ def test_the_memory_the_gpu_check_holds_for_each_phase_covers_the_plans_estimate
     assert len(gpu_check.cuda_test_selections()) * 1.25 * largest <= gpu_check.PHASE_RESERVE_GIB["cuda-tests"]
 
 
+def test_a_gpu_check_case_too_large_for_the_shared_memory_halves_its_batch_until_it_fits():
+    """talking_heads at gqa100m, T=4096 and the default 16,384 tokens a step is estimated above an
+    80 GiB GPU's share: it runs at the largest halved batch that fits, and its row says so; a case
+    that fits keeps its batch."""
+    import argparse
+
+    import gpu_check
+
+    share = int(gpu_check.MEMORY_SHARE * 80 * 2**30)
+    args = argparse.Namespace(tokens_per_step=16_384, precision="bf16-mixed", share_bytes=share)
+    cuda = gpu_check.torch.device("cuda")  # planned only: nothing runs on it
+    config, batch, plan, _ = gpu_check.planned("gqa100m", 4096, "talking_heads", args, cuda)
+    unshared = argparse.Namespace(**{**vars(args), "share_bytes": None})
+    full = gpu_check.planned("gqa100m", 4096, "talking_heads", unshared, cuda)
+    assert full[1] == 4 and gpu_check.estimate_peak_bytes(config, 4096, 4, "bf16-mixed", full[2], "cuda") > share
+    assert batch == 2 and gpu_check.case_estimate(("gqa100m", 4096, "talking_heads"), args, cuda) <= share
+    assert gpu_check.planned("gqa100m", 4096, "baseline", args, cuda)[1] == 4
+    row = {"preset": "gqa100m", "seq_len": 4096, "variant": "talking_heads", "batch_size": 2, "full_batch_size": 4,
+           "kernel": "explicit", "backend": "explicit"}
+    report = {"environment": {"device": "x", "torch": "y"}, "precision": "bf16-mixed", "compiled": True,
+              "command": "c", "seconds": 1, "steps": [row], "not_run": [], "equality": [], "processes": {},
+              "phases": ["steps"]}
+    assert "(batch 2, not 4: the estimate at 4 exceeded the memory the cases share)" in gpu_check.markdown(report)
+
+
 def test_a_retried_case_s_row_replaces_its_out_of_memory_row_which_stays_if_the_retry_never_runs():
     import gpu_check
 

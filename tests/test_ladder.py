@@ -132,6 +132,12 @@ def test_a_diverged_rate_is_never_chosen_but_bounds_the_grid():
     assert chosen.loc["baseline", "grid"] == "0.002, 0.004, 0.008 (diverged)"
     assert (chosen.loc["baseline", "lowest_tried"], chosen.loc["baseline", "highest_tried"]) == (2e-3, 8e-3)
     assert chosen.loc["qk_norm", "at_edge"]
+    # Two selection seeds: a rate that diverged on one of them is not ranked on the other's loss.
+    frame = pd.DataFrame([("baseline", "c1", lr, seed, loss) for lr, seed, loss in
+                          [(2e-3, 100, 5.0), (2e-3, 101, 5.1), (4e-3, 100, 4.5), (4e-3, 101, float("nan"))]],
+                         columns=["variant", "rung", "lr", "seed", "loss"])
+    chosen = select_learning_rates(frame, [100, 101]).iloc[0]
+    assert chosen["lr"] == 2e-3 and chosen["selection_runs"] == 2 and chosen["grid"] == "0.002, 0.004 (diverged)"
 
 
 def _write_run(runs_dir, variant, lr, seed, loss, options=None, tokens_per_param=2.0):

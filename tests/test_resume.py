@@ -17,12 +17,12 @@ class PreemptAt(L.Callback):
     """Sends this process SIGTERM during a step, as a cluster scheduler would; with ``rank``, only
     that rank's process (a scheduler preempting one process of a distributed run)."""
 
-    def __init__(self, step: int, rank: int | None = None) -> None:
-        self.step, self.rank = step, rank
+    def __init__(self, step: int, rank: int | None = None, signum: int = signal.SIGTERM) -> None:
+        self.step, self.rank, self.signum = step, rank, signum
 
     def on_before_optimizer_step(self, trainer, *args) -> None:
         if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 def _overrides(tmp_path, corpus, name):
@@ -62,6 +62,32 @@ def test_resume_after_interruption_gives_identical_losses(tmp_path, corpus):
     for column in ("train/batches", "train/samples"):
         assert counts[resumed][column].tolist() == counts[straight][column].tolist(), column
     assert counts[resumed]["train/time"].is_monotonic_increasing
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this system")
+def test_a_launchers_time_limit_signal_saves_the_step_then_hands_the_signal_to_the_launcher(tmp_path, corpus):
+    """Submitit signals a job's time limit with SIGUSR2 and requeues it from its handler, which ends
+    the process: the step in progress is finished and saved first, then the launcher's handler runs."""
+    from attnlab.checkpoint import checkpoint_step
+
+    cfg = _overrides(tmp_path, corpus, "timed_out")
+    last = tmp_path / "runs" / "timed_out" / "baseline" / "seed0" / "checkpoints" / "last.ckpt"
+    handed = []
+
+    def launcher(signum, frame):  # as submitit's: requeue the job, then end the process
+        handed.append((signum, checkpoint_step(last)))
+        raise SystemExit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, launcher)
+    try:
+        with pytest.raises(SystemExit):
+            train(compose_config(cfg), extra_callbacks=[PreemptAt(5, signum=signal.SIGUSR2)])
+        assert signal.getsignal(signal.SIGUSR2) is launcher  # handed back
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert handed == [(signal.SIGUSR2, 6)]  # the signalled step, saved before the handover
+    resumed = train(compose_config([*cfg, "resume=auto"]))
+    assert resumed.load_summary()["steps"] == 8
 
 
 class CrashAt(L.Callback):

@@ -11,7 +11,8 @@ attention. (The paper also allows different head counts for the logits, the soft
 the values; here all three are n_head, the baseline's shape.)
 
 Mixing across heads is not expressible to a fused kernel, so the block computes its
-attention itself (explicit kernel only). Needs ``n_head >= 2``.
+attention itself (explicit kernel only); under bf16-mixed both mixes and the softmax run in fp32,
+outside autocast, on every device. Needs ``n_head >= 2``.
 Extra parameters per layer: 2 * n_head^2. Analysis weights: U (the mixed weights that
 multiply the values); a row need not sum to one.
 """
@@ -62,11 +63,15 @@ class TalkingHeadsAttention(BaselineAttention):
         if G != H:  # repeat_interleave copies even by 1: autograd would keep a second k and v
             k, v = k.repeat_interleave(H // G, dim=1), v.repeat_interleave(H // G, dim=1)
         exact = torch.promote_types(q.dtype, torch.float32)  # mix and normalise in >= fp32
-        logits = (q @ k.transpose(-2, -1)).to(exact) * self.scale  # (B, H, T, S)
-        logits = _mix_heads(logits, self.logits_mix.to(exact))
-        T, S = logits.shape[-2:]
-        logits = logits.masked_fill(~allowed_mask(T, S, q_offset, None, q.device), float("-inf"))
-        weights = _mix_heads(torch.softmax(logits, dim=-1), self.weights_mix.to(exact))
+        logits = q @ k.transpose(-2, -1)  # (B, H, T, S)
+        # Autocast off: it would run the mixing matmuls in bf16, and the softmax in fp32 on CUDA but
+        # bf16 on CPU, so the maps kept for the backward (and the plan, which reads them off a CPU
+        # step) would differ between the two.
+        with torch.autocast(q.device.type, enabled=False):
+            logits = _mix_heads(logits.to(exact) * self.scale, self.logits_mix.to(exact))
+            T, S = logits.shape[-2:]
+            logits = logits.masked_fill(~allowed_mask(T, S, q_offset, None, q.device), float("-inf"))
+            weights = _mix_heads(torch.softmax(logits, dim=-1), self.weights_mix.to(exact))
         y = weights.to(v.dtype) @ v
         return y, (weights if need_weights else None)
 

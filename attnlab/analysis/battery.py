@@ -43,7 +43,7 @@ import pandas as pd
 import seaborn as sns
 
 from attnlab.analysis.agreement import agreement_table, battery_ladder_agreement
-from attnlab.analysis.config import EvaluateConfig
+from attnlab.analysis.config import DEFAULT_LADDER_RESULT, EvaluateConfig
 from attnlab.analysis.ladder import is_ladder, ladder_comparison, ladder_result_comparison
 from attnlab.analysis.outputs import prepare_outputs
 from attnlab.analysis.stats import compare, holm, mean_ci
@@ -240,6 +240,10 @@ def ladder_agreement_table(cfg: EvaluateConfig, per_seed: dict[str, pd.Series],
     if cfg.ladder is not None and is_ladder(runs_dir, cfg.ladder):
         ladder, source = ladder_comparison(runs_dir, cfg.ladder, cfg), f"ladder {cfg.ladder!r}'s runs under {runs_dir}"
     elif cfg.ladder_result is not None and Path(cfg.ladder_result).is_dir():
+        if cfg.ladder_result == DEFAULT_LADDER_RESULT and (cfg.ladder != "ladder" or cfg.ladder_runs_dir is not None):
+            # a ladder named on purpose: a misspelt name or directory must not pass the committed one for it
+            log.warning("no runs of ladder %r under %s: the battery is compared with the ladder result %s "
+                        "instead", cfg.ladder, runs_dir, cfg.ladder_result)
         ladder, source = ladder_result_comparison(cfg.ladder_result, cfg)[0], f"the ladder result {cfg.ladder_result}"
     else:
         return [], {"reason": f"no ladder {cfg.ladder!r} under {runs_dir} and no ladder result "

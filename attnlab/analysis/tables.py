@@ -34,7 +34,8 @@ OPTIONAL_METRICS: dict[str, tuple[str, int]] = {"final_val_acc": ("final val acc
 TESTED_METRICS = ("final_val_loss", "best_val_loss")
 # Settings that must be equal for a fair comparison; a difference is reported, not hidden.
 DATA_KEYS = ("data_source", "tokenizer_sha256")
-SETUP_KEYS = ("preset", "max_steps", "seq_len", "batch_size", "accumulate_grad_batches", "lr")
+SETUP_KEYS = ("preset", "max_steps", "seq_len", "batch_size", "accumulate_grad_batches", "world_size", "val_batches",
+              "lr")
 
 
 @dataclass
@@ -165,17 +166,23 @@ PARAMETER_GAP = 0.01  # unmatched runs further apart than this carry a note
 def parameter_notes(frame: pd.DataFrame) -> list[str]:
     """A visible note when unmatched runs differ in size by more than ``PARAMETER_GAP``: a loss
     difference between them may be the parameters, not the attention change."""
+    notes = []
+    sizes_per_variant = frame.groupby("variant", sort=False)["parameters"].unique()
+    for variant, sizes in sizes_per_variant.items():
+        if len(sizes) > 1:  # the tables show one size per variant
+            notes.append(f"WARNING: the runs of {variant} differ in parameter count "
+                         f"({' / '.join(f'{n:,}' for n in sorted(sizes))}): a model setting differs between them.")
     unmatched = frame[~frame["params_matched"].astype(bool)]
     if unmatched.empty:
-        return []
+        return notes
     sizes = unmatched.groupby("variant", sort=False)["parameters"].first()
     smallest = sizes.min()
     larger = {v: n for v, n in sizes.items() if (n - smallest) / smallest > PARAMETER_GAP}
     if not larger:
-        return []
+        return notes
     detail = ", ".join(f"{v} {n:,} (+{(n - smallest) / smallest:.1%})" for v, n in larger.items())
-    return [f"NOTE: unmatched parameter counts differ by more than {PARAMETER_GAP:.0%} (smallest "
-            f"{smallest:,}; {detail}); train with model.match_params=true to compare at equal size."]
+    return notes + [f"NOTE: unmatched parameter counts differ by more than {PARAMETER_GAP:.0%} (smallest "
+                    f"{smallest:,}; {detail}); train with model.match_params=true to compare at equal size."]
 
 
 def _fmt(value, decimals: int) -> str:

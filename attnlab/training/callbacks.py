@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -79,6 +80,7 @@ class SummaryCallback(L.Callback):
         summary = {
             **self.static,
             "steps": trainer.global_step,
+            "world_size": trainer.world_size,  # processes sharing each step: batch_size is per process
             "tokens_seen": tokens,
             "final_train_loss": _finite_or_none(self.last_train_loss),
             "final_val_loss": _finite_or_none(self.last_val_loss),
@@ -276,9 +278,18 @@ class TrainingInterrupted(RuntimeError):
     """A run stopped by a signal after saving its last checkpoint."""
 
 
+def time_limit_signal() -> int | None:
+    """The signal by which submitit (hydra/launcher=slurm) is told of a job's time limit
+    (``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default). Its handler requeues the job and ends the
+    process at once: the steps since the last checkpoint would be lost."""
+    return getattr(signal, f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}", None)
+
+
 class GracefulStop(L.Callback):
     """On SIGINT/SIGTERM (Ctrl-C, a Slurm preemption) finish the current optimizer step,
-    save ``last.ckpt`` and stop, so that ``resume=auto`` continues exactly there.
+    save ``last.ckpt`` and stop, so that ``resume=auto`` continues exactly there. On submitit's
+    time-limit signal (``time_limit_signal``), where a handler of its own is set, the same, and
+    then that handler runs (it requeues the job, whose ``resume=auto`` continues from the checkpoint).
 
     The checkpoint is written at the end of the step's batch, where Lightning's own
     step checkpoints are; the run stops by raising just before the next batch, once the
@@ -293,9 +304,12 @@ class GracefulStop(L.Callback):
         self.received: int | None = None
         self.saved_step: int | None = None
         self._previous: dict[int, Any] = {}
+        self.time_limit: int | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        self.time_limit = time_limit_signal()
+        chained = self.time_limit is not None and callable(signal.getsignal(self.time_limit))
+        for signum in (signal.SIGINT, signal.SIGTERM, *([self.time_limit] if chained else [])):
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread: leave signals to the launcher
@@ -322,6 +336,12 @@ class GracefulStop(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         if self.saved_step is not None:
+            launcher = self._previous.get(self.received) if self.received == self.time_limit else None
+            if launcher is not None:
+                log.info("%s saved at step %d; handing %s to the launcher", self.last_checkpoint,
+                         self.saved_step, signal.Signals(self.received).name)
+                self._restore_handlers()
+                launcher(self.received, None)  # submitit: requeue the job and exit
             raise TrainingInterrupted(
                 f"training stopped by {signal.Signals(self.received).name} at step {self.saved_step}; "
                 f"checkpoint {self.last_checkpoint}; continue with resume=auto")

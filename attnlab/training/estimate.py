@@ -129,24 +129,33 @@ def count_jobs(config: DictConfig) -> int | None:
     return None if swept is None else math.prod(len(values) for values in swept.values())
 
 
-def sweep_values(config: DictConfig) -> dict[str, list[str]] | None:
+def sweep_values(config: DictConfig, any_sweeper: bool = False) -> dict[str, list[str]] | None:
     """Each key's values in the basic sweeper's jobs (``hydra.sweeper.params``, then the command
-    line's, which win; one value for a key that is not swept); None for another sweeper or
-    overrides that cannot be parsed here."""
+    line's, which win; one value for a key that is not swept); None for another sweeper (unless
+    ``any_sweeper``: a search interval, as optuna's, stands as its two ends) or overrides that
+    cannot be parsed here."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
 
     sweeper = config.hydra.sweeper
-    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    if not any_sweeper and not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None
-    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    # As written: an override's ${...} is the job's to resolve ('experiment_name=lr${optim.lr}').
+    params = [f"{key}={value}" for key, value in
+              (OmegaConf.to_container(sweeper, resolve=False).get("params") or {}).items()]
+    task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
     try:
         parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
         values = {}
-        for override in parser.parse_overrides([*params, *config.hydra.overrides.task]):
-            swept = override.is_sweep_override()
-            values[override.get_key_element()] = (list(override.sweep_string_iterator()) if swept
-                                                  else [override.get_value_element_as_str()])
+        for override in parser.parse_overrides([*params, *task]):
+            if not override.is_sweep_override():
+                values[override.get_key_element()] = [override.get_value_element_as_str()]
+            elif isinstance(override.value(), IntervalSweep):
+                interval = override.value()
+                values[override.get_key_element()] = [str(interval.start), str(interval.end)]
+            else:
+                values[override.get_key_element()] = list(override.sweep_string_iterator())
     except Exception as err:  # noqa: BLE001 (an estimate must never stop the sweep)
         log.debug("cannot read the sweep's values: %s", err)
         return None

@@ -89,9 +89,9 @@ def claim_run_dir(run: RunDir, cfg: TrainConfig) -> Path | None:
         if cfg.overwrite:  # e.g. `make demo`'s command with resume=auto added: it continues, as asked
             log.warning("resume=%s with overwrite=true: the run directory %s is continued, not replaced "
                         "(overwrite=true applies without resume=)", cfg.resume, run.path)
-        ckpt = resume_checkpoint(run, cfg.resume)
         for directory in (run.path, run.checkpoints):  # left by a process killed while writing
             remove_partial_writes(directory)
+        ckpt = resume_checkpoint(run, cfg.resume)
         if ckpt is None and not run.is_complete():
             # Killed before its first checkpoint: nothing to continue, start again in place, its
             # curves too (TensorBoard would draw the old steps beside the new ones).

@@ -33,6 +33,7 @@ def static_summary(cfg: TrainConfig, model_config: ModelConfig, prepared: Prepar
         "batch_size": cfg.trainer.batch_size,
         "accumulate_grad_batches": cfg.trainer.accumulate_grad_batches,
         "max_steps": cfg.trainer.max_steps,
+        "val_batches": cfg.trainer.val_batches,  # what final_val_loss averages over
         "lr": cfg.optim.lr,
         # A synthetic task's source names its options: runs of other settings are not compared (tables).
         "data": {"source": prepared.source if prepared.task else cfg.data.source,

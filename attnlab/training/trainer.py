@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 
+from attnlab.atomic import replace_directory, staging_path
 from attnlab.flops import device_peak_flops
 from attnlab.runs import RunDir
 from attnlab.training.callbacks import (CountedFlopsSummary, Float32MatmulPrecision, GracefulStop, HeadScoresCallback,
@@ -28,12 +34,28 @@ def build_strategy(name: str) -> str | Strategy:
 
 
 class FullyShardedStrategy(ModelParallelStrategy):
-    """``ModelParallelStrategy`` with every rank in one data-parallel (sharding) group: its
-    ``"auto"`` would make one group per node and expect tensor parallelism within it."""
+    """``ModelParallelStrategy`` with every rank in one data-parallel (sharding) group (its
+    ``"auto"`` would make one group per node and expect tensor parallelism within it), and sharded
+    checkpoints written whole beside their place, then swapped in: Lightning writes them into
+    the old directory, so a kill during a save would leave one step's shards beside another's
+    metadata, and a resume from it would go on from a mixture."""
 
     def setup_environment(self) -> None:
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        path = Path(self.broadcast(filepath))
+        staged = staging_path(path)
+        if self.global_rank == 0 and staged.exists():  # left by a killed save
+            shutil.rmtree(staged)
+        self.barrier("staging")
+        super().save_checkpoint(checkpoint, staged, storage_options)
+        self.barrier("staged")  # every rank's shards written
+        if self.global_rank == 0:
+            replace_directory(staged, path)
+        self.barrier("replaced")
 
 
 def build_trainer(cfg: TrainConfig, run: RunDir, accelerator: str, precision: str, loggers: list[Logger],

@@ -250,6 +250,20 @@ def test_with_a_ladder_beside_it_the_battery_reports_the_rank_correlation(tmp_pa
                                 ladder_result=str(tmp_path / "from_result"), output_dir=str(tmp_path / "bad")))
 
 
+def test_a_ladder_named_but_not_found_is_not_silently_replaced_by_the_committed_one(tmp_path, caplog):
+    """ladder=<a name> (or ladder_runs_dir=) with no such runs: the committed ladder result still
+    stands in, as the table's source says, and a warning says that it does."""
+    runs_dir = tmp_path / "runs"
+    make_battery(runs_dir)
+    with caplog.at_level("WARNING", logger="attnlab.analysis.battery"):
+        out = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=50, ladder="nosuch",
+                                      heatmap_layers=[]))
+    assert f"no runs of ladder 'nosuch' under {runs_dir}: the battery is compared with the ladder result " \
+           f"reference/ladder instead" in caplog.text
+    source = json.loads((out / "evaluation.json").read_text())["ladder_agreement"].get("ladder_source")
+    assert source == "the ladder result reference/ladder"
+
+
 @pytest.mark.slow  # three evaluations: a ladder's and two of a battery
 def test_a_battery_result_is_evaluated_again_without_its_runs(tmp_path):
     """``battery_result=<dir>``: the per-run accuracies a battery's evaluation wrote give the same

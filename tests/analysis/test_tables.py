@@ -153,6 +153,17 @@ def test_runs_with_different_settings_carry_a_warning(runs_dir, tmp_path):
     exp = load_experiment(root, "steps")
     assert "WARNING: runs differ in max_steps (baseline: 8/4, qk_scale: 4)." in exp.notes
     assert "runs differ in max_steps" in aggregate_table(exp.frame, notes=exp.notes).to_markdown()
+    # A run on two processes (DDP: twice the global batch) and one validated on more batches, beside
+    # the runs' own, and a run of another model size: each named.
+    other = root / "steps" / "qk_scale" / "seed1" / "summary.json"
+    recorded = json.loads(other.read_text())
+    assert recorded["world_size"] == 1 and recorded["val_batches"] > 0  # what training writes
+    other.write_text(json.dumps({**recorded, "world_size": 2, "val_batches": recorded["val_batches"] + 1,
+                                 "parameters": {**recorded["parameters"], "total": 1234}}))
+    notes = load_experiment(root, "steps").notes
+    assert "WARNING: runs differ in world_size (baseline: 1, qk_scale: 1/2)." in notes
+    assert any(note.startswith("WARNING: runs differ in val_batches (") for note in notes)
+    assert any(note.startswith("WARNING: the runs of qk_scale differ in parameter count (1,234 / ") for note in notes)
 
 
 def test_no_runs_found_names_what_exists(runs_dir, tmp_path):
