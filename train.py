@@ -1,6 +1,7 @@
 """Train one attention variant: ``python train.py variant=sep_qkv`` (Hydra overrides, ``-m`` sweeps)."""
 
 import logging
+import os
 import sys
 
 import hydra
@@ -30,6 +31,12 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(1)
     except TrainingInterrupted as err:
         print(f"interrupted: {err}", file=sys.stderr)
+        if in_joblib_worker():
+            # sys.exit would end the job, not the process: joblib's pool keeps its worker alive, idle,
+            # and the sweep that passed the signal on (attnlab/training/sweep_stop.py) waits for it.
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(130)
         sys.exit(130)
     if run is None:  # nothing to train (ladder.lr=lower/higher inside the grid); the reason is logged
         return None
@@ -38,15 +45,19 @@ def main(cfg: DictConfig) -> float | None:
     return summary.get("best_val_loss")  # what a Hydra sweeper would minimise
 
 
+def in_joblib_worker() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = str(HydraConfig.get().launcher.get("_target_", "")) if HydraConfig.initialized() else ""
+    return "joblib" in launcher.lower()
+
+
 def check_launcher_can_start(config: TrainConfig) -> None:
     """joblib's launcher runs each job in a worker process of its own pool; Lightning cannot start
     DDP's processes from there (it re-runs the worker's command line), and the job dies with a
     parser error and a killed worker. Refuse before anything is written."""
-    from hydra.core.hydra_config import HydraConfig
-
-    launcher = str(HydraConfig.get().launcher.get("_target_", "")) if HydraConfig.initialized() else ""
     t = config.trainer
-    if "joblib" in launcher.lower() and not t.one_process():
+    if in_joblib_worker() and not t.one_process():
         raise ValueError(f"hydra/launcher=joblib runs each job in one process, but trainer.devices={t.devices!r}, "
                          f"trainer.num_nodes={t.num_nodes!r} would start several; run such jobs with the basic "
                          f"launcher (drop hydra/launcher=joblib) or hydra/launcher=slurm, or train on one device "

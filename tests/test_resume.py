@@ -90,6 +90,27 @@ def test_a_launchers_time_limit_signal_saves_the_step_then_hands_the_signal_to_t
     assert resumed.load_summary()["steps"] == 8
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this system")
+def test_a_time_limit_signal_named_sigterm_hands_sigterm_to_the_launcher_and_restores_it(tmp_path, monkeypatch):
+    """SUBMITIT_PREEMPT_SIGNAL=TERM: submitit's own SIGTERM handler is the one kept and called, not
+    the stop's (SIGTERM is listed once)."""
+    from attnlab.training.callbacks import GracefulStop
+
+    def launcher(signum, frame):
+        pass
+
+    monkeypatch.setenv("SUBMITIT_PREEMPT_SIGNAL", "TERM")
+    previous = signal.signal(signal.SIGTERM, launcher)
+    try:
+        stop = GracefulStop(tmp_path / "last.ckpt")
+        stop.on_train_start(None, None)
+        assert stop.time_limit == signal.SIGTERM and stop._previous[signal.SIGTERM] is launcher
+        stop.on_train_end(None, None)
+        assert signal.getsignal(signal.SIGTERM) is launcher
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class CrashAt(L.Callback):
     """Fails during a step without saving, as a lost node or an out-of-memory kill would: the
     steps logged since the last checkpoint are logged again when the run resumes."""

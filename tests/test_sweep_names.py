@@ -38,8 +38,10 @@ def _problem(overrides: list[str]) -> str | None:
     ["experiment=ladder", "model=ladder/c1,ladder/c2", "variant=baseline", "seed=0"],
     ["experiment=demo,zoo"],
     ["experiment=ladder_widen", "model=ladder/c1", "variant=baseline"],  # ladder.lr=lower,higher
+    ["optim.lr=1e-3,3e-3", "results_dir=${hydra:runtime.output_dir}/runs"],  # a directory per job
+    ["optim.lr=1e-3,3e-3", "experiment_name=run${hydra:job.num}"],
 ], ids=["variant-seed", "lr-named", "group-named", "battery", "ladder-tune", "ladder-optuna", "ladder-rungs",
-        "experiments", "ladder-widen"])
+        "experiments", "ladder-widen", "job-output-dir", "job-number"])
 def test_a_sweep_whose_settings_name_their_runs_goes_ahead(overrides):
     assert _problem(overrides) is None
 

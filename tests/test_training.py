@@ -272,6 +272,36 @@ def test_cli_sweep_of_every_variant_by_2_seeds_then_evaluation_over_all_of_them(
           f"evaluation {time.perf_counter() - trained:.1f} s")
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="child processes are read from Linux's /proc")
+def test_a_sigterm_to_a_parallel_sweep_reaches_its_workers_which_save_and_stop(tmp_path, corpus):
+    """`kill <pid of python train.py -m hydra/launcher=joblib ...>`: the launching process passes
+    it to the worker processes, each saves its step and exits, and no run is left training."""
+    import fcntl
+    import signal
+
+    from attnlab.checkpoint import checkpoint_step
+
+    args = [str(REPO / "train.py"), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1",
+            "variant=baseline,gelu_bias", "experiment_name=stopped", *tiny_overrides(tmp_path, corpus),
+            "trainer.max_steps=100000", "trainer.val_every_n_steps=100000", "trainer.checkpoint_every_n_steps=100000",
+            f"hydra.sweep.dir={tmp_path / 'hydra'}"]
+    sweep = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    runs = [tmp_path / "runs" / "stopped" / v / "seed0" for v in ("baseline", "gelu_bias")]
+    deadline = time.monotonic() + 300
+    while not all((run / "metrics.csv").is_file() for run in runs):  # both training (a row logged)
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()[0][-3000:]
+        time.sleep(0.5)
+    sweep.send_signal(signal.SIGTERM)
+    output, _ = sweep.communicate(timeout=180)
+    assert sweep.returncode == 128 + signal.SIGTERM, output[-3000:]
+    for run in runs:
+        assert checkpoint_step(run / "checkpoints" / "last.ckpt") > 0, output[-3000:]  # saved on the signal
+        with open(run.parent / ".seed0.lock") as lock:  # no process trains it any more
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def test_a_multi_process_run_under_the_joblib_launcher_is_refused_before_anything_is_written(tmp_path, corpus):
     result = _cli(["-m", "hydra/launcher=joblib", *tiny_overrides(tmp_path, corpus), "trainer.devices=2",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)

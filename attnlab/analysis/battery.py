@@ -240,7 +240,8 @@ def ladder_agreement_table(cfg: EvaluateConfig, per_seed: dict[str, pd.Series],
     if cfg.ladder is not None and is_ladder(runs_dir, cfg.ladder):
         ladder, source = ladder_comparison(runs_dir, cfg.ladder, cfg), f"ladder {cfg.ladder!r}'s runs under {runs_dir}"
     elif cfg.ladder_result is not None and Path(cfg.ladder_result).is_dir():
-        if cfg.ladder_result == DEFAULT_LADDER_RESULT and (cfg.ladder != "ladder" or cfg.ladder_runs_dir is not None):
+        named = cfg.ladder is not None and (cfg.ladder != "ladder" or cfg.ladder_runs_dir is not None)
+        if named and cfg.ladder_result == DEFAULT_LADDER_RESULT:
             # a ladder named on purpose: a misspelt name or directory must not pass the committed one for it
             log.warning("no runs of ladder %r under %s: the battery is compared with the ladder result %s "
                         "instead", cfg.ladder, runs_dir, cfg.ladder_result)

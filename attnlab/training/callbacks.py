@@ -309,7 +309,8 @@ class GracefulStop(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.time_limit = time_limit_signal()
         chained = self.time_limit is not None and callable(signal.getsignal(self.time_limit))
-        for signum in (signal.SIGINT, signal.SIGTERM, *([self.time_limit] if chained else [])):
+        # dict: once each, as SUBMITIT_PREEMPT_SIGNAL=TERM names SIGTERM twice
+        for signum in dict.fromkeys((signal.SIGINT, signal.SIGTERM, *([self.time_limit] if chained else []))):
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread: leave signals to the launcher

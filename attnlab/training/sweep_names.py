@@ -10,12 +10,14 @@ under ``overwrite=true``. Registered for every run in ``configs/train.yaml``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attnlab.ladder import member_name
 from attnlab.training.estimate import sweep_values
@@ -43,12 +45,13 @@ def shared_run_directory(config: DictConfig) -> str | None:
     if values is None:
         return None
     first = {key: options[0] for key, options in values.items()}
+    number = itertools.count()
     for key, options in values.items():
         if key in NAMES_THE_RUN and len(set(options)) == len(options):
             continue
         seen: dict[tuple, str] = {}
         for value in options:
-            job = _compose(config, {**first, key: value})
+            job = _compose(config, {**first, key: value}, next(number))
             where = None if job is None else _run_directory(job)
             if where is None:
                 break
@@ -58,12 +61,18 @@ def shared_run_directory(config: DictConfig) -> str | None:
     return None
 
 
-def _compose(config: DictConfig, overrides: dict[str, str]) -> DictConfig | None:
+def _compose(config: DictConfig, overrides: dict[str, str], number: int) -> DictConfig | None:
+    """Job ``number`` of the sweep, with what the launcher sets per job (its number and output
+    directory: ``results_dir=${hydra:runtime.output_dir}/runs`` names each run apart)."""
     from hydra.core.global_hydra import GlobalHydra
 
     try:
-        return GlobalHydra.instance().config_loader().load_sweep_config(
+        job = GlobalHydra.instance().config_loader().load_sweep_config(
             config, [f"{key}={value}" for key, value in overrides.items()])
+        with open_dict(job):
+            job.hydra.job.id = job.hydra.job.num = number
+            job.hydra.runtime.output_dir = str(Path(job.hydra.sweep.dir) / str(job.hydra.sweep.subdir))
+        return job
     except Exception as err:  # noqa: BLE001 - the job itself will report a bad override
         log.debug("cannot compose a job of the sweep: %s", err)
         return None

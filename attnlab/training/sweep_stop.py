@@ -1,0 +1,89 @@
+"""A Hydra callback that passes SIGTERM, sent to a parallel sweep's launching process, on to the
+processes training its runs.
+
+Under ``hydra/launcher=joblib`` the runs train in worker processes (joblib's loky pool). A
+SIGTERM to the process that started the sweep (``kill``, ``timeout``, a job scheduler that signals
+one process) ended it alone: its workers trained on, orphaned, holding their runs' locks, so that
+the sweep started again with ``resume=auto`` was refused run by run. Ctrl-C reaches every process
+of the terminal's foreground group already. Registered for every run in ``configs/train.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+# How long the launching process waits for its workers to save their step and exit; a scheduler
+# sends SIGKILL some time after SIGTERM anyway (Slurm's KillWait: 30 s by default).
+WORKERS_GRACE_S = 60.0
+
+
+class StopWorkersWithTheSweep(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not str(config.hydra.launcher.get("_target_", "")).endswith("JoblibLauncher"):
+            return  # the basic launcher trains in this process; Slurm signals each job itself
+        try:
+            signal.signal(signal.SIGTERM, stop_workers)
+        except ValueError:  # not the main thread
+            pass
+
+
+def stop_workers(signum: int, frame: Any) -> None:
+    """SIGTERM every child process (each saves its step's checkpoint and exits), wait for them
+    for ``WORKERS_GRACE_S`` at most, then end this process as SIGTERM would have."""
+    # Not those that block or ignore it (joblib's resource tracker): they would be waited for in vain.
+    children = [pid for pid in child_processes() if not ignores(pid, signum)]
+    log.warning("%s: passing it on to the sweep's %d worker process(es), waiting for them to save and exit",
+                signal.Signals(signum).name, len(children))
+    for pid in children:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + WORKERS_GRACE_S
+    while time.monotonic() < deadline and any(running(pid) for pid in children):
+        time.sleep(0.2)
+    signal.signal(signum, signal.SIG_DFL)
+    sys.exit(128 + signum)
+
+
+def child_processes(pid: int | None = None) -> list[int]:
+    """This process's children, from ``/proc`` (Linux); none where it does not list them."""
+    pid = os.getpid() if pid is None else pid
+    children: list[int] = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(child) for child in listing.read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return sorted(set(children))
+
+
+def ignores(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` blocks or ignores ``signum`` (its masks in ``/proc/<pid>/status``)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True  # gone
+    masks = {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()
+             if line.startswith(("SigBlk:", "SigIgn:"))}
+    return any(mask >> (signum - 1) & 1 for mask in masks.values())
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child its parent has not reaped yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
