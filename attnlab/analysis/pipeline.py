@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from attnlab.analysis import maps as maps_lib
 from attnlab.analysis.config import EvaluateConfig
@@ -93,7 +94,7 @@ def load_experiment(runs_dir: str | Path, experiment: str | None = None, baselin
         raise ValueError(f"no run of experiment {name!r} under {runs_dir} can be evaluated: "
                          + "; ".join(f"{run} ({', '.join(reasons)})" for run, reasons in skipped.items()))
     frame = runs_frame(runs, baseline)
-    notes = comparability_notes(frame, allow_mixed_data)
+    notes = comparability_notes(frame, allow_mixed_data) + selection_seed_notes(runs)
     for note in notes:
         log.warning(note)
     if skipped:
@@ -102,6 +103,23 @@ def load_experiment(runs_dir: str | Path, experiment: str | None = None, baselin
     order = {str(p): i for i, p in enumerate(frame["run_dir"])}
     return Experiment(name, sorted(runs, key=lambda r: order[str(r.path)]), frame,
                       variant_order(frame["variant"], baseline), notes, skipped)
+
+
+def selection_seed_notes(runs: Sequence[RunDir]) -> list[str]:
+    """A note where runs of a ladder member are on the seeds that chose its learning rate: each
+    is the best of the rates tried on that seed, so a comparison that counts it is biased toward
+    the rate; the ladder's own evaluation leaves those seeds out of its comparisons."""
+    chose: dict[str, list[str]] = {}
+    for run in runs:
+        try:
+            ladder = run.load_config().get("ladder") or {}
+        except (OSError, yaml.YAMLError, AttributeError):  # no readable config.yaml: not known to be one
+            continue
+        if ladder.get("name") and run.seed in (ladder.get("selection_seeds") or []):
+            chose.setdefault(ladder["name"], []).append(f"{run.variant}/seed{run.seed}")
+    return [f"NOTE: {', '.join(names)} chose this learning rate (selection seeds of ladder {ladder!r}); a "
+            f"comparison that counts them favours it; python evaluate.py experiment={ladder} leaves them out"
+            for ladder, names in chose.items()]
 
 
 def representative_runs(exp: Experiment, seed: int | None = None) -> list[RunDir]:

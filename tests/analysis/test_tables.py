@@ -166,6 +166,22 @@ def test_runs_with_different_settings_carry_a_warning(runs_dir, tmp_path):
     assert any(note.startswith("WARNING: the runs of qk_scale differ in parameter count (1,234 / ") for note in notes)
 
 
+def test_runs_on_the_seeds_that_chose_a_ladder_member_s_rate_carry_a_note(runs_dir, tmp_path):
+    """A ladder member evaluated on its own: its selection-seed runs chose the rate (each is the
+    best rate on its seed), which a note says; the ladder's evaluation leaves them out."""
+    import yaml
+
+    root = _copy_experiment(runs_dir, tmp_path, "member")
+    assert not [n for n in load_experiment(root, "member").notes if "chose this learning rate" in n]
+    for variant in ("baseline", "qk_scale"):
+        config_path = root / "member" / variant / "seed1" / "config.yaml"
+        config = yaml.safe_load(config_path.read_text())
+        config_path.write_text(yaml.safe_dump({**config, "ladder": {"name": "lad", "selection_seeds": [1]}}))
+    notes = load_experiment(root, "member").notes
+    assert ("NOTE: baseline/seed1, qk_scale/seed1 chose this learning rate (selection seeds of ladder 'lad'); a "
+            "comparison that counts them favours it; python evaluate.py experiment=lad leaves them out") in notes
+
+
 def test_no_runs_found_names_what_exists(runs_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished runs of experiment 'nope' under .*; available: tiny"):
         load_experiment(runs_dir, "nope")
