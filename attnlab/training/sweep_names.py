@@ -47,8 +47,8 @@ def shared_run_directory(config: DictConfig) -> str | None:
     first = {key: options[0] for key, options in values.items()}
     number = itertools.count()
     for key, options in values.items():
-        if key in NAMES_THE_RUN and len(set(options)) == len(options):
-            continue
+        if len(options) < 2 or (key in NAMES_THE_RUN and len(set(options)) == len(options)):
+            continue  # not swept, or a value per run directory
         seen: dict[tuple, str] = {}
         for value in options:
             job = _compose(config, {**first, key: value}, next(number))
