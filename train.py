@@ -48,8 +48,9 @@ def main(cfg: DictConfig) -> float | None:
 def in_joblib_worker() -> bool:
     from hydra.core.hydra_config import HydraConfig
 
-    launcher = str(HydraConfig.get().launcher.get("_target_", "")) if HydraConfig.initialized() else ""
-    return "joblib" in launcher.lower()
+    from attnlab.training.estimate import is_joblib
+
+    return HydraConfig.initialized() and is_joblib(HydraConfig.get().launcher)
 
 
 def check_launcher_can_start(config: TrainConfig) -> None:

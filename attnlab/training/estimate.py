@@ -107,11 +107,16 @@ def warn_if_oversubscribed(workers: int, cores: int | None = None) -> bool:
     return True
 
 
+def is_joblib(launcher: DictConfig) -> bool:
+    """Whether ``hydra.launcher`` is hydra/launcher=joblib (each job in a worker process of a pool)."""
+    return str(launcher.get("_target_", "")).endswith("JoblibLauncher")
+
+
 def parallel_workers(config: DictConfig) -> int:
     """How many runs the launcher runs at once: ``n_jobs`` of hydra/launcher=joblib (-1: every
     core, as joblib counts them), else 1 (the basic launcher; Slurm's own queue decides there)."""
     launcher = config.hydra.launcher
-    if not str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+    if not is_joblib(launcher):
         return 1
     n_jobs = int(launcher.get("n_jobs") or 1)
     if n_jobs < 0:

@@ -21,6 +21,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from attnlab.training.estimate import is_joblib
+
 log = logging.getLogger(__name__)
 
 # How long the launching process waits for its workers to save their step and exit; a scheduler
@@ -30,7 +32,7 @@ WORKERS_GRACE_S = 60.0
 
 class StopWorkersWithTheSweep(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not str(config.hydra.launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        if not is_joblib(config.hydra.launcher):
             return  # the basic launcher trains in this process; Slurm signals each job itself
         try:
             signal.signal(signal.SIGTERM, stop_workers)
