@@ -15,7 +15,7 @@ register_schema()
 
 @hydra.main(version_base=None, config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from attnlab.training.module import NonFiniteLossError
+    from attnlab.training.module import NonFiniteLossError, UntrainedParametersError
     from attnlab.training.run import TrainingInterrupted, train
 
     print_lightning_messages_once()
@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> float | None:
     except (ValueError, FileNotFoundError, FileExistsError, MissingMandatoryValue) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, UntrainedParametersError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     except TrainingInterrupted as err:

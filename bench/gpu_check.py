@@ -172,6 +172,8 @@ def train_steps(config: ModelConfig, device: torch.device, precision: str, batch
               "mfu": flops_per_token(config, T) * tokens_per_s / peak_flops if peak_flops else None,
               "waited_for_window_s": waited,
               **{key: window[key] for key in ("window", "beside_first_steps", "beside_phases") if key in window}}
+    if contestant.without_gradient:  # a fused path that dropped a term's gradient: it would not train
+        result["error"] = f"no gradient for {', '.join(contestant.without_gradient)}"
     if device.type == "cuda":  # weights, AdamW state and the step's peak, as the plan estimates
         result["peak_bytes"] = torch.cuda.max_memory_allocated(device) - start_bytes
     return result
@@ -361,6 +363,9 @@ def equality(variant: str, device: torch.device, precision: str, rows: list[dict
         F.cross_entropy(logits.float().flatten(0, 1), idx[:, 1:].flatten()).backward()
         if device.type == "cuda":  # a kernel's asynchronous error surfaces here, in its own call
             torch.cuda.synchronize(device)
+        missing = [name for name, p in model.named_parameters() if p.grad is None]
+        if missing:  # a fused path that dropped a term's gradient: named, not a NoneType error
+            raise RuntimeError(f"no gradient for {', '.join(missing)}")
         return (model.state_dict(), logits.float().detach(),
                 torch.cat([p.grad.float().flatten() for p in model.parameters()]))
 

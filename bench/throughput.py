@@ -142,12 +142,17 @@ class Contestant:
         self.autocast = precision == "bf16-mixed"
         # fused=True is the fastest AdamW on CPU and GPU alike, and both contestants use it.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
+        # Named at the first step: trainable parameters its backward left without a gradient.
+        self.without_gradient: list[str] | None = None
 
     def step(self, x: Tensor, y: Tensor) -> None:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.forward(x)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         loss.backward()
+        if self.without_gradient is None:
+            self.without_gradient = [name for name, p in self.model.named_parameters()
+                                     if p.requires_grad and p.grad is None]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 

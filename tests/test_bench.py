@@ -655,3 +655,35 @@ def test_the_gpu_check_stopped_by_sigterm_stops_its_workers(tmp_path):
     while not _gone(worker) and time.time() < deadline:
         time.sleep(0.1)
     assert _gone(worker), "a steps worker outlived the check"
+
+
+def test_a_parameter_left_without_a_gradient_fails_its_steps_case_and_its_equality_row(monkeypatch):
+    """A fused path that dropped a term's gradient would train on without it: the steps case and the
+    fused kernel's equality row name the parameter rather than report a speed or a NoneType error."""
+    import gpu_check
+    import torch
+
+    build = gpu_check.build_model
+
+    def term_gradient_dropped(config):
+        model = build(config)
+        if config.attn_kernel != "explicit":  # as a fused kernel losing qk_scale's term's gradient would
+            attn = model.blocks[0].attn
+            terms_of = attn.score_terms
+
+            def detached_terms(*args):
+                terms = terms_of(*args)
+                return terms._replace(dense=terms.dense.detach())
+
+            attn.score_terms = detached_terms
+        return model
+
+    monkeypatch.setattr(gpu_check, "build_model", term_gradient_dropped)
+    cpu = torch.device("cpu")
+    config = gpu_check.ModelConfig(**{**gpu_check.EQUALITY_SHAPE, "variant": "qk_scale"})
+    steps = gpu_check.train_steps(config, cpu, "32-true", batch_size=1, steps=1, compile=False)
+    assert steps["error"] == "no gradient for blocks.0.attn.score.weight, blocks.0.attn.score.bias"
+    rows = gpu_check.equality("qk_scale", cpu, "32-true", [])
+    assert rows and all(row == {"variant": "qk_scale", "kernel": row["kernel"], "ok": False,
+                                "error": "RuntimeError: no gradient for blocks.0.attn.score.weight, "
+                                         "blocks.0.attn.score.bias"} for row in rows)

@@ -424,6 +424,33 @@ def test_16_mixed_with_a_gradient_scaler_takes_the_unfused_optimizer_and_clips_u
     assert seen.fused is False and len(seen.norms) == 3 and max(seen.norms) <= 0.001 * 1.001, seen.norms
 
 
+def test_a_parameter_without_a_gradient_stops_the_run_before_its_first_update(tmp_path):
+    """A parameter the step never differentiates (here one the forward never reads; on a GPU, a
+    compiled kernel dropping a term's gradient) would silently never train: the first optimizer
+    step is refused, naming it, and no weight has moved."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from attnlab.model import build_model
+    from attnlab.training.config import OptimConfig
+    from attnlab.training.module import LanguageModelModule, UntrainedParametersError
+    from conftest import tiny_config
+
+    model = build_model(tiny_config("qk_scale"))
+    model.blocks[1].attn.unread = torch.nn.Parameter(torch.zeros(3))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    module = LanguageModelModule(model, OptimConfig(warmup_steps=1), 3)
+    tokens = torch.randint(0, 100, (6, 17))
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    with pytest.raises(UntrainedParametersError,
+                       match=r"1 parameter\(s\) of variant 'qk_scale' got no gradient.*: blocks\.1\.attn\.unread\. "
+                             r"Stopped before the first update.*model\.attn_kernel=explicit"):
+        trainer.fit(module, DataLoader(TensorDataset(tokens[:, :-1], tokens[:, 1:]), batch_size=2))
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name], rtol=0, atol=0, msg=name)
+
+
 def test_validation_throughput_counts_forward_flops_only(tmp_path, corpus):
     metrics = pd.read_csv(train(compose_config(["experiment_name=unit", *tiny_overrides(tmp_path, corpus),
                                                 "trainer.max_steps=6"])).metrics)

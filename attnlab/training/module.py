@@ -42,6 +42,10 @@ class NonFiniteLossError(FloatingPointError):
     """Training or validation loss became NaN/Inf; no checkpoint was written from that state."""
 
 
+class UntrainedParametersError(RuntimeError):
+    """Parameters got no gradient at the first optimizer step: the run would never train them."""
+
+
 class LanguageModelModule(L.LightningModule):
     def __init__(self, model: GPT, optim: OptimConfig, max_steps: int,
                  flops_per_batch: float | None = None, nonfinite_loss: str = "stop",
@@ -69,6 +73,7 @@ class LanguageModelModule(L.LightningModule):
                 MulticlassAccuracy(model.config.padded_vocab_size, average="micro", ignore_index=IGNORE_INDEX,
                                    validate_args=False) for _ in range(2))
         self.tokens_seen = 0
+        self._gradients_checked = False
 
     def configure_model(self) -> None:
         """Under ``trainer=fsdp`` (``ModelParallelStrategy``): shard every block on its own, then
@@ -180,6 +185,24 @@ class LanguageModelModule(L.LightningModule):
              CosineToFloor(optimizer, T_max=max(1, self.max_steps - warmup), eta_min=o.lr * o.min_lr_ratio)],
             milestones=[warmup])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Once, before the first update (gradients accumulated and reduced): every trainable
+        parameter has a gradient. Without one, a parameter would never train and no loss or error
+        would show it, e.g. a compiled kernel that dropped the gradient of a variant's term."""
+        if self._gradients_checked:
+            return
+        self._gradients_checked = True
+        missing = [name for name, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        if missing:
+            config = self.model.config
+            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            raise UntrainedParametersError(
+                f"{len(missing)} parameter(s) of variant {config.variant!r} got no gradient in the first step, "
+                f"so this run would never train them: {shown}. Stopped before the first update "
+                f"(model.attn_kernel={config.attn_kernel!r}, device {self.device.type}, "
+                f"precision {self.trainer.precision}); model.attn_kernel=explicit computes every term "
+                f"without a fused kernel, and a variant's forward must use every parameter it defines.")
 
     def _gradient_scaler(self):
         return getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
