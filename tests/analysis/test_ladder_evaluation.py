@@ -86,6 +86,7 @@ def test_a_ladder_with_too_few_rungs_is_compared_per_rung_and_says_why_it_has_no
     assert (out / "figures" / "loss_vs_compute.png").is_file()
 
 
+@pytest.mark.slow  # two evaluations, then three refused
 def test_a_ladder_result_is_evaluated_again_without_its_runs(tmp_path):
     """``ladder_again=<dir>``: the per-run losses a ladder's evaluation wrote give the same tables with
     the runs gone (a committed reference evaluated by a newer attnlab); its own directory is never
@@ -111,6 +112,7 @@ def test_a_ladder_result_is_evaluated_again_without_its_runs(tmp_path):
         evaluate(EvaluateConfig(ladder_again=str(again), output_dir=str(tmp_path / "x")))
 
 
+@pytest.mark.slow  # three evaluations
 def test_a_variant_missing_seeds_at_a_rung_is_named_and_a_smaller_ladder_replaces_the_fits(tmp_path):
     runs_dir = tmp_path / "runs"
     make_ladder(runs_dir)
@@ -136,6 +138,7 @@ def remove_rung(runs_dir, rung) -> None:
         shutil.rmtree(member)
 
 
+@pytest.mark.slow  # two evaluations
 def test_a_variant_with_too_few_rungs_loses_its_own_fit_not_the_others(tmp_path):
     runs_dir = tmp_path / "runs"
     make_ladder(runs_dir)
