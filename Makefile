@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 # The demo's seeds: `make demo SEEDS=0,1,2` gives intervals and tests (about 3x the time).
 SEEDS ?= 0
 
-.PHONY: setup demo test test-fast lint bench clean-runs
+.PHONY: setup demo test test-fast lint bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -268,7 +268,8 @@ EAGER_FLEX_MIN_SCORES = 2**26
 
 # Why ``flex`` only trains on CUDA; every refusal (kernel, train(), bench) gives this reason.
 FLEX_CPU_LIMIT = (f"FlexAttention has no CPU backward in torch {torch.__version__}; use "
-                  f"model.attn_kernel=auto (the default) or sdpa, or train on a CUDA GPU")
+                  f"model.attn_kernel=auto (the default: the fastest kernel that can train the variant "
+                  f"here), or train on a CUDA GPU")
 
 
 # Below 128 queries Inductor's CUDA lowering takes its flex-decoding kernel, whose tile is T times

@@ -65,7 +65,8 @@ from torch import nn
 
 from attnlab import attention
 from attnlab.attention import (FLASH_MAX_HEAD_SIZE, FLEX_MAX_HEAD_SIZE, FLEX_MIN_HEAD_SIZE, KERNELS,
-                               build_rope_cache, flex_head_size_problem, flex_takes_head_sizes, sdpa_takes_gqa)
+                               build_rope_cache, flex_head_size_problem, flex_takes_head_sizes, kernels_for,
+                               sdpa_takes_gqa)
 from attnlab.config import PRESETS, ModelConfig
 from attnlab.cudnn_sdpa import (CUDNN_MAX_HEAD_SIZE, cudnn_takes, device_capability, device_key, keeps_cudnn_out,
                                 prefers_cudnn)
@@ -601,9 +602,10 @@ def check_flex_head_size(model_config: ModelConfig) -> None:
     block, resolved = resolve(model_config)
     problem = flex_head_size_problem(block.attention_head_sizes(resolved))
     if problem is not None:
+        others = ["auto (the default)", *(k for k in kernels_for(block.attention_spec(resolved)) if k != "flex")]
         raise ValueError(f"model.attn_kernel=flex cannot train variant {model_config.variant!r} at head_size="
-                         f"{resolved.head_size} on a GPU: {problem}; use model.attn_kernel=auto (the default), sdpa "
-                         f"or explicit, or a model.n_head that makes head_size "
+                         f"{resolved.head_size} on a GPU: {problem}; use model.attn_kernel="
+                         f"{', '.join(others[:-1])} or {others[-1]}, or a model.n_head that makes head_size "
                          f"{FLEX_MIN_HEAD_SIZE}..{FLEX_MAX_HEAD_SIZE}")
 
 

@@ -199,10 +199,13 @@ def experiment_runs(results_dir: str | Path, experiment: str) -> list[RunDir]:
     return runs
 
 
-def latest_experiment(results_dir: str | Path) -> str:
-    runs = find_runs(results_dir)
+def latest_experiment(results_dir: str | Path, with_text: bool = False) -> str:
+    """The experiment of the newest finished run; ``with_text``: of the newest one trained on text
+    (with a ``tokenizer.model``, which samples and heatmaps need; a synthetic task's runs have none)."""
+    runs = [r for r in find_runs(results_dir) if not with_text or r.tokenizer.is_file()]
     if not runs:
-        raise FileNotFoundError(f"no finished runs under {results_dir}; train some first, e.g. "
+        kind = "finished runs trained on text" if with_text else "finished runs"
+        raise FileNotFoundError(f"no {kind} under {results_dir}; train some first, e.g. "
                                 f"`python train.py experiment=demo`")
     newest = max(runs, key=lambda r: r.summary.stat().st_mtime)
     return newest.path.parent.parent.name

@@ -263,6 +263,14 @@ def test_the_ladder_experiments_compose_and_count_their_runs():
             assert count_jobs(config) == jobs, name
     assert parallel_workers(config) == 2
     assert TimeEstimate("ladder", 76).message(72, 2) == "ladder: 72 runs x ~76 s on 2 parallel workers ≈ 45.6 min"
+    # Rungs differ in time: each (measured) rung's share of the runs, in waves of the workers.
+    estimate = OmegaConf.load(CONFIGS / "experiment" / "ladder.yaml").hydra.callbacks.estimate
+    assert set(base.sweeper.params.model.split(",")) == set(estimate.seconds_by_model)
+    by_rung = TimeEstimate("ladder", 57, seconds_by_model={"ladder/c1": 18, "ladder/c4": 164})
+    assert by_rung.message_by_model(6, ["ladder/c4", "ladder/c1"], 2) == (
+        "ladder: 6 runs x ~18 s (ladder/c1) to ~164 s (ladder/c4) on 2 parallel workers ≈ 6.1 min")
+    assert by_rung.run_seconds(OmegaConf.create({}), "ladder/c4") == 164
+    assert by_rung.run_seconds(OmegaConf.create({}), "ladder/c2") == 57  # not measured: the average
     assert member_name("ladder", "ladder_c2", 0.004) == "ladder-ladder_c2-lr0.004"
 
 

@@ -510,6 +510,8 @@ def test_flex_is_planned_only_at_head_sizes_its_cuda_kernel_compiles_and_forcing
     assert str(err.value).startswith("model.attn_kernel=flex cannot train variant 'qk_scale' at head_size=620 on "
                                      "a GPU: FlexAttention's CUDA kernel takes head sizes up to 256")
     assert "use model.attn_kernel=auto (the default), sdpa or explicit" in str(err.value)
+    with pytest.raises(ValueError, match=r"use model.attn_kernel=auto \(the default\) or explicit,"):  # no sdpa
+        check_flex_head_size(dataclasses.replace(forced, variant="softcap"))
     check_flex_head_size(study)  # auto: nothing to refuse
     check_flex_head_size(ModelConfig.from_preset("gqa100m", variant="qk_scale", attn_kernel="flex"))
     # softcap: FlexAttention would take the cap, SDPA cannot: the explicit kernel, warned about.

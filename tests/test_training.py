@@ -177,7 +177,7 @@ def test_a_variant_registered_after_the_schema_is_stored_still_composes():
     (["variant=gated_attn", "variant.options.granularity=rowwise"],
      "variant.options.granularity='rowwise' is not valid .*one of elementwise\\|headwise"),
     (["variant=talking_heads"], "talking_heads mixes across heads, so it needs model.n_head >= 2; got 1"),
-    (["model.attn_kernel=flex"], "model.attn_kernel=flex cannot train on accelerator='cpu'.*sdpa"),
+    (["model.attn_kernel=flex"], "model.attn_kernel=flex cannot train on accelerator='cpu'.*attn_kernel=auto"),
 ])
 def test_invalid_values_fail_before_training(overrides, message, tmp_path, corpus):
     with pytest.raises(ValueError, match=message):  # at composition or at train()'s checks

@@ -80,7 +80,8 @@ def load_experiment(runs_dir: str | Path, experiment: str | None = None, baselin
 
     ``checkpoint`` (best/last): runs also need that checkpoint (for samples, heatmaps, statistics).
     """
-    name = experiment or latest_experiment(runs_dir)
+    # Newest: for samples and heatmaps (``checkpoint``), the newest experiment trained on text.
+    name = experiment or latest_experiment(runs_dir, with_text=checkpoint is not None)
     runs, skipped = [], {}
     for run in experiment_run_dirs(runs_dir, name):
         reasons = run.problems(checkpoint)

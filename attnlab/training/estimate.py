@@ -32,14 +32,17 @@ log = logging.getLogger(__name__)
 
 class TimeEstimate(Callback):
     """``seconds_per_run``: one run on one core, measured at ``steps`` training steps (None: runs are
-    not sized by trainer.max_steps, e.g. a ladder's budget), ``start_seconds`` of it to start."""
+    not sized by trainer.max_steps, e.g. a ladder's budget), ``start_seconds`` of it to start.
+    ``seconds_by_model``: one run per ``model=`` choice, where runs differ by size (a ladder's rungs);
+    ``seconds_per_run`` stands for a choice not in it."""
 
     def __init__(self, experiment: str, seconds_per_run: float, steps: int | None = None,
-                 start_seconds: float = 0.0) -> None:
+                 start_seconds: float = 0.0, seconds_by_model: dict[str, float] | None = None) -> None:
         self.experiment = experiment
         self.seconds_per_run = seconds_per_run
         self.steps = steps
         self.start_seconds = start_seconds
+        self.seconds_by_model = dict(seconds_by_model or {})
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         log.info(self.message(1, seconds=self.run_seconds(config)))
@@ -47,10 +50,20 @@ class TimeEstimate(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         workers = parallel_workers(config)
         warn_if_oversubscribed(workers)
-        log.info(self.message(count_jobs(config), workers, self.run_seconds(config)))
+        swept = sweep_values(config)
+        models = (swept or {}).get("model") or [_model_choice(config)]
+        runs = None if swept is None else math.prod(len(values) for values in swept.values())
+        if runs and len(models) > 1 and all(m in self.seconds_by_model for m in models):
+            log.info(self.message_by_model(runs, models, workers))
+        else:
+            log.info(self.message(runs, workers, self.run_seconds(config, models[0])))
 
-    def run_seconds(self, config: DictConfig) -> float:
-        """A run of the configured trainer.max_steps: the training part scaled from ``steps``."""
+    def run_seconds(self, config: DictConfig, model: str | None = None) -> float:
+        """A run of the configured model (``model``: that choice instead) and trainer.max_steps: the
+        training part scaled from ``steps``."""
+        model = model or _model_choice(config)
+        if model in self.seconds_by_model:
+            return self.seconds_by_model[model]
         max_steps = OmegaConf.select(config, "trainer.max_steps", default=None)
         if self.steps is None or not isinstance(max_steps, int) or max_steps == self.steps:
             return self.seconds_per_run
@@ -65,6 +78,22 @@ class TimeEstimate(Callback):
         at_once = f" on {workers} parallel workers" if workers > 1 else ""
         return (f"{self.experiment}: {runs} run{'s' if runs != 1 else ''} x ~{seconds:.0f} s{at_once} "
                 f"≈ {total / 60:.1f} min")
+
+
+    def message_by_model(self, runs: int, models: list[str], workers: int = 1) -> str:
+        """A sweep of equal shares of ``runs`` per model choice, each share in waves of ``workers``."""
+        share = runs / len(models)
+        total = sum(math.ceil(share / workers) * self.seconds_by_model[m] for m in models)
+        by_time = sorted(models, key=self.seconds_by_model.__getitem__)
+        fastest, slowest = by_time[0], by_time[-1]
+        at_once = f" on {workers} parallel workers" if workers > 1 else ""
+        return (f"{self.experiment}: {runs} runs x ~{self.seconds_by_model[fastest]:.0f} s ({fastest}) to "
+                f"~{self.seconds_by_model[slowest]:.0f} s ({slowest}){at_once} ≈ {total / 60:.1f} min")
+
+
+def _model_choice(config: DictConfig) -> str | None:
+    """The config group option chosen for ``model`` (``ladder/c2``), where Hydra recorded it."""
+    return OmegaConf.select(config, "hydra.runtime.choices.model", default=None)
 
 
 class WidenEstimate(TimeEstimate):

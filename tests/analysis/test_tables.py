@@ -10,7 +10,7 @@ from scipy import stats
 
 from attnlab.analysis.pipeline import load_experiment, write_tables
 from attnlab.analysis.tables import aggregate_table, baseline_tests_table, per_run_table
-from attnlab.runs import find_runs
+from attnlab.runs import find_runs, latest_experiment
 
 from .conftest import EXPERIMENT, SEEDS, VARIANTS
 
@@ -180,6 +180,22 @@ def test_runs_on_the_seeds_that_chose_a_ladder_member_s_rate_carry_a_note(runs_d
     notes = load_experiment(root, "member").notes
     assert ("NOTE: baseline/seed1, qk_scale/seed1 chose this learning rate (selection seeds of ladder 'lad'); a "
             "comparison that counts them favours it; python evaluate.py experiment=lad leaves them out") in notes
+
+
+def test_heatmaps_and_samples_default_to_the_newest_experiment_trained_on_text(runs_dir, tmp_path):
+    """A synthetic task's runs have no tokenizer.model: without an experiment named, what draws text
+    prompts (load_experiment with a checkpoint) takes the newest text experiment, not the newest."""
+    text = tmp_path / EXPERIMENT / "baseline" / "seed0"
+    shutil.copytree(runs_dir / EXPERIMENT / "baseline" / "seed0", text)
+    synthetic = tmp_path / "mqar" / "baseline" / "seed0"
+    synthetic.mkdir(parents=True)
+    (synthetic / "summary.json").write_text(json.dumps({"final_val_loss": 1.0}))  # written after the text run's
+    assert latest_experiment(tmp_path) == "mqar"
+    assert latest_experiment(tmp_path, with_text=True) == EXPERIMENT
+    assert load_experiment(tmp_path, checkpoint="best").name == EXPERIMENT
+    (text / "tokenizer.model").unlink()
+    with pytest.raises(FileNotFoundError, match="no finished runs trained on text under .*; train some first"):
+        latest_experiment(tmp_path, with_text=True)
 
 
 def test_no_runs_found_names_what_exists(runs_dir, tmp_path):
