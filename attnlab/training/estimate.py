@@ -79,7 +79,6 @@ class TimeEstimate(Callback):
         return (f"{self.experiment}: {runs} run{'s' if runs != 1 else ''} x ~{seconds:.0f} s{at_once} "
                 f"≈ {total / 60:.1f} min")
 
-
     def message_by_model(self, runs: int, models: list[str], workers: int = 1) -> str:
         """A sweep of equal shares of ``runs`` per model choice, each share in waves of ``workers``."""
         share = runs / len(models)
