@@ -134,6 +134,12 @@ class GPT(nn.Module):
                         p.device, p.dtype) for _ in range(c.n_layer)]
 
 
+def parameters_without_gradient(model: nn.Module) -> list[str]:
+    """Trainable parameters that the last backward left without a gradient: they would never train
+    (a forward that skips them, a fused kernel that dropped a term's gradient)."""
+    return [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
 def param_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
 

@@ -76,7 +76,7 @@ from attnlab.atomic import atomic_write
 from attnlab.config import ModelConfig
 from attnlab.cudnn_sdpa import device_capability, prefers_cudnn
 from attnlab.flops import device_peak_flops, flops_per_token
-from attnlab.model import build_model
+from attnlab.model import build_model, parameters_without_gradient
 from attnlab.observed_kernel import agrees_with_plan, observed_backends
 from attnlab.params import variant_at_preset
 from attnlab.plan import estimate_peak_bytes, kernel_plan
@@ -220,13 +220,18 @@ def is_cuda_error(err: BaseException) -> bool:
         for e in _causes(err))
 
 
+def full_batch_size(args, T: int) -> int:
+    """A case's batch at ``--tokens-per-step`` (before ``planned`` halves it to fit)."""
+    return max(1, args.tokens_per_step // T)
+
+
 def planned(preset: str, T: int, variant: str, args, device: torch.device) -> tuple[ModelConfig, int, object, str]:
     """The case's model (the preset's variant at context T), batch size (``--tokens-per-step``'s,
     halved until the estimate fits the memory the cases share), kernel plan and the plan's reason
     for the shape."""
     config, reason = variant_at_preset(preset, variant)
     config = dataclasses.replace(config, block_size=T)  # the run's context: trainer.seq_len = T
-    full = max(1, args.tokens_per_step // T)
+    full = full_batch_size(args, T)
 
     def plan_at(batch_size: int):
         return kernel_plan(config, T, batch_size, args.precision, device.type,
@@ -256,7 +261,7 @@ def run_case(preset: str, T: int, variant: str, args, device: torch.device,
     steps and the forward that observes the SDPA backend run in the GPU's timed window."""
     config, batch_size, plan, reason = planned(preset, T, variant, args, device)
     row = {"preset": preset, "seq_len": T, "variant": variant, "batch_size": batch_size,
-           "full_batch_size": max(1, args.tokens_per_step // T),
+           "full_batch_size": full_batch_size(args, T),
            "n_head": config.n_head, "shape_note": reason, "kernel": plan.kernel, "backend": plan.backend,
            "why": plan.why,
            "estimate_bytes": estimate_peak_bytes(config, T, batch_size, args.precision, plan, device.type)}
@@ -363,7 +368,7 @@ def equality(variant: str, device: torch.device, precision: str, rows: list[dict
         F.cross_entropy(logits.float().flatten(0, 1), idx[:, 1:].flatten()).backward()
         if device.type == "cuda":  # a kernel's asynchronous error surfaces here, in its own call
             torch.cuda.synchronize(device)
-        missing = [name for name, p in model.named_parameters() if p.grad is None]
+        missing = parameters_without_gradient(model)
         if missing:  # a fused path that dropped a term's gradient: named, not a NoneType error
             raise RuntimeError(f"no gradient for {', '.join(missing)}")
         return (model.state_dict(), logits.float().detach(),

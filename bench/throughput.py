@@ -46,7 +46,7 @@ from attnlab.config import PRESETS, ModelConfig
 from attnlab.data import ShardIndex, TokenWindowDataset
 from attnlab.data.shards import ShardWriter, dtype_for_vocab
 from attnlab.flops import device_peak_flops, flops_per_token
-from attnlab.model import build_model
+from attnlab.model import build_model, parameters_without_gradient
 from attnlab.params import MULTI_HEAD, variant_at_preset
 from attnlab.plan import check_flex_head_size
 from variants import available_variants
@@ -151,8 +151,7 @@ class Contestant:
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         loss.backward()
         if self.without_gradient is None:
-            self.without_gradient = [name for name, p in self.model.named_parameters()
-                                     if p.requires_grad and p.grad is None]
+            self.without_gradient = parameters_without_gradient(self.model)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 

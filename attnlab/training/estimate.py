@@ -52,7 +52,7 @@ class TimeEstimate(Callback):
         warn_if_oversubscribed(workers)
         swept = sweep_values(config)
         models = (swept or {}).get("model") or [_model_choice(config)]
-        runs = None if swept is None else math.prod(len(values) for values in swept.values())
+        runs = jobs_of(swept)
         if runs and len(models) > 1 and all(m in self.seconds_by_model for m in models):
             log.info(self.message_by_model(runs, models, workers))
         else:
@@ -158,7 +158,11 @@ def count_jobs(config: DictConfig) -> int | None:
     """The number of jobs Hydra's basic sweeper makes of the sweep overrides (``hydra.sweeper.params``,
     then the command line's, which win), as the product of each key's number of values; None
     for another sweeper or overrides that cannot be parsed here."""
-    swept = sweep_values(config)
+    return jobs_of(sweep_values(config))
+
+
+def jobs_of(swept: dict[str, list[str]] | None) -> int | None:
+    """The basic sweeper's job count for ``sweep_values``' answer: the product of the values per key."""
     return None if swept is None else math.prod(len(values) for values in swept.values())
 
 

@@ -18,7 +18,7 @@ from torchmetrics.text import Perplexity
 
 from attnlab.checkpoint import checkpoint_step
 from attnlab.data.synthetic import IGNORE_INDEX
-from attnlab.model import GPT
+from attnlab.model import GPT, parameters_without_gradient
 from attnlab.training.callbacks import LastCheckpoint
 from attnlab.training.config import NONFINITE_POLICIES, OptimConfig
 
@@ -193,7 +193,7 @@ class LanguageModelModule(L.LightningModule):
         if self._gradients_checked:
             return
         self._gradients_checked = True
-        missing = [name for name, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        missing = parameters_without_gradient(self.model)
         if missing:
             config = self.model.config
             shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
