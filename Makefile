@@ -32,7 +32,7 @@ test: setup
 	$(BIN)/python -m pytest -q -m "not slow" -n auto
 	$(BIN)/python -m pytest -q -m slow -n auto
 
-# All but the tests marked slow (subprocesses, compile, bench, training runs, evaluation): about a minute on 2 cores,
+# All but the tests marked slow (subprocesses, compile, bench, training runs, evaluation): 45-50 s on 2 cores,
 # in one pytest-xdist worker per core (one thread each, tests/conftest.py).
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" -n auto

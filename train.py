@@ -34,6 +34,10 @@ def main(cfg: DictConfig) -> float | None:
         if in_joblib_worker():
             # sys.exit would end the job, not the process: joblib's pool keeps its worker alive, idle,
             # and the sweep that passed the signal on (attnlab/training/sweep_stop.py) waits for it.
+            # Ending breaks the pool, which kills the other workers: not before they have saved.
+            from attnlab.training.sweep_stop import wait_for_siblings_to_save
+
+            wait_for_siblings_to_save()
             logging.shutdown()
             sys.stderr.flush()
             os._exit(130)

@@ -339,6 +339,7 @@ def test_a_steps_case_may_wait_for_the_whole_train_phase_before_it_is_taken_for_
     assert gpu_check.case_limit_s(no_train) == gpu_check.CASE_LIMIT_S
 
 
+@pytest.mark.slow  # two sleeping children, killed after 2 s
 def test_a_check_stopped_while_phases_run_side_by_side_kills_their_children():
     """SIGTERM or Ctrl-C reaches the check's main thread as an exception while threads wait on
     the phases' children (the equality processes, the test files): those are killed, not

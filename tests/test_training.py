@@ -297,7 +297,8 @@ def test_a_sigterm_to_a_parallel_sweep_reaches_its_workers_which_save_and_stop(t
     output, _ = sweep.communicate(timeout=180)
     assert sweep.returncode == 128 + signal.SIGTERM, output[-3000:]
     for run in runs:
-        assert checkpoint_step(run / "checkpoints" / "last.ckpt") > 0, output[-3000:]  # saved on the signal
+        assert (run / "checkpoints" / "last.ckpt").is_file(), output[-3000:]  # saved on the signal
+        assert checkpoint_step(run / "checkpoints" / "last.ckpt") > 0, output[-3000:]
         with open(run.parent / ".seed0.lock") as lock:  # no process trains it any more
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 

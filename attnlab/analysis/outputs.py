@@ -6,7 +6,8 @@ so a table or figure it does not make this time (a variant, a ladder or a heatma
 left beside the new ones as if it were one of them (nor a folder it leaves empty). Nothing is
 removed before the new files exist: an evaluation that fails leaves the previous one's files. An
 evaluation of some outputs only (``outputs=[heatmaps]``) replaces the files of those (fewer layers:
-the others' heatmaps go) and keeps the rest.
+the others' heatmaps go) and keeps the rest; a ladder's or a battery's makes its tables always and its
+figures where asked (``family_outputs``).
 
 Only what evaluations write is looked at (``OWNED``): the tables, figures and heatmaps folders and the
 model outputs' files beside them. Anything else in the directory (a user's notes, Hydra's logs, runs
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,33 @@ class OutputsBefore:
             log.info("removed %d file(s) of the previous evaluation in %s that this one did not write: %s",
                      len(stale), self.out, ", ".join(stale))
         return sorted(written | (set(previous) - set(stale)))
+
+
+def output_of(name: str) -> str:
+    """Which of the evaluation's outputs (``EvaluateConfig.outputs``) wrote the file ``name``
+    (relative to the evaluation's directory)."""
+    top, stem = name.split("/")[0], Path(name).stem
+    if top == "heatmaps":
+        return "heatmaps"
+    if stem in ("head_scores", "loss_by_position", "samples"):  # beside the tables, and their figures
+        return stem
+    if stem in ("attention_stats", "attention_stats_per_run"):
+        return "attention_stats"
+    return "figures" if top == "figures" else "tables"
+
+
+def redone_by(made: Collection[str]) -> Callable[[str], bool]:
+    """``OutputsBefore.finish``'s ``redone`` for an evaluation that made the outputs ``made``: the
+    previous files of the others are kept."""
+    made = frozenset(made)
+    return lambda name: output_of(name) in made
+
+
+def family_outputs(requested: Collection[str]) -> frozenset[str]:
+    """What a ladder's or a battery's evaluation makes of the outputs ``requested``: its tables
+    always (its ``tables/per_run.csv`` is what a later evaluation reads back instead of the runs),
+    its figures where asked; it loads no model, so the other outputs do not apply."""
+    return frozenset({"tables"} | ({"figures"} & set(requested)))
 
 
 def prepare_outputs(out: Path) -> OutputsBefore:

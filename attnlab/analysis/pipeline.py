@@ -39,7 +39,7 @@ from attnlab.analysis.figures import (final_loss_figure, head_scores_figure, ind
                                       validation_curves)
 from attnlab.analysis.battery import evaluate_battery, evaluate_battery_result, is_battery
 from attnlab.analysis.ladder import evaluate_ladder, evaluate_ladder_result, is_ladder
-from attnlab.analysis.outputs import prepare_outputs
+from attnlab.analysis.outputs import prepare_outputs, redone_by
 from attnlab.analysis.head_scores import SCORES, SPECIAL_IDS, head_scores_frame, summarize_head_scores
 from attnlab.analysis.heatmaps import save_difference_heatmaps, save_heatmaps
 from attnlab.analysis.position_loss import loss_by_position, validation_windows
@@ -266,18 +266,6 @@ def check_heatmap_layers(runs: Sequence[RunDir], layers: Sequence[int] | None) -
                          f"(n_layer={n_layer}); allowed: 0..{n_layer - 1}, or null for every layer")
 
 
-def output_of(name: str) -> str:
-    """Which of ``OUTPUTS`` wrote the file ``name`` (relative to the evaluation's directory)."""
-    top, stem = name.split("/")[0], Path(name).stem
-    if top == "heatmaps":
-        return "heatmaps"
-    if stem in ("head_scores", "loss_by_position", "samples"):  # beside the tables, and their figures
-        return stem
-    if stem in ("attention_stats", "attention_stats_per_run"):
-        return "attention_stats"
-    return "figures" if top == "figures" else "tables"
-
-
 def without_text_outputs(cfg: EvaluateConfig) -> tuple[EvaluateConfig, str | None]:
     """An experiment trained on a synthetic task (data=mqar, induction or a MAD task) has no tokenizer, and
     the outputs that load models encode text prompts: those are dropped, with the note saying why."""
@@ -403,7 +391,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
               "runs": [str(r.path) for r in exp.runs],
               "skipped_runs": [{"run": name, "reasons": reasons} for name, reasons in exp.skipped.items()],
               "not_produced": not_produced, "notes": exp.notes,
-              "outputs": before.finish(redone=lambda name: output_of(name) in requested)}
+              "outputs": before.finish(redone=redone_by(requested))}
     (out / "evaluation.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
     return out

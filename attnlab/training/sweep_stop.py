@@ -6,6 +6,13 @@ SIGTERM to the process that started the sweep (``kill``, ``timeout``, a job sche
 one process) ended it alone: its workers trained on, orphaned, holding their runs' locks, so that
 the sweep started again with ``resume=auto`` was refused run by run. Ctrl-C reaches every process
 of the terminal's foreground group already. Registered for every run in ``configs/train.yaml``.
+
+The first worker to end breaks joblib's pool, which then SIGKILLs the others at once: one that had
+not saved its step yet (a slower variant, a step under way on a busy machine) lost it. So a worker
+that has saved waits for its siblings still training to save theirs before it ends
+(``wait_for_siblings_to_save``), and the launching process signals the workers that train (those
+that catch SIGTERM, as a run does from its start to its checkpoint) before the idle ones, which
+SIGTERM ends at once.
 """
 
 from __future__ import annotations
@@ -41,22 +48,43 @@ class StopWorkersWithTheSweep(Callback):
 
 
 def stop_workers(signum: int, frame: Any) -> None:
-    """SIGTERM every child process (each saves its step's checkpoint and exits), wait for them
-    for ``WORKERS_GRACE_S`` at most, then end this process as SIGTERM would have."""
+    """SIGTERM every child process (each saves its step's checkpoint and exits), those training first,
+    wait for them for ``WORKERS_GRACE_S`` at most, then end this process as SIGTERM would have."""
     # Not those that block or ignore it (joblib's resource tracker): they would be waited for in vain.
     children = [pid for pid in child_processes() if not ignores(pid, signum)]
+    training = [pid for pid in children if catches(pid, signum)]
     log.warning("%s: passing it on to the sweep's %d worker process(es), waiting for them to save and exit",
                 signal.Signals(signum).name, len(children))
-    for pid in children:
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + WORKERS_GRACE_S
+    # An idle worker ends at once, and the pool would then kill the ones still saving.
+    _send(training, signum)
+    while time.monotonic() < deadline and any(saving(pid, signum) for pid in training):
+        time.sleep(0.2)
+    _send([pid for pid in children if pid not in training], signum)
     while time.monotonic() < deadline and any(running(pid) for pid in children):
         time.sleep(0.2)
     signal.signal(signum, signal.SIG_DFL)
     sys.exit(128 + signum)
+
+
+def wait_for_siblings_to_save(signum: int = signal.SIGTERM, grace_s: float = WORKERS_GRACE_S) -> None:
+    """In a worker that has saved its step: ignore ``signum`` from now on (a second one, a
+    scheduler's to every process, must not end it before the others have saved) and wait, for
+    ``grace_s`` at most, until no other worker of the same parent still catches it (trains)."""
+    signal.signal(signum, signal.SIG_IGN)
+    parent = os.getppid()
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and os.getppid() == parent and any(
+            saving(pid, signum) for pid in child_processes(parent) if pid != os.getpid()):
+        time.sleep(0.2)
+
+
+def _send(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def child_processes(pid: int | None = None) -> list[int]:
@@ -73,13 +101,28 @@ def child_processes(pid: int | None = None) -> list[int]:
 
 def ignores(pid: int, signum: int) -> bool:
     """Whether process ``pid`` blocks or ignores ``signum`` (its masks in ``/proc/<pid>/status``)."""
+    masks = _signal_masks(pid)
+    return masks is None or any(masks[name] >> (signum - 1) & 1 for name in ("SigBlk", "SigIgn"))
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler of its own for ``signum``: a run's, while it trains."""
+    masks = _signal_masks(pid)
+    return masks is not None and bool(masks["SigCgt"] >> (signum - 1) & 1)
+
+
+def saving(pid: int, signum: int) -> bool:
+    """A worker that will save its step on ``signum`` and has not yet: running, catching it, not blocking it."""
+    return running(pid) and catches(pid, signum) and not ignores(pid, signum)
+
+
+def _signal_masks(pid: int) -> dict[str, int] | None:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return True  # gone
-    masks = {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()
-             if line.startswith(("SigBlk:", "SigIgn:"))}
-    return any(mask >> (signum - 1) & 1 for mask in masks.values())
+        return None  # gone
+    return {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()
+            if line.startswith(("SigBlk:", "SigIgn:", "SigCgt:"))}
 
 
 def running(pid: int) -> bool:

@@ -117,7 +117,7 @@ def test_each_cell_is_held_to_its_own_chance(tmp_path):
             write_run(runs_dir, "icr", 256, variant, seed, acc + 0.01 * seed, cell=cell, vocab_size=vocab,
                       chance=2 / vocab)
     out = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=50, ladder=None,
-                                  ladder_result=None))
+                                  ladder_result=None, outputs=["tables"]))
     per_task = pd.read_csv(out / "tables" / "per_task.csv").set_index(["task", "variant"])
     assert per_task.loc[("icr", "alibi"), "cells"] == 2
     assert pd.isna(per_task.loc[("icr", "alibi"), "note"])
@@ -129,8 +129,29 @@ def test_each_cell_is_held_to_its_own_chance(tmp_path):
     per_run.loc[0, "lr"] = None
     per_run.to_csv(out / "tables" / "per_run.csv", index=False)
     again = evaluate(EvaluateConfig(battery_result=str(out), output_dir=str(tmp_path / "again"),
-                                    bootstrap_resamples=50, ladder=None, ladder_result=None))
+                                    bootstrap_resamples=50, ladder=None, ladder_result=None, outputs=["tables"]))
     assert json.loads((again / "evaluation.json").read_text())["notes"] == []
+
+
+def test_outputs_tables_draws_no_figure_replaces_the_tables_and_keeps_the_previous_figures(tmp_path):
+    """``outputs=[tables]`` (no figures) on a battery: its figures are not drawn, and a previous
+    evaluation's figures stay beside the new tables as part of this one, as for an experiment."""
+    runs_dir = tmp_path / "runs"
+    make_battery(runs_dir)
+    out = tmp_path / "bat"
+    (out / "figures").mkdir(parents=True)
+    (out / "tables").mkdir()
+    (out / "figures" / "accuracy_heatmap.png").write_bytes(b"the previous evaluation's figure")
+    (out / "tables" / "vs_a_variant_left_out.md").write_text("a table the previous evaluation wrote")
+    (out / "evaluation.json").write_text(json.dumps(
+        {"outputs": ["figures/accuracy_heatmap.png", "tables/vs_a_variant_left_out.md"]}))
+    evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=50, ladder=None,
+                            ladder_result=None, outputs=["tables"]))
+    assert (out / "figures" / "accuracy_heatmap.png").read_bytes() == b"the previous evaluation's figure"
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["accuracy_heatmap.png"]
+    assert not (out / "tables" / "vs_a_variant_left_out.md").exists()  # the tables were redone
+    listed = json.loads((out / "evaluation.json").read_text())["outputs"]
+    assert "figures/accuracy_heatmap.png" in listed and "tables/per_task.md" in listed
 
 
 def test_a_cell_whose_runs_were_trained_differently_is_named_in_a_warning(tmp_path, caplog):
@@ -142,7 +163,7 @@ def test_a_cell_whose_runs_were_trained_differently_is_named_in_a_warning(tmp_pa
             write_run(runs_dir, "icr", 256, variant, seed, 0.5 + 0.01 * seed, lr=lr)
             write_run(runs_dir, "icr", 1024, variant, seed, 0.6 + 0.01 * seed)
     out = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=50, ladder=None,
-                                  ladder_result=None))
+                                  ladder_result=None, outputs=["tables"]))
     warning = "WARNING: icr/n256: runs differ in lr (baseline: 0.002/1e-05, gated_attn: 0.002)."
     assert json.loads((out / "evaluation.json").read_text())["notes"] == [warning]
     assert warning in (out / "tables" / "per_task.md").read_text() and warning in caplog.text
@@ -257,7 +278,7 @@ def test_a_ladder_named_but_not_found_is_not_silently_replaced_by_the_committed_
     make_battery(runs_dir)
     with caplog.at_level("WARNING", logger="attnlab.analysis.battery"):
         out = evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=50, ladder="nosuch",
-                                      heatmap_layers=[]))
+                                      outputs=["tables"]))
     assert f"no runs of ladder 'nosuch' under {runs_dir}: the battery is compared with the ladder result " \
            f"reference/ladder instead" in caplog.text
     source = json.loads((out / "evaluation.json").read_text())["ladder_agreement"].get("ladder_source")

@@ -86,6 +86,15 @@ def test_a_ladder_with_too_few_rungs_is_compared_per_rung_and_says_why_it_has_no
     assert (out / "figures" / "loss_vs_compute.png").is_file()
 
 
+def test_a_ladder_evaluated_for_its_tables_alone_draws_no_figure(tmp_path):
+    runs_dir = tmp_path / "runs"
+    make_ladder(runs_dir)
+    out = evaluate(EvaluateConfig(experiment="lad", runs_dir=str(runs_dir), bootstrap_resamples=50, outputs=["tables"]))
+    assert (out / "tables" / "multipliers.csv").is_file() and not (out / "figures").exists()
+    assert not [name for name in json.loads((out / "evaluation.json").read_text())["outputs"]
+                if name.startswith("figures/")]
+
+
 @pytest.mark.slow  # two evaluations, then three refused
 def test_a_ladder_result_is_evaluated_again_without_its_runs(tmp_path):
     """``ladder_again=<dir>``: the per-run losses a ladder's evaluation wrote give the same tables with

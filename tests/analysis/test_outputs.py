@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from attnlab.analysis.outputs import RECORD, prepare_outputs
-from attnlab.analysis.pipeline import output_of
+from attnlab.analysis.outputs import RECORD, output_of, prepare_outputs
 
 
 def evaluate_into(out: Path, files: dict[str, str], outputs: tuple[str, ...] | None = None,
