@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 import sys
 
 import hydra
@@ -15,38 +16,53 @@ register_schema()
 
 @hydra.main(version_base=None, config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from attnlab.training.callbacks import record_stop_requests, stop_requested
     from attnlab.training.module import NonFiniteLossError, UntrainedParametersError
     from attnlab.training.run import TrainingInterrupted, train
 
     print_lightning_messages_once()
+    joblib_worker = in_joblib_worker()
+    if joblib_worker:
+        record_stop_requests()
     try:
-        config: TrainConfig = OmegaConf.to_object(cfg)
-        check_launcher_can_start(config)
-        run = train(config)
-    except (ValueError, FileNotFoundError, FileExistsError, MissingMandatoryValue) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except (NonFiniteLossError, UntrainedParametersError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except TrainingInterrupted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
-        if in_joblib_worker():
-            # sys.exit would end the job, not the process: joblib's pool keeps its worker alive, idle,
-            # and the sweep that passed the signal on (attnlab/training/sweep_stop.py) waits for it.
-            # Ending breaks the pool, which kills the other workers: not before they have saved.
-            from attnlab.training.sweep_stop import wait_for_siblings_to_save
-
-            wait_for_siblings_to_save()
-            logging.shutdown()
-            sys.stderr.flush()
-            os._exit(130)
-        sys.exit(130)
+        try:
+            config: TrainConfig = OmegaConf.to_object(cfg)
+            check_launcher_can_start(config)
+            run = train(config)
+        except (ValueError, FileNotFoundError, FileExistsError, MissingMandatoryValue) as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except (NonFiniteLossError, UntrainedParametersError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+        except TrainingInterrupted as err:
+            print(f"interrupted: {err}", file=sys.stderr)
+            if joblib_worker:
+                end_worker_once_the_others_saved(130)
+            sys.exit(130)
+        if joblib_worker and stop_requested():  # the signal came as the run was finishing: it is complete
+            print("interrupted: SIGTERM as the run ended", file=sys.stderr)
+            end_worker_once_the_others_saved(130)
+    finally:
+        if joblib_worker:  # an idle worker has nothing to save: SIGTERM ends it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if run is None:  # nothing to train (ladder.lr=lower/higher inside the grid); the reason is logged
         return None
     summary = run.load_summary() if run.is_complete() else {}
     print(f"run directory: {run.path}")
     return summary.get("best_val_loss")  # what a Hydra sweeper would minimise
+
+
+def end_worker_once_the_others_saved(code: int) -> None:
+    """End this joblib worker. sys.exit would end the job, not the process: joblib's pool keeps its
+    worker alive, idle, and the sweep that passed the signal on (attnlab/training/sweep_stop.py) waits
+    for it. Ending breaks the pool, which kills the other workers: not before they have saved."""
+    from attnlab.training.sweep_stop import wait_for_siblings_to_save
+
+    wait_for_siblings_to_save()
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def in_joblib_worker() -> bool:

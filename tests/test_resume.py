@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+from types import SimpleNamespace
 
 import lightning as L
 import pandas as pd
@@ -65,6 +66,34 @@ def test_resume_after_interruption_gives_identical_losses(tmp_path, corpus):
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this system")
+class SignalOnTrainStart(L.Callback):
+    """SIGTERM in the window where Lightning's own handler, not the stop's, has it."""
+
+    def on_train_start(self, trainer, *args) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("when", ["while-set-up", "lightnings-handler"])
+def test_a_sigterm_before_the_stop_has_its_handler_stops_the_run_at_its_first_step(tmp_path, corpus, when):
+    """A joblib worker's run set up (its SIGTERMs recorded, train.py) or Lightning's own handler set
+    (which only notes it): the run still saves its first step and stops, not trains on."""
+    from attnlab.checkpoint import checkpoint_step
+    from attnlab.training.callbacks import record_stop_requests
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        extra = [SignalOnTrainStart()]
+        if when == "while-set-up":
+            record_stop_requests()
+            os.kill(os.getpid(), signal.SIGTERM)
+            extra = []
+        with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at step 1"):
+            train(compose_config(_overrides(tmp_path, corpus, "early")), extra_callbacks=extra)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert checkpoint_step(tmp_path / "runs" / "early" / "baseline" / "seed0" / "checkpoints" / "last.ckpt") == 1
+
+
 def test_a_launchers_time_limit_signal_saves_the_step_then_hands_the_signal_to_the_launcher(tmp_path, corpus):
     """Submitit signals a job's time limit with SIGUSR2 and requeues it from its handler, which ends
     the process: the step in progress is finished and saved first, then the launcher's handler runs."""
@@ -103,7 +132,7 @@ def test_a_time_limit_signal_named_sigterm_hands_sigterm_to_the_launcher_and_res
     previous = signal.signal(signal.SIGTERM, launcher)
     try:
         stop = GracefulStop(tmp_path / "last.ckpt")
-        stop.on_train_start(None, None)
+        stop.on_train_start(SimpleNamespace(received_sigterm=False), None)  # no signal before training
         assert stop.time_limit == signal.SIGTERM and stop._previous[signal.SIGTERM] is launcher
         stop.on_train_end(None, None)
         assert signal.getsignal(signal.SIGTERM) is launcher

@@ -61,22 +61,23 @@ def test_a_worker_that_saved_waits_for_its_siblings_still_training_but_not_for_i
             process.wait()
 
 
-def test_the_sweep_signals_its_training_workers_first_and_its_idle_ones_once_those_have_saved(monkeypatch):
+def test_the_sweep_signals_its_busy_workers_first_and_its_idle_ones_once_those_have_saved(monkeypatch):
     """An idle worker ends on SIGTERM at once, and the pool would then kill the ones still saving."""
-    # 11: training, saves after two looks; 12: idle; 13: joblib's resource tracker (blocks it).
-    looks = {11: 0}
+    # 11: busy, saves after two looks; 14: idle, handed a job while 11 saves; 12: idle; 13: joblib's
+    # resource tracker (blocks it).
+    looks = {11: 0, 14: 0}
     sent: list[tuple[int, int]] = []
 
     def saving(pid, signum):
         looks[pid] += 1
         return looks[pid] <= 2
 
-    monkeypatch.setattr(sweep_stop, "child_processes", lambda: [11, 12, 13])
+    monkeypatch.setattr(sweep_stop, "child_processes", lambda: [11, 12, 13, 14])
     monkeypatch.setattr(sweep_stop, "ignores", lambda pid, signum: pid == 13)
-    monkeypatch.setattr(sweep_stop, "catches", lambda pid, signum: pid == 11)
+    monkeypatch.setattr(sweep_stop, "catches", lambda pid, signum: pid == 11 or (pid == 14 and looks[11] > 0))
     monkeypatch.setattr(sweep_stop, "saving", saving)
     monkeypatch.setattr(sweep_stop, "running", lambda pid: False)
-    monkeypatch.setattr(sweep_stop, "_send", lambda pids, signum: sent.extend((pid, looks.get(11)) for pid in pids))
+    monkeypatch.setattr(sweep_stop, "_send", lambda pids, signum: sent.extend((pid, dict(looks)) for pid in pids))
     monkeypatch.setattr(sweep_stop.time, "sleep", lambda s: None)
     previous = signal.getsignal(signal.SIGTERM)
     try:
@@ -85,4 +86,6 @@ def test_the_sweep_signals_its_training_workers_first_and_its_idle_ones_once_tho
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert exit_.value.code == 128 + signal.SIGTERM
-    assert sent == [(11, 0), (12, 3)]  # the idle one after the training one stopped saving; never the tracker
+    # Each after the ones before it stopped saving (a third look at it); the tracker never.
+    assert [pid for pid, _ in sent] == [11, 14, 12]
+    assert sent[1][1][11] > 2 and sent[2][1][14] > 2

@@ -484,7 +484,7 @@ def write_battery_evaluation(cfg: EvaluateConfig, name: str, frame: pd.DataFrame
         "uninformative_cells": [f"{t}/{c} ({s})" for t, c, s in statuses.itertuples(index=False)
                                 if s != "informative"],
         "notes": notes, "ladder_agreement": agreement_result,
-        "outputs": before.finish(redone=redone_by(made))}),
+        "outputs": before.finish(redone=redone_by({"tables", *cfg.outputs}))}),
         indent=2, default=_json_default), encoding="utf-8")
     return out
 

@@ -357,6 +357,6 @@ def write_ladder_evaluation(cfg: EvaluateConfig, name: str, comparison: LadderCo
         "ladder": name, "source": source, "reference": cfg.baseline, "selection_seeds": seeds,
         "runs": runs, "selection_runs": selection_runs,
         "notes": notes, "fit": None if fit_problem else "ok",
-        "outputs": before.finish(redone=redone_by(made))},
+        "outputs": before.finish(redone=redone_by({"tables", *cfg.outputs}))},
         indent=2), encoding="utf-8")
     return out

@@ -80,7 +80,8 @@ def redone_by(made: Collection[str]) -> Callable[[str], bool]:
 def family_outputs(requested: Collection[str]) -> frozenset[str]:
     """What a ladder's or a battery's evaluation makes of the outputs ``requested``: its tables
     always (its ``tables/per_run.csv`` is what a later evaluation reads back instead of the runs),
-    its figures where asked; it loads no model, so the other outputs do not apply."""
+    its figures where asked; it loads no model, so the other outputs do not apply (the previous
+    evaluation's files of those asked for still go, as in an experiment's evaluation)."""
     return frozenset({"tables"} | ({"figures"} & set(requested)))
 
 

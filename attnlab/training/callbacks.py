@@ -285,6 +285,25 @@ def time_limit_signal() -> int | None:
     return getattr(signal, f"SIG{os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}", None)
 
 
+# SIGTERMs a joblib worker received while its run was not in GracefulStop's hands (being set up, or
+# torn down): see ``record_stop_requests``.
+_stop_requests: list[int] = []
+
+
+def record_stop_requests() -> None:
+    """In a joblib worker, before its run: catch SIGTERM from now on and record it, until
+    ``stop_requested`` is asked or the default is put back. One sent while the run is set up is not
+    lost (``GracefulStop`` takes it up at the first step; Lightning's own handler, set before that,
+    only notes it), and the worker shows as busy to the sweep's other processes until it has saved
+    and its loggers have finished (``attnlab/training/sweep_stop.py``)."""
+    _stop_requests.clear()
+    signal.signal(signal.SIGTERM, lambda signum, frame: _stop_requests.append(signum))
+
+
+def stop_requested() -> bool:
+    return bool(_stop_requests)
+
+
 class GracefulStop(L.Callback):
     """On SIGINT/SIGTERM (Ctrl-C, a Slurm preemption) finish the current optimizer step,
     save ``last.ckpt`` and stop, so that ``resume=auto`` continues exactly there. On submitit's
@@ -296,7 +315,9 @@ class GracefulStop(L.Callback):
     step is logged (and its scheduled validation, if any, has run). ``trainer.should_stop``
     is not used: it would add an unscheduled validation, time a preempted job may not have.
     With several processes the ranks agree after every optimizer step (one all-reduce of a flag)
-    on whether any of them was signalled, so that they all save at the same step.
+    on whether any of them was signalled, so that they all save at the same step. A SIGTERM that
+    came before its handler was set (Lightning's own noted it, or ``record_stop_requests`` did while
+    a joblib worker set the run up) is taken up here too: the first step is saved and the run stops.
     """
 
     def __init__(self, last_checkpoint: Path) -> None:
@@ -307,6 +328,11 @@ class GracefulStop(L.Callback):
         self.time_limit: int | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.received_sigterm or stop_requested():  # while the run was set up: save at the first step
+            self.received = signal.SIGTERM
+            _stop_requests.clear()  # taken up: the worker's next run starts without it
+            # Lightning's handler noted it too, and would end the run after that step without a checkpoint.
+            trainer._signal_connector.received_sigterm = False
         self.time_limit = time_limit_signal()
         chained = self.time_limit is not None and callable(signal.getsignal(self.time_limit))
         # dict: once each, as SUBMITIT_PREEMPT_SIGNAL=TERM names SIGTERM twice

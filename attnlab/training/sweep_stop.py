@@ -9,10 +9,10 @@ of the terminal's foreground group already. Registered for every run in ``config
 
 The first worker to end breaks joblib's pool, which then SIGKILLs the others at once: one that had
 not saved its step yet (a slower variant, a step under way on a busy machine) lost it. So a worker
-that has saved waits for its siblings still training to save theirs before it ends
-(``wait_for_siblings_to_save``), and the launching process signals the workers that train (those
-that catch SIGTERM, as a run does from its start to its checkpoint) before the idle ones, which
-SIGTERM ends at once.
+that has saved waits for its siblings still busy with a run to save theirs before it ends
+(``wait_for_siblings_to_save``), and the launching process signals the busy workers before the idle
+ones, which SIGTERM ends at once. A worker is busy while it catches SIGTERM: from the start of a job
+to the end of its run's loggers (``attnlab.training.callbacks.record_stop_requests``).
 """
 
 from __future__ import annotations
@@ -52,15 +52,21 @@ def stop_workers(signum: int, frame: Any) -> None:
     wait for them for ``WORKERS_GRACE_S`` at most, then end this process as SIGTERM would have."""
     # Not those that block or ignore it (joblib's resource tracker): they would be waited for in vain.
     children = [pid for pid in child_processes() if not ignores(pid, signum)]
-    training = [pid for pid in children if catches(pid, signum)]
     log.warning("%s: passing it on to the sweep's %d worker process(es), waiting for them to save and exit",
                 signal.Signals(signum).name, len(children))
     deadline = time.monotonic() + WORKERS_GRACE_S
-    # An idle worker ends at once, and the pool would then kill the ones still saving.
-    _send(training, signum)
-    while time.monotonic() < deadline and any(saving(pid, signum) for pid in training):
-        time.sleep(0.2)
-    _send([pid for pid in children if pid not in training], signum)
+    # An idle worker ends at once, and the pool would then kill the ones still saving: those training
+    # first, again while one more starts to (a job the pool handed out meanwhile), then the rest.
+    signalled: list[int] = []
+    while time.monotonic() < deadline:
+        training = [pid for pid in children if pid not in signalled and catches(pid, signum)]
+        if not training:
+            break
+        _send(training, signum)
+        signalled += training
+        while time.monotonic() < deadline and any(saving(pid, signum) for pid in signalled):
+            time.sleep(0.2)
+    _send([pid for pid in children if pid not in signalled], signum)
     while time.monotonic() < deadline and any(running(pid) for pid in children):
         time.sleep(0.2)
     signal.signal(signum, signal.SIG_DFL)
@@ -70,7 +76,7 @@ def stop_workers(signum: int, frame: Any) -> None:
 def wait_for_siblings_to_save(signum: int = signal.SIGTERM, grace_s: float = WORKERS_GRACE_S) -> None:
     """In a worker that has saved its step: ignore ``signum`` from now on (a second one, a
     scheduler's to every process, must not end it before the others have saved) and wait, for
-    ``grace_s`` at most, until no other worker of the same parent still catches it (trains)."""
+    ``grace_s`` at most, until no other worker of the same parent still catches it (is busy with a run)."""
     signal.signal(signum, signal.SIG_IGN)
     parent = os.getppid()
     deadline = time.monotonic() + grace_s
@@ -106,7 +112,7 @@ def ignores(pid: int, signum: int) -> bool:
 
 
 def catches(pid: int, signum: int) -> bool:
-    """Whether process ``pid`` has a handler of its own for ``signum``: a run's, while it trains."""
+    """Whether process ``pid`` has a handler of its own for ``signum``: a joblib worker's, while busy with a run."""
     masks = _signal_masks(pid)
     return masks is not None and bool(masks["SigCgt"] >> (signum - 1) & 1)
 

@@ -133,9 +133,10 @@ def test_each_cell_is_held_to_its_own_chance(tmp_path):
     assert json.loads((again / "evaluation.json").read_text())["notes"] == []
 
 
-def test_outputs_tables_draws_no_figure_replaces_the_tables_and_keeps_the_previous_figures(tmp_path):
-    """``outputs=[tables]`` (no figures) on a battery: its figures are not drawn, and a previous
-    evaluation's figures stay beside the new tables as part of this one, as for an experiment."""
+def test_outputs_without_figures_draws_none_and_keeps_the_previous_ones_but_not_the_outputs_asked_for(tmp_path):
+    """``outputs=[tables, samples]`` on a battery: its figures are not drawn, and a previous evaluation's
+    figures stay beside the new tables as part of this one, as for an experiment; the previous files
+    of the outputs asked for go, those a battery cannot make (samples) too, as in a whole evaluation."""
     runs_dir = tmp_path / "runs"
     make_battery(runs_dir)
     out = tmp_path / "bat"
@@ -143,15 +144,17 @@ def test_outputs_tables_draws_no_figure_replaces_the_tables_and_keeps_the_previo
     (out / "tables").mkdir()
     (out / "figures" / "accuracy_heatmap.png").write_bytes(b"the previous evaluation's figure")
     (out / "tables" / "vs_a_variant_left_out.md").write_text("a table the previous evaluation wrote")
+    (out / "samples.md").write_text("samples of an experiment evaluated here before")
     (out / "evaluation.json").write_text(json.dumps(
-        {"outputs": ["figures/accuracy_heatmap.png", "tables/vs_a_variant_left_out.md"]}))
+        {"outputs": ["figures/accuracy_heatmap.png", "samples.md", "tables/vs_a_variant_left_out.md"]}))
     evaluate(EvaluateConfig(experiment="bat", runs_dir=str(runs_dir), bootstrap_resamples=50, ladder=None,
-                            ladder_result=None, outputs=["tables"]))
+                            ladder_result=None, outputs=["tables", "samples"]))
     assert (out / "figures" / "accuracy_heatmap.png").read_bytes() == b"the previous evaluation's figure"
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["accuracy_heatmap.png"]
     assert not (out / "tables" / "vs_a_variant_left_out.md").exists()  # the tables were redone
+    assert not (out / "samples.md").exists()
     listed = json.loads((out / "evaluation.json").read_text())["outputs"]
-    assert "figures/accuracy_heatmap.png" in listed and "tables/per_task.md" in listed
+    assert "figures/accuracy_heatmap.png" in listed and "tables/per_task.md" in listed and "samples.md" not in listed
 
 
 def test_a_cell_whose_runs_were_trained_differently_is_named_in_a_warning(tmp_path, caplog):
