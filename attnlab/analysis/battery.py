@@ -45,7 +45,7 @@ import seaborn as sns
 from attnlab.analysis.agreement import agreement_table, battery_ladder_agreement
 from attnlab.analysis.config import DEFAULT_LADDER_RESULT, EvaluateConfig
 from attnlab.analysis.ladder import is_ladder, ladder_comparison, ladder_result_comparison
-from attnlab.analysis.outputs import family_outputs, prepare_outputs, redone_by
+from attnlab.analysis.outputs import prepare_outputs, redone_by_family
 from attnlab.analysis.stats import compare, holm, mean_ci
 from attnlab.analysis.style import save_figure, variant_colors
 from attnlab.analysis.tables import (SETUP_KEYS, Table, check_reference_variant, read_evaluation_dir, setup_notes,
@@ -454,7 +454,6 @@ def write_battery_evaluation(cfg: EvaluateConfig, name: str, frame: pd.DataFrame
     check_reference_variant(cfg.baseline, frame["variant"])  # before the directory is made
     out.mkdir(parents=True, exist_ok=True)
     before = prepare_outputs(out)
-    made = family_outputs(cfg.outputs)
     variants = variant_order(frame["variant"].unique(), cfg.baseline)
     notes = list(notes)
     if cfg.baseline not in variants:
@@ -475,7 +474,7 @@ def write_battery_evaluation(cfg: EvaluateConfig, name: str, frame: pd.DataFrame
     # Every run's number, the one the tables average: a committed result can be re-read without its runs.
     per_run = frame.assign(settings=frame["settings"].map(lambda s: json.dumps(s, sort_keys=True)))
     per_run.sort_values(["task", "cell", "variant", "seed"]).to_csv(out / "tables" / "per_run.csv", index=False)
-    if "figures" in made:
+    if "figures" in cfg.outputs:
         save_figure(heatmap_figure(per_task.numbers, variants), out / "figures", "accuracy_heatmap")
         save_figure(difficulty_figure(cells.numbers, frame, keys, variants), out / "figures", "accuracy_vs_difficulty")
     (out / "evaluation.json").write_text(json.dumps(_no_nan({
@@ -484,7 +483,7 @@ def write_battery_evaluation(cfg: EvaluateConfig, name: str, frame: pd.DataFrame
         "uninformative_cells": [f"{t}/{c} ({s})" for t, c, s in statuses.itertuples(index=False)
                                 if s != "informative"],
         "notes": notes, "ladder_agreement": agreement_result,
-        "outputs": before.finish(redone=redone_by({"tables", *cfg.outputs}))}),
+        "outputs": before.finish(redone=redone_by_family(cfg.outputs))}),
         indent=2, default=_json_default), encoding="utf-8")
     return out
 

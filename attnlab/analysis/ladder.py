@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from attnlab.analysis.config import EvaluateConfig
-from attnlab.analysis.outputs import family_outputs, prepare_outputs, redone_by
+from attnlab.analysis.outputs import prepare_outputs, redone_by_family
 from attnlab.analysis.scaling import FitError, ScalingComparison, scaling_comparison
 from attnlab.analysis.stats import compare, holm, mean_ci
 from attnlab.analysis.style import save_figure, variant_colors
@@ -336,7 +336,6 @@ def write_ladder_evaluation(cfg: EvaluateConfig, name: str, comparison: LadderCo
     frame, seeds, chosen, compared, notes, scaling, fit_problem = comparison
     out.mkdir(parents=True, exist_ok=True)
     before = prepare_outputs(out)
-    made = family_outputs(cfg.outputs)
     if fit_problem:
         log.warning(fit_problem)
     variants = variant_order(compared["variant"].unique(), cfg.baseline)
@@ -349,7 +348,7 @@ def write_ladder_evaluation(cfg: EvaluateConfig, name: str, comparison: LadderCo
     # Every run, the selection seeds' too: the numbers the tables are computed from.
     frame.drop(columns="run_dir", errors="ignore").sort_values(["rung", "variant", "lr", "seed"]).to_csv(
         out / "tables" / "per_run.csv", index=False)
-    if "figures" in made:
+    if "figures" in cfg.outputs:
         save_figure(loss_vs_compute_figure(compared, scaling, variants), out / "figures", "loss_vs_compute")
         if scaling is not None:
             save_figure(multiplier_figure(scaling, variants), out / "figures", "multiplier")
@@ -357,6 +356,6 @@ def write_ladder_evaluation(cfg: EvaluateConfig, name: str, comparison: LadderCo
         "ladder": name, "source": source, "reference": cfg.baseline, "selection_seeds": seeds,
         "runs": runs, "selection_runs": selection_runs,
         "notes": notes, "fit": None if fit_problem else "ok",
-        "outputs": before.finish(redone=redone_by({"tables", *cfg.outputs}))},
+        "outputs": before.finish(redone=redone_by_family(cfg.outputs))},
         indent=2), encoding="utf-8")
     return out

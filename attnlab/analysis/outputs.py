@@ -7,7 +7,7 @@ left beside the new ones as if it were one of them (nor a folder it leaves empty
 removed before the new files exist: an evaluation that fails leaves the previous one's files. An
 evaluation of some outputs only (``outputs=[heatmaps]``) replaces the files of those (fewer layers:
 the others' heatmaps go) and keeps the rest; a ladder's or a battery's makes its tables always and its
-figures where asked (``family_outputs``).
+figures where asked (``redone_by_family``).
 
 Only what evaluations write is looked at (``OWNED``): the tables, figures and heatmaps folders and the
 model outputs' files beside them. Anything else in the directory (a user's notes, Hydra's logs, runs
@@ -77,12 +77,12 @@ def redone_by(made: Collection[str]) -> Callable[[str], bool]:
     return lambda name: output_of(name) in made
 
 
-def family_outputs(requested: Collection[str]) -> frozenset[str]:
-    """What a ladder's or a battery's evaluation makes of the outputs ``requested``: its tables
-    always (its ``tables/per_run.csv`` is what a later evaluation reads back instead of the runs),
-    its figures where asked; it loads no model, so the other outputs do not apply (the previous
-    evaluation's files of those asked for still go, as in an experiment's evaluation)."""
-    return frozenset({"tables"} | ({"figures"} & set(requested)))
+def redone_by_family(requested: Collection[str]) -> Callable[[str], bool]:
+    """``redone_by`` for a ladder's or a battery's evaluation asked for the outputs ``requested``: it
+    makes its tables always (its ``tables/per_run.csv`` is what a later evaluation reads back instead
+    of the runs) and its figures where asked; it loads no model, so the previous files of the other
+    outputs asked for go, as in an experiment's evaluation, and those not asked for stay."""
+    return redone_by({"tables", *requested})
 
 
 def prepare_outputs(out: Path) -> OutputsBefore:

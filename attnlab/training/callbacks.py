@@ -291,8 +291,8 @@ _stop_requests: list[int] = []
 
 
 def record_stop_requests() -> None:
-    """In a joblib worker, before its run: catch SIGTERM from now on and record it, until
-    ``stop_requested`` is asked or the default is put back. One sent while the run is set up is not
+    """In a joblib worker, before its run: catch SIGTERM from now on and record it (``stop_requested``),
+    until the default is put back or ``GracefulStop`` takes it up. One sent while the run is set up is not
     lost (``GracefulStop`` takes it up at the first step; Lightning's own handler, set before that,
     only notes it), and the worker shows as busy to the sweep's other processes until it has saved
     and its loggers have finished (``attnlab/training/sweep_stop.py``)."""
